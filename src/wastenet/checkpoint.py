@@ -1,0 +1,93 @@
+"""The checkpoint file: everything ``predict`` needs, written atomically.
+
+A checkpoint is a ``torch.save``d dict (see docs/ARCHITECTURE.md)::
+
+    ckpt = make_checkpoint(built, classes=["glass", "paper"], taxonomy=tax)
+    save(ckpt, "runs/x/best.pt")          # write to a temp file, then rename
+    ckpt = load("runs/x/best.pt")         # validated dict
+    model = wastenet.models.model_from_checkpoint(ckpt)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wastenet.errors import ConfigError
+
+FORMAT = "wastenet-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("arch", "state_dict", "classes", "preprocessing")
+
+
+def make_checkpoint(
+    built: Any,
+    *,
+    classes: list[str],
+    taxonomy: dict[str, Any] | None = None,
+    temperature: float = 1.0,
+    threshold: float = 0.9,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A checkpoint dict from a ``models.BuiltModel`` (weights copied to CPU float32)."""
+    state = {k: v.detach().to("cpu", copy=True).float() if v.is_floating_point() else v.detach().cpu().clone()
+             for k, v in _unwrap(built.model).state_dict().items()}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": built.arch,
+        "model_kwargs": dict(built.model_kwargs),
+        "state_dict": state,
+        "classes": list(classes),
+        "taxonomy": taxonomy,
+        "preprocessing": built.preprocessing.to_dict(),
+        "temperature": float(temperature),
+        "threshold": float(threshold),
+        **extra,
+    }
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+def save(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint; a missing or foreign file is a ``ConfigError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        # our checkpoints hold only tensors, numbers, strings, lists and dicts
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a wastenet checkpoint")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}")
+    ckpt.setdefault("temperature", 1.0)
+    ckpt.setdefault("threshold", 0.9)
+    ckpt.setdefault("model_kwargs", {})
+    return ckpt
