@@ -1,0 +1,85 @@
+"""`wastenet train`: transfer-learn a waste classifier and evaluate it on the test split.
+
+    wastenet train --data ../shared/data/trashnet --split-file ../shared/data/trashnet-split.csv \
+        --model densenet121 --weights ../shared/weights/densenet121.safetensors --recipe wastenet
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Train a classifier (recipes: wastenet hybrid tuning, finetune, linear) and report test metrics."
+
+
+def _bool(p: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from wastenet.training.config import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=d.data, help="class-folder dataset, or 'trashnet' / 'kaggle-household' (downloaded)")
+    g.add_argument("--split-file", help="CSV path,label,split; default: a stratified seeded 50/25/25 split saved in the run")
+    g.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                   help="more class folders added to the training split (e.g. `wastenet review --export`)")
+    g.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (quick trials)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, help="any timm architecture, or alexnet / squeezenet1_1")
+    g.add_argument("--weights", help="local weights file (with NAME.json sidecar), 'hub' (default: download) or 'none'")
+    g.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", default=d.recipe, choices=["wastenet", "finetune", "linear"])
+    g.add_argument("--loss", default=d.loss, choices=["ce", "focal"])
+    g.add_argument("--alpha", help="class weights: 'balanced' or comma-separated values (focal alpha / CE weights)")
+    g.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--epochs", type=int, default=d.epochs, help="finetune: epochs; wastenet: epochs of the final all-layer step")
+    g.add_argument("--step-epochs", type=int, default=d.step_epochs, help="wastenet: epochs of each partial unfreezing step")
+    g.add_argument("--head-epochs", type=int, default=d.head_epochs, help="head-only stage: at most this many epochs")
+    g.add_argument("--head-views", type=int, default=d.head_views, help="augmented views of each image cached for the head stage")
+    g.add_argument("--unfreeze-groups", type=int, default=d.unfreeze_groups, help="backbone layer groups unfrozen one by one")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the head/top group in backbone stages")
+    g.add_argument("--head-lr", type=float, help="head-only stage learning rate (default 10 x --lr)")
+    g.add_argument("--lr-decay", type=float, default=d.lr_decay, help="discriminative factor per group below the head")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without validation improvement")
+    g = p.add_argument_group("augmentation (Keras ImageDataGenerator style)")
+    g.add_argument("--zoom", type=float, default=d.zoom)
+    g.add_argument("--rotation", type=float, default=d.rotation)
+    g.add_argument("--shift", type=float, default=d.shift)
+    _bool(g, "hflip", d.hflip, "random horizontal flips")
+    _bool(g, "vflip", d.vflip, "random vertical flips")
+    g.add_argument("--fill", default=d.fill, choices=["nearest", "constant", "reflect"], help="fill for new pixels")
+    _bool(g, "tta", d.tta, "test-time augmentation (flip) in the final evaluation")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    g.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"], help="mixed precision")
+    _bool(g, "channels-last", d.channels_last, "channels-last memory format")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--workers", type=int, default=d.workers, help="image decoding threads")
+    g.add_argument("--taxonomy", help="bin taxonomy stored in the checkpoint: trashnet, household or a YAML file")
+    g.add_argument("--threshold", type=float, default=d.threshold, help="decision threshold stored in the checkpoint")
+    g.add_argument("--out", help="run folder (default runs/MODEL-RECIPE)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last.pt")
+
+
+def config_from_args(args: argparse.Namespace):
+    from wastenet.training.config import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    cfg.validate()  # before importing torch-heavy modules: bad options fail in a second
+    from wastenet.training.loop import train
+
+    metrics = train(cfg)
+    if metrics:
+        print(f"test accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['f1_macro']:.4f}")
+    return 0

@@ -1,0 +1,91 @@
+"""Batched Keras-style augmentation and the tensor half of preprocessing.
+
+The paper used Keras' ``ImageDataGenerator``: zoom, rotation, shifts, horizontal flip and
+``fill_mode="nearest"`` (new pixels copy the nearest edge pixel). torchvision's RandomAffine
+only fills with a constant, so we use kornia's, which replicates the border, on whole
+batches of cached uint8 squares::
+
+    aug = KerasAugment(zoom=0.2, rotation=20, shift=0.1)
+    x = to_model_batch(cache_u8[idx], prep, augment=aug)    # float [B, 3, S, S], normalised
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from wastenet.preprocessing import Preprocessing
+
+
+@dataclass
+class AugmentConfig:
+    zoom: float = 0.2        # scale in [1 - zoom, 1 + zoom]
+    rotation: float = 20.0   # degrees
+    shift: float = 0.1       # fraction of width/height
+    hflip: bool = True
+    vflip: bool = False
+    fill: str = "nearest"    # nearest (replicate border) | constant | reflect
+
+
+_PADDING = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
+
+
+class KerasAugment(nn.Module):
+    """Random zoom, rotation, shift and flips on a float batch ``[B, 3, H, W]`` in [0, 1]."""
+
+    def __init__(self, cfg: AugmentConfig | None = None) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        cfg = cfg or AugmentConfig()
+        if cfg.fill not in _PADDING:
+            raise ValueError(f"fill must be one of {sorted(_PADDING)}")
+        ops: list[nn.Module] = []
+        if cfg.zoom or cfg.rotation or cfg.shift:
+            ops.append(K.RandomAffine(
+                degrees=cfg.rotation,
+                translate=(cfg.shift, cfg.shift) if cfg.shift else None,
+                scale=(1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom else None,
+                padding_mode=_PADDING[cfg.fill],
+                p=1.0,
+            ))
+        if cfg.hflip:
+            ops.append(K.RandomHorizontalFlip())
+        if cfg.vflip:
+            ops.append(K.RandomVerticalFlip())
+        self.ops = nn.Sequential(*ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops(x) if len(self.ops) else x
+
+
+def center_crop_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre crop ``[..., H, W]`` with torchvision's rounding (matches ``preprocessing.center_crop``)."""
+    h, w = x.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def to_model_batch(
+    images_u8: torch.Tensor,
+    prep: Preprocessing,
+    augment: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    hflip: bool = False,
+) -> torch.Tensor:
+    """Cached uint8 squares ``[B, 3, R, R]`` -> normalised model input ``[B, 3, S, S]``.
+
+    Augmentation runs on the full cached square (so shifts and zoom-outs have real pixels to
+    show) before the centre crop; without it this equals the eval transform exactly.
+    """
+    x = images_u8.to(device, non_blocking=True).float().div_(255.0)
+    if augment is not None:
+        x = augment(x)
+    x = center_crop_tensor(x, prep.input_size)
+    if hflip:
+        x = x.flip(-1)
+    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()

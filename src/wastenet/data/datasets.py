@@ -1,0 +1,167 @@
+"""Folder datasets, split files and the in-memory image cache.
+
+A dataset is ``ROOT/<class>/**/<image>``; a split file is CSV ``path,label,split`` with paths
+relative to ROOT::
+
+    rows, classes = scan_folder("../shared/data/trashnet")
+    rows = stratified_split(rows, seed=0)              # adds split = train/val/test (50/25/25)
+    write_split_file(rows, "runs/x/split.csv")
+    cache = build_cache(root, rows, size=256)          # decoded once, uint8 [N, 3, 256, 256]
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from wastenet.data.images import IMAGE_EXTENSIONS, ImageDecodeError, iter_image_files, load_image
+from wastenet.errors import ConfigError
+from wastenet.preprocessing import fit_square
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Row:
+    path: str  # relative to the dataset root, with forward slashes
+    label: str
+    split: str = ""
+
+
+def scan_folder(root: str | Path) -> tuple[list[Row], list[str]]:
+    """Every image below ``ROOT/<class>/`` (any depth) and the sorted class names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"dataset folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rows = [
+        Row(path=f.relative_to(root).as_posix(), label=cls)
+        for cls in classes
+        for f in iter_image_files(root / cls)
+    ]
+    classes = [c for c in classes if any(r.label == c for r in rows)]
+    if len(classes) < 2:
+        raise ConfigError(f"{root} needs at least two class folders with images ({IMAGE_EXTENSIONS})")
+    return rows, classes
+
+
+def read_split_file(path: str | Path, root: str | Path | None = None) -> list[Row]:
+    """Read ``path,label,split`` rows; unknown split names or missing columns are config errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"split file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label", "split"} <= set(reader.fieldnames):
+            raise ConfigError(f"split file {path} must have columns path,label,split")
+        rows = [Row(r["path"], r["label"], r["split"].strip()) for r in reader]
+    bad = [r for r in rows if r.split not in SPLITS]
+    if bad:
+        raise ConfigError(f"split file {path}: split must be one of {SPLITS}, got {bad[0].split!r} for {bad[0].path}")
+    if not rows:
+        raise ConfigError(f"split file {path} has no rows")
+    if root is not None:
+        missing = [r.path for r in rows if not (Path(root) / r.path).is_file()]
+        if len(missing) == len(rows):
+            raise ConfigError(f"none of the files in {path} exist under {root} (e.g. {missing[0]})")
+    return rows
+
+
+def write_split_file(rows: Iterable[Row], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for r in rows:
+            w.writerow([r.path, r.label, r.split])
+    return path
+
+
+def stratified_split(rows: list[Row], seed: int = 0, fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)) -> list[Row]:
+    """Assign train/val/test per class in the given proportions, reproducibly for a seed."""
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"split fractions must sum to 1, got {fractions}")
+    by_class: dict[str, list[Row]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: r.path):
+        by_class[r.label].append(r)
+    out: list[Row] = []
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        n = len(items)
+        n_train = int(round(n * fractions[0]))
+        n_val = int(round(n * fractions[1]))
+        for i, r in enumerate(items):
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            out.append(Row(r.path, r.label, split))
+    return sorted(out, key=lambda r: r.path)
+
+
+@dataclass
+class ImageCache:
+    """Decoded images as one uint8 array ``[N, 3, S, S]`` plus labels; bad files listed, not fatal."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    rows: list[Row]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, split: str) -> "ImageCache":
+        idx = [i for i, r in enumerate(self.rows) if r.split == split]
+        return ImageCache(self.images[idx], self.labels[idx], [self.rows[i] for i in idx])
+
+
+def build_cache(
+    root: str | Path,
+    rows: list[Row],
+    classes: list[str],
+    size: int,
+    interpolation: str = "bicubic",
+    workers: int = 2,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> ImageCache:
+    """Decode every image once (EXIF, alpha, modes handled by ``load_image``) into a square cache.
+
+    Files that cannot be read are reported in ``skipped`` with the reason and left out.
+    """
+    root = Path(root)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({r.label for r in rows} - set(index))
+    if unknown:
+        raise ConfigError(f"labels not among the classes {classes}: {unknown}")
+
+    def decode(row: Row) -> np.ndarray | str:
+        try:
+            return fit_square(load_image(root / row.path), size, interpolation)
+        except ImageDecodeError as exc:
+            return exc.reason
+
+    images = np.empty((len(rows), 3, size, size), np.uint8)
+    keep: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL releases the GIL while decoding
+        results: Iterable = pool.map(decode, rows)
+        if progress is not None:
+            results = progress(results)
+        for i, (row, res) in enumerate(zip(rows, results)):
+            if isinstance(res, str):
+                skipped.append((row.path, res))
+                continue
+            images[len(keep)] = res.transpose(2, 0, 1)
+            keep.append(i)
+    images = images[: len(keep)]
+    kept_rows = [rows[i] for i in keep]
+    labels = np.asarray([index[r.label] for r in kept_rows], np.int64)
+    return ImageCache(images=images, labels=labels, rows=kept_rows, skipped=skipped)

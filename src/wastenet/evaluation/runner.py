@@ -1,0 +1,194 @@
+"""Evaluate a model on a split and write the run folder's report files.
+
+Shared by the end of ``wastenet train`` (which also fits the calibration temperature on the
+validation split and stores it in ``best.pt``) and by ``wastenet eval``::
+
+    result = evaluate(model, prep, classes, taxonomy, test_images, test_labels, out_dir,
+                      temperature=1.3, threshold=0.9)
+    result["metrics"]["accuracy"]
+
+The test split is only ever evaluated here, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wastenet.evaluation import calibration as cal
+from wastenet.evaluation import metrics as M
+from wastenet.evaluation import report as R
+
+GALLERY_SIZE = 8
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _gallery(model, prep, classes, images_u8: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+             rows: list | None, out_dir: Path) -> list[dict[str, Any]]:
+    """The worst test mistakes, each saved with its Grad-CAM heatmap (the paper's Figure 9)."""
+    from PIL import Image
+
+    from wastenet.data.augment import center_crop_tensor
+
+    worst = M.worst_mistakes(probs, labels, k=GALLERY_SIZE)
+    if not worst:
+        return []
+    folder = out_dir / "mistakes"
+    folder.mkdir(exist_ok=True)
+    idx = [w["index"] for w in worst]
+    crops = center_crop_tensor(torch.from_numpy(images_u8[idx]), prep.input_size).permute(0, 2, 3, 1).numpy()
+    heatmaps = None
+    try:
+        from wastenet.data.augment import to_model_batch
+        from wastenet.inference.explain import explain_batch, overlay_heatmap
+
+        x = to_model_batch(torch.from_numpy(images_u8[idx]), prep, device=next(model.parameters()).device)
+        heatmaps = explain_batch(model, x, [w["predicted"] for w in worst])
+    except Exception as exc:  # noqa: BLE001 - the gallery is a bonus; never lose the report over it
+        _log(f"gallery heatmaps skipped: {exc}")
+    for n, (w, crop) in enumerate(zip(worst, crops)):
+        name = f"{n:02d}-{classes[w['predicted']]}-as-{classes[w['true']]}"
+        Image.fromarray(crop).save(folder / f"{name}.jpg", quality=90)
+        w["image"] = f"mistakes/{name}.jpg"
+        if rows is not None:
+            w["source"] = rows[w["index"]].path
+        if heatmaps is not None:
+            overlay_heatmap(crop, heatmaps[n]).save(folder / f"{name}-gradcam.jpg", quality=90)
+            w["heatmap"] = f"mistakes/{name}-gradcam.jpg"
+    return worst
+
+
+def evaluate(
+    model: torch.nn.Module,
+    prep,
+    classes: list[str],
+    taxonomy,
+    images_u8: np.ndarray,
+    labels: np.ndarray,
+    out_dir: str | Path,
+    *,
+    temperature: float = 1.0,
+    uncalibrated_logits: np.ndarray | None = None,
+    logits: np.ndarray | None = None,
+    threshold: float = 0.9,
+    history: list[dict] | None = None,
+    rows: list | None = None,
+    title: str = "wastenet evaluation",
+    split: str = "test",
+    extra: dict[str, Any] | None = None,
+    target_contamination: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    dtype=None,
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Metrics, calibration and decision analysis for one split; writes metrics.json, PNGs, report.md."""
+    from wastenet.training.loop import predict_logits
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if logits is None:
+        logits = predict_logits(model, images_u8, prep, device, dtype, tta=tta).numpy()
+    probs_raw = cal.softmax(logits, 1.0)
+    probs = cal.softmax(logits, temperature)
+    metrics = M.classification_metrics(probs, labels, classes)
+    bins_before = cal.reliability_bins(probs_raw, labels)
+    bins_after = cal.reliability_bins(probs, labels)
+    calibration = {
+        "temperature": float(temperature),
+        "ece_before": cal.expected_calibration_error(probs_raw, labels),
+        "ece_after": cal.expected_calibration_error(probs, labels),
+        "nll_before": cal.nll(logits, labels, 1.0),
+        "nll_after": cal.nll(logits, labels, temperature),
+    }
+    decision = cal.decision_analysis(probs, labels, classes, taxonomy, threshold)
+    curve = cal.coverage_curve(probs, labels, taxonomy, classes)
+    figures = {
+        "confusion matrix": R.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png").name,
+        "reliability": R.plot_reliability(bins_before, bins_after, out_dir / "reliability.png").name,
+        "coverage": R.plot_coverage(curve, out_dir / "coverage.png", threshold).name,
+    }
+    if history:
+        figures["curves"] = R.plot_curves(history, out_dir / "curves.png").name
+    gallery = _gallery(model, prep, classes, images_u8, probs, labels, rows, out_dir)
+    result = {
+        "split": split,
+        "metrics": metrics,
+        "calibration": calibration,
+        "decision": decision,
+        "suggested_threshold": target_contamination,
+        "worst_mistakes": gallery,
+        **(extra or {}),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    extra_sections = {}
+    if target_contamination:
+        t = target_contamination
+        extra_sections["Suggested threshold"] = (
+            f"Lowest threshold meeting contamination <= {t['target']:.3f} on the validation split: "
+            f"**{t['threshold']:.3f}** (validation coverage {t['coverage']:.3f}, contamination "
+            f"{t['contamination']:.4f}, achievable: {t['achievable']})."
+        )
+    if extra:
+        extra_sections["Run"] = "\n".join(f"- {k}: {v}" for k, v in extra.items())
+    R.write_report(out_dir / "report.md", title=title, metrics=metrics, calibration=calibration, decision=decision,
+                   figures=figures, gallery=gallery, extra_sections=extra_sections or None)
+    return result
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def evaluate_after_training(trainer, train_seconds: float) -> dict[str, Any]:
+    """Best weights -> temperature fitted on val -> test report in the run folder; updates best.pt."""
+    from wastenet import checkpoint
+    from wastenet.taxonomy import Taxonomy
+    from wastenet.training.loop import predict_logits
+
+    cfg, d, out = trainer.cfg, trainer.data, trainer.out
+    model = trainer.model
+    if trainer.best_state is not None:
+        model.load_state_dict(trainer.best_state)
+    model.eval()
+    val_logits = predict_logits(model, d.val.images, trainer.prep, trainer.device, trainer.dtype, tta=cfg.tta).numpy()
+    temperature = cal.fit_temperature(val_logits, d.val.labels)
+    taxonomy = Taxonomy.from_dict(trainer.taxonomy)
+    val_probs = cal.softmax(val_logits, temperature)
+    suggestion = cal.suggest_threshold(val_probs, d.val.labels, d.classes, taxonomy, 0.01)
+    suggestion["target"] = 0.01
+    ck = checkpoint.load(out / "best.pt")
+    ck["temperature"] = float(temperature)
+    ck["val_accuracy"] = float((val_logits.argmax(1) == d.val.labels).mean())
+    checkpoint.save(ck, out / "best.pt")
+    _log(f"calibration: temperature {temperature:.3f} fitted on {len(d.val)} validation images")
+    if len(d.test) == 0:
+        _log("no test rows: skipping the test report")
+        return {}
+    result = evaluate(
+        model, trainer.prep, d.classes, taxonomy, d.test.images, d.test.labels, out,
+        temperature=temperature, threshold=cfg.threshold, history=trainer.state.history, rows=d.test.rows,
+        title=f"{cfg.model} / {cfg.recipe} on {Path(str(d.root)).name}", split="test",
+        extra={"train_seconds": round(train_seconds, 1), "model": cfg.model, "recipe": cfg.recipe,
+               "loss": cfg.loss, "seed": cfg.seed, "val_accuracy": ck["val_accuracy"],
+               "parameters": sum(p.numel() for p in model.parameters())},
+        target_contamination=suggestion, device=trainer.device, dtype=trainer.dtype, tta=cfg.tta,
+    )
+    m = result["metrics"]
+    _log(f"test: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, "
+         f"ECE {result['calibration']['ece_before']:.4f} -> {result['calibration']['ece_after']:.4f} "
+         f"({len(d.test)} images); report in {out / 'report.md'}")
+    return {**m, "calibration": result["calibration"], "decision": result["decision"]}

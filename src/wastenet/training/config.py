@@ -1,0 +1,137 @@
+"""Everything a training run needs, validated before any work starts, saved as config.yaml.
+
+    cfg = TrainConfig(data="../shared/data/trashnet", model="densenet121",
+                      weights="../shared/weights/densenet121.safetensors")
+    cfg.validate()            # ConfigError (exit 2) on anything wrong, before decoding a pixel
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wastenet.errors import ConfigError
+from wastenet.training.losses import LOSSES
+from wastenet.training.recipes import RECIPES
+
+BUILTIN_DATASETS = ("trashnet", "kaggle-household")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "trashnet"
+    split_file: str | None = None
+    model: str = "densenet121"
+    weights: str | None = None            # file, "hub" (default when None) or "none"
+    recipe: str = "wastenet"
+    loss: str = "ce"
+    epochs: int = 8                       # finetune: all epochs; wastenet: the last (all-layer) step
+    img_size: int | None = None           # default: the model's own
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    batch_size: int = 32
+    lr: float = 5e-4                      # backbone peak rate (head and top group in staged steps)
+    head_lr: float | None = None          # head-only stage; default 10 x lr
+    lr_decay: float = 0.4                 # discriminative factor per group below the head
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    focal_gamma: float = 2.0
+    alpha: str | None = None              # "balanced" or comma-separated per-class weights
+    head_epochs: int = 60
+    head_patience: int = 8
+    head_views: int = 4                   # augmented views cached for the head stage
+    step_epochs: int = 3                  # each partial unfreezing step
+    unfreeze_groups: int = 4              # backbone groups (lowest ones merged)
+    patience: int = 3
+    amp: str = "auto"                     # auto | bf16 | fp16 | off
+    channels_last: bool = False
+    workers: int = 2
+    threads: int | None = None
+    zoom: float = 0.2
+    rotation: float = 20.0
+    shift: float = 0.1
+    hflip: bool = True
+    vflip: bool = False
+    fill: str = "nearest"
+    taxonomy: str | None = None
+    threshold: float = 0.9
+    tta: bool = False
+    limit_per_class: int | None = None    # use only N images per class and split (smoke tests)
+    extra_data: list[str] = field(default_factory=list)  # more class folders added to train
+
+    def validate(self) -> "TrainConfig":
+        """Fail fast with one clear message; touches only the file system, never pixels."""
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"--amp must be auto, bf16, fp16 or off, not {self.amp!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+        for name in ("epochs", "batch_size", "head_epochs", "step_epochs", "unfreeze_groups"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.head_views < 0 or self.patience < 1:
+            raise ConfigError("--head-views must be >= 0 and --patience >= 1")
+        if not 0 < self.lr < 1 or (self.head_lr is not None and not 0 < self.head_lr < 1):
+            raise ConfigError("learning rates must be in (0, 1)")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError("--lr-decay must be in (0, 1]")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("--label-smoothing must be in [0, 1)")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError("--threshold must be in [0, 1]")
+        if self.img_size is not None and self.img_size < 32:
+            raise ConfigError("--img-size must be at least 32")
+        if self.data not in BUILTIN_DATASETS and not Path(self.data).is_dir():
+            raise ConfigError(f"dataset folder not found: {self.data}")
+        if self.split_file and not Path(self.split_file).is_file():
+            raise ConfigError(f"split file not found: {self.split_file}")
+        if self.weights not in (None, "hub", "none", "random") and not Path(self.weights).is_file():
+            raise ConfigError(f"weights file not found: {self.weights}")
+        for extra in self.extra_data:
+            if not Path(extra).is_dir():
+                raise ConfigError(f"extra data folder not found: {extra}")
+        _check_model_name(self.model)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from exc
+
+
+def _check_model_name(name: str) -> None:
+    from wastenet.models import TORCHVISION_ARCHS
+
+    if name.removeprefix("tv:") in TORCHVISION_ARCHS:
+        return
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint}")

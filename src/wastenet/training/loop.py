@@ -1,0 +1,526 @@
+"""The training run: data -> model -> stages -> checkpoints -> honest test evaluation.
+
+Read it top to bottom: ``train(cfg)`` prepares everything (failing fast on bad input), then
+runs the recipe's stages. A head-only stage trains on cached backbone features (the frozen
+backbone runs once per augmented view, not once per epoch); a backbone stage is a one-cycle
+run with one peak learning rate per layer group. Every epoch writes ``last.pt`` (atomically),
+so ``--resume`` continues where an interrupted run stopped; ``best.pt`` holds the best
+validation weights. The test split is used once, at the end.
+
+    from wastenet.training.config import TrainConfig
+    from wastenet.training.loop import train
+    result = train(TrainConfig(data="photos/", model="mobilenetv2_100", weights="mnv2.safetensors",
+                               out="runs/mnv2"))
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from wastenet import checkpoint
+from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
+from wastenet.data.datasets import ImageCache, Row, build_cache, read_split_file, scan_folder, stratified_split, write_split_file
+from wastenet.errors import ConfigError
+from wastenet.models import BuiltModel, count_parameters, create_model, extract_features, group_modules, merge_groups, resolve_weights_arg, safe_name
+from wastenet.training.config import TrainConfig
+from wastenet.training.losses import build_loss
+from wastenet.training.recipes import Stage, make_plan
+
+HISTORY_FIELDS = ["epoch", "stage", "stage_epoch", "trainable_params", "lr", "group_lrs",
+                  "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- devices and precision
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, amp: str):
+    """bf16 autocast roughly halves CPU training time here; fp16 needs a GradScaler (CUDA only)."""
+    if amp == "off":
+        return None
+    if amp == "auto":
+        amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ConfigError("--amp fp16 needs a CUDA device; use bf16 on CPU")
+    return dtype
+
+
+# ---------------------------------------------------------------- prepared data
+@dataclass
+class Prepared:
+    root: Path
+    classes: list[str]
+    rows: list[Row]
+    train: ImageCache
+    val: ImageCache
+    test: ImageCache
+
+
+def _limit(rows: list[Row], n: int | None) -> list[Row]:
+    if not n:
+        return rows
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for r in rows:
+        key = (r.split, r.label)
+        if seen.get(key, 0) < n:
+            seen[key] = seen.get(key, 0) + 1
+            out.append(r)
+    return out
+
+
+def prepare_rows(cfg: TrainConfig, root: Path, out: Path) -> tuple[list[Row], list[str]]:
+    """The split: the given file, the run's saved one (on resume), or a new stratified 50/25/25."""
+    saved = out / "split.csv"
+    if cfg.split_file:
+        rows = read_split_file(cfg.split_file, root)
+    elif cfg.resume and saved.is_file():
+        rows = read_split_file(saved, root)
+    else:
+        scanned, _ = scan_folder(root)
+        rows = stratified_split(scanned, seed=cfg.seed)
+    classes = sorted({r.label for r in rows})
+    for split in ("train", "val"):
+        if not any(r.split == split for r in rows):
+            raise ConfigError(f"the split has no {split!r} rows")
+    return _limit(rows, cfg.limit_per_class), classes
+
+
+def prepare_data(cfg: TrainConfig, root: Path, rows: list[Row], classes: list[str], size: int, interpolation: str) -> Prepared:
+    t0 = time.time()
+    bar = (lambda it: tqdm(it, total=len(rows), desc="decode", unit="img", leave=False)) if sys.stderr.isatty() else None
+    cache = build_cache(root, rows, classes, size, interpolation, workers=cfg.workers, progress=bar)
+    for path, reason in cache.skipped:
+        log(f"skipped {path}: {reason}")
+    train_cache = cache.subset("train")
+    for extra in cfg.extra_data:  # e.g. reviewed manual-sort items exported by `wastenet review`
+        extra_rows, _ = scan_folder(extra)
+        extra_rows = [Row(r.path, r.label, "train") for r in extra_rows if r.label in classes]
+        more = build_cache(extra, extra_rows, classes, size, interpolation, workers=cfg.workers)
+        for path, reason in more.skipped:
+            log(f"skipped {extra}/{path}: {reason}")
+        train_cache = ImageCache(np.concatenate([train_cache.images, more.images]),
+                                 np.concatenate([train_cache.labels, more.labels]),
+                                 train_cache.rows + more.rows)
+    log(f"decoded {len(cache)} images ({len(cache.skipped)} skipped) in {time.time() - t0:.1f}s")
+    return Prepared(root, classes, cache.rows, train_cache, cache.subset("val"), cache.subset("test"))
+
+
+# ---------------------------------------------------------------- freezing and optimiser
+def set_trainable(model: nn.Module, groups: list[list[str]], trainable: list[int]) -> None:
+    names = {n for g in trainable for n in groups[g]}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+
+
+def train_mode(model: nn.Module, groups: list[list[str]], trainable: list[int]) -> None:
+    """Train mode, except frozen groups: their BatchNorm statistics and dropout stay fixed."""
+    model.train()
+    for g in range(len(groups)):
+        if g not in trainable:
+            for m in group_modules(model, groups[g]):
+                m.eval()
+
+
+def param_groups(model: nn.Module, groups: list[list[str]], group_lrs: dict[int, float], weight_decay: float) -> list[dict]:
+    """One optimiser group per (layer group, decay/no-decay); norms and biases get no weight decay."""
+    params = dict(model.named_parameters())
+    out = []
+    for g, lr in sorted(group_lrs.items()):
+        decay = [params[n] for n in groups[g] if params[n].ndim > 1]
+        no_decay = [params[n] for n in groups[g] if params[n].ndim <= 1]
+        for ps, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if ps:
+                out.append({"params": ps, "lr": lr, "weight_decay": wd, "layer_group": g})
+    return out
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    # A list of per-group peaks: a scalar max_lr would set every group to the same rate.
+    max_lrs = [g["lr"] for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(1, total_steps),
+                                               pct_start=0.25, div_factor=20.0, final_div_factor=200.0)
+
+
+def group_lr_summary(optimizer: torch.optim.Optimizer) -> dict[int, float]:
+    return {g["layer_group"]: g["lr"] for g in optimizer.param_groups}
+
+
+# ---------------------------------------------------------------- evaluation helpers
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, prep, device, dtype, batch_size: int = 64,
+                   tta: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """Logits (float32, CPU) for cached uint8 squares, optionally averaged with a flipped view."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        u8 = torch.from_numpy(images[i : i + batch_size])
+        views = [False, True] if tta else [False]
+        acc = 0
+        for flip in views:
+            x = to_model_batch(u8, prep, device=device, hflip=flip)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, dtype):
+                acc = acc + model(x).float()
+        out.append((acc / len(views)).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def loss_and_acc(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class RunState:
+    stage_index: int = 0
+    stage_epoch: int = 0          # epochs completed in the current stage
+    stage_done: bool = False
+    global_epoch: int = 0
+    best_score: tuple[float, float] = (-1.0, -math.inf)   # (val acc, -val loss)
+    stale: int = 0
+    stage_best_loss: float = math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, built: BuiltModel, data: Prepared, out: Path, taxonomy: dict | None,
+                 device: torch.device, dtype) -> None:
+        self.cfg, self.built, self.data, self.out = cfg, built, data, out
+        self.model = built.model.to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.prep = built.preprocessing
+        self.device, self.dtype = device, dtype
+        self.taxonomy = taxonomy
+        self.groups = merge_groups(built.groups, cfg.unfreeze_groups)
+        counts = np.bincount(data.train.labels, minlength=len(data.classes))
+        alpha = [float(a) for a in cfg.alpha.split(",")] if cfg.alpha and cfg.alpha != "balanced" else cfg.alpha
+        self.criterion = build_loss(cfg.loss, len(data.classes), label_smoothing=cfg.label_smoothing,
+                                    gamma=cfg.focal_gamma, alpha=alpha, class_counts=counts.tolist()).to(device)
+        self.augment = KerasAugment(AugmentConfig(cfg.zoom, cfg.rotation, cfg.shift, cfg.hflip, cfg.vflip, cfg.fill))
+        self.plan = make_plan(cfg.recipe, n_backbone_groups=len(self.groups) - 1, lr=cfg.lr, head_lr=cfg.head_lr,
+                              decay=cfg.lr_decay, epochs=cfg.epochs, head_epochs=cfg.head_epochs,
+                              step_epochs=cfg.step_epochs, patience=cfg.patience, head_patience=cfg.head_patience)
+        self.state = RunState()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.val_labels = torch.from_numpy(data.val.labels)
+        self.tty = sys.stderr.isatty()
+
+    # -------------------------------------------------- checkpoints
+    def _ckpt(self, state_dict=None, **extra) -> dict[str, Any]:
+        ck = checkpoint.make_checkpoint(self.built, classes=self.data.classes, taxonomy=self.taxonomy,
+                                        threshold=self.cfg.threshold, config=self.cfg.to_dict(), **extra)
+        if state_dict is not None:
+            ck["state_dict"] = state_dict
+        return ck
+
+    def save_last(self, optimizer=None, scheduler=None) -> None:
+        s = self.state
+        checkpoint.save(self._ckpt(
+            stage_index=s.stage_index, stage_epoch=s.stage_epoch, stage_done=s.stage_done,
+            global_epoch=s.global_epoch, best_score=list(s.best_score), stale=s.stale,
+            stage_best_loss=s.stage_best_loss, history=s.history,
+            optimizer=optimizer.state_dict() if optimizer else None,
+            scheduler=scheduler.state_dict() if scheduler else None,
+        ), self.out / "last.pt")
+
+    def save_best(self) -> None:
+        checkpoint.save(self._ckpt(self.best_state, best_score=list(self.state.best_score),
+                                   epoch=self.state.global_epoch), self.out / "best.pt")
+
+    def restore(self, last: dict[str, Any]) -> tuple[dict | None, dict | None]:
+        self.model.load_state_dict(last["state_dict"])
+        s = self.state
+        s.stage_index, s.stage_epoch, s.stage_done = last["stage_index"], last["stage_epoch"], last["stage_done"]
+        s.global_epoch, s.stale, s.stage_best_loss = last["global_epoch"], last["stale"], last["stage_best_loss"]
+        s.best_score, s.history = tuple(last["best_score"]), list(last["history"])
+        best_path = self.out / "best.pt"
+        if best_path.is_file():
+            self.best_state = checkpoint.load(best_path)["state_dict"]
+        return last.get("optimizer"), last.get("scheduler")
+
+    # -------------------------------------------------- bookkeeping per epoch
+    def record(self, stage: Stage, train_loss: float, train_acc: float, val_loss: float, val_acc: float,
+               group_lrs: dict[int, float], seconds: float) -> bool:
+        """Append to history; update best weights; return True when the stage should stop early."""
+        s = self.state
+        s.global_epoch += 1
+        s.stage_epoch += 1
+        head = len(self.groups) - 1
+        row = {
+            "epoch": s.global_epoch, "stage": stage.name, "stage_epoch": s.stage_epoch,
+            "trainable_params": count_parameters(self.model, trainable_only=True),
+            "lr": group_lrs.get(head, float("nan")),
+            "group_lrs": ";".join(f"g{g}={lr:.3g}" for g, lr in sorted(group_lrs.items(), reverse=True)),
+            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "seconds": round(seconds, 2),
+        }
+        s.history.append(row)
+        self.write_history()
+        score = (val_acc, -val_loss)
+        improved_best = score > s.best_score
+        if improved_best:
+            s.best_score = score
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if val_loss < s.stage_best_loss - 1e-4 or improved_best:
+            s.stage_best_loss = min(s.stage_best_loss, val_loss)
+            s.stale = 0
+        else:
+            s.stale += 1
+        if not stage.cached_features or self.tty:
+            log(f"[{stage.name} {s.stage_epoch}/{stage.epochs}] train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f} | {seconds:.1f}s")
+        return s.stale >= stage.patience
+
+    def write_history(self) -> None:
+        with (self.out / "history.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            w.writeheader()
+            for row in self.state.history:
+                w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+
+    def _begin_stage(self) -> None:
+        s = self.state
+        s.stage_epoch, s.stale, s.stage_best_loss, s.stage_done = 0, 0, math.inf, False
+
+    def _end_stage(self) -> None:
+        # each step continues from the best weights found so far
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            self.save_best()
+        self.state.stage_done = True
+        self.save_last()
+
+    # -------------------------------------------------- stage 1: head on cached features
+    @torch.no_grad()
+    def cached_features(self, images: np.ndarray, augment: bool) -> torch.Tensor:
+        self.model.eval()
+        feats = []
+        for i in range(0, len(images), 64):
+            x = to_model_batch(torch.from_numpy(images[i : i + 64]), self.prep,
+                               augment=self.augment if augment else None, device=self.device)
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(self.device, self.dtype):
+                feats.append(extract_features(self.model, x).float())
+        return torch.cat(feats)
+
+    def run_head_stage(self, stage: Stage) -> None:
+        cfg, d = self.cfg, self.data
+        t0 = time.time()
+        torch.manual_seed(cfg.seed)
+        views = [self.cached_features(d.train.images, augment=False)]
+        views += [self.cached_features(d.train.images, augment=True) for _ in range(cfg.head_views)]
+        x_train = torch.cat(views)
+        y_train = torch.from_numpy(d.train.labels).to(self.device).repeat(len(views))
+        x_val = self.cached_features(d.val.images, augment=False)
+        y_val = self.val_labels.to(self.device)
+        log(f"[head] cached features of {len(views)} view(s) x {len(d.train)} train + {len(d.val)} val "
+            f"images in {time.time() - t0:.1f}s")
+        head_group = len(self.groups) - 1
+        set_trainable(self.model, self.groups, [head_group])
+        head = self.model.get_classifier()
+        optimizer = torch.optim.AdamW(param_groups(self.model, self.groups, stage.group_lrs, cfg.weight_decay))
+        batch = 256
+        steps = math.ceil(len(x_train) / batch)
+        scheduler = one_cycle(optimizer, steps * stage.epochs)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(stage.epochs):
+            t1 = time.time()
+            head.train()
+            perm = torch.randperm(len(x_train), generator=gen).to(self.device)
+            total, correct, seen = 0.0, 0, 0
+            for i in range(0, len(perm), batch):
+                idx = perm[i : i + batch]
+                logits = head(x_train[idx])
+                loss = self.criterion(logits, y_train[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y_train[idx]).sum().item()
+                seen += len(idx)
+            head.eval()
+            with torch.no_grad():
+                val_logits = head(x_val).float()
+            vl, va = loss_and_acc(val_logits.cpu(), y_val.cpu())
+            stop = self.record(stage, total / seen, correct / seen, vl, va, group_lr_summary(optimizer), time.time() - t1)
+            if stop:
+                break
+        h = self.state.history[-1]
+        log(f"[head] {self.state.stage_epoch} epochs, val loss {h['val_loss']:.4f} acc {h['val_acc']:.4f}, "
+            f"{time.time() - t0:.1f}s in all")
+
+    # -------------------------------------------------- stage 2: backbone steps
+    def run_backbone_stage(self, stage: Stage, opt_state=None, sched_state=None) -> None:
+        cfg, d = self.cfg, self.data
+        set_trainable(self.model, self.groups, stage.trainable_groups)
+        optimizer = torch.optim.AdamW(param_groups(self.model, self.groups, stage.group_lrs, cfg.weight_decay))
+        steps_per_epoch = math.ceil(len(d.train) / cfg.batch_size)
+        scheduler = one_cycle(optimizer, steps_per_epoch * stage.epochs)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+            scheduler.load_state_dict(sched_state)
+        scaler = torch.amp.GradScaler("cuda") if self.dtype is torch.float16 else None
+        labels_all = torch.from_numpy(d.train.labels)
+        log(f"[{stage.name}] training groups {stage.trainable_groups} "
+            f"({count_parameters(self.model, trainable_only=True):,} parameters), peak lrs "
+            + ", ".join(f"g{g}={lr:.2g}" for g, lr in sorted(stage.group_lrs.items(), reverse=True)))
+        while self.state.stage_epoch < stage.epochs:
+            t0 = time.time()
+            # seeding per epoch makes a resumed run draw the same batches and augmentations
+            torch.manual_seed(cfg.seed * 100_003 + self.state.global_epoch)
+            train_mode(self.model, self.groups, stage.trainable_groups)
+            perm = torch.randperm(len(d.train))
+            total, correct, seen = 0.0, 0, 0
+            batches = range(0, len(perm), cfg.batch_size)
+            bar = tqdm(batches, desc=f"{stage.name} e{self.state.stage_epoch + 1}", leave=False, disable=not self.tty)
+            lrs_at_start = group_lr_summary(optimizer)
+            for i in bar:
+                idx = perm[i : i + cfg.batch_size]
+                if len(idx) < 2:
+                    continue  # BatchNorm cannot train on a batch of one
+                x = to_model_batch(torch.from_numpy(d.train.images[idx.numpy()]), self.prep,
+                                   augment=self.augment, device=self.device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = labels_all[idx].to(self.device)
+                with _autocast(self.device, self.dtype):
+                    logits = self.model(x)
+                loss = self.criterion(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(idx)
+                bar.set_postfix(loss=f"{total / seen:.3f}")
+            val_logits = predict_logits(self.model, d.val.images, self.prep, self.device, self.dtype,
+                                        channels_last=cfg.channels_last)
+            vl, va = loss_and_acc(val_logits, self.val_labels)
+            stop = self.record(stage, total / max(seen, 1), correct / max(seen, 1), vl, va, lrs_at_start, time.time() - t0)
+            self.save_last(optimizer, scheduler)
+            if stop:
+                log(f"[{stage.name}] early stop: no validation improvement in {stage.patience} epochs")
+                break
+
+    # -------------------------------------------------- all stages
+    def fit(self, last: dict[str, Any] | None = None) -> None:
+        opt_state = sched_state = None
+        if last is not None:
+            opt_state, sched_state = self.restore(last)
+            log(f"resuming at stage {self.state.stage_index} ({self.plan[self.state.stage_index].name}), "
+                f"epoch {self.state.stage_epoch} of that stage")
+        start = self.state.stage_index + (1 if self.state.stage_done else 0)
+        for si in range(start, len(self.plan)):
+            stage = self.plan[si]
+            resuming_this = last is not None and si == self.state.stage_index and not self.state.stage_done
+            if not resuming_this or stage.cached_features:
+                self._begin_stage()
+                opt_state = sched_state = None
+            self.state.stage_index = si
+            if stage.cached_features:
+                self.run_head_stage(stage)
+            else:
+                self.run_backbone_stage(stage, opt_state, sched_state)
+            opt_state = sched_state = None
+            self._end_stage()
+
+
+# ---------------------------------------------------------------- entry point
+def default_out(cfg: TrainConfig) -> Path:
+    return Path("runs") / safe_name(f"{cfg.model}-{cfg.recipe}")
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run a whole training job; returns the test metrics. Raises ConfigError before any work."""
+    cfg.validate()
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    last_path = out / "last.pt"
+    last = None
+    if cfg.resume:
+        if not last_path.is_file():
+            raise ConfigError(f"--resume: no {last_path} to resume from")
+        last = checkpoint.load(last_path)
+        saved = TrainConfig.from_dict({**last["config"], "resume": True})
+        if (saved.model, saved.recipe) != (cfg.model, cfg.recipe):
+            raise ConfigError(f"--resume: {out} was trained with {saved.model}/{saved.recipe}")
+        cfg = saved
+    elif last_path.exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    from wastenet.data.download import resolve_dataset
+    from wastenet.taxonomy import default_taxonomy_for, identity_taxonomy, load_taxonomy
+
+    root = resolve_dataset(cfg.data)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, classes = prepare_rows(cfg, root, out)
+    taxonomy = (load_taxonomy(cfg.taxonomy, classes) if cfg.taxonomy
+                else default_taxonomy_for(classes) or identity_taxonomy(classes))
+    weights = resolve_weights_arg(cfg.weights, pretrained=True)
+    device = resolve_device(cfg.device)
+    dtype = autocast_for(device, cfg.amp)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    built = create_model(cfg.model, len(classes), weights=weights, img_size=cfg.img_size)
+    write_split_file(rows, out / "split.csv")
+    cfg.save(out / "config.yaml")
+
+    data = prepare_data(cfg, root, rows, classes, built.preprocessing.resize_size, built.preprocessing.interpolation)
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise ConfigError("no readable training or validation images")
+    trainer = Trainer(cfg, built, data, out, taxonomy.to_dict(), device, dtype)
+    t0 = time.time()
+    trainer.fit(last)
+    train_seconds = time.time() - t0 + sum(0 for _ in ())
+    if last is not None:
+        train_seconds += sum(float(r.get("seconds", 0)) for r in last.get("history", []))
+
+    from wastenet.evaluation.runner import evaluate_after_training
+
+    metrics = evaluate_after_training(trainer, train_seconds=time.time() - t0)
+    (out / "summary.json").write_text(json.dumps({"train_seconds": round(time.time() - t0, 1),
+                                                   "test_accuracy": metrics.get("accuracy")}, indent=2))
+    return metrics
