@@ -165,6 +165,16 @@ def _build_timm(arch: str, num_classes: int, weights: str | None, kwargs: dict[s
     for h in heads:
         if f"{h}.weight" in state:
             pretrained_classes = state[f"{h}.weight"].shape[0]
+    # Check the file fits before timm loads it (timm loads non-strictly once it drops a head).
+    expected = model.state_dict()
+    head_keys = tuple(f"{h}." for h in heads)
+    _check_only_head_missing([k for k in expected if k not in state], arch, weights, heads)
+    unexpected = [k for k in state if k not in expected and not k.startswith(head_keys)]
+    if unexpected:
+        raise ConfigError(f"weights {weights} do not fit {arch}: unexpected tensor {unexpected[0]}")
+    wrong = [k for k in state if k in expected and not k.startswith(head_keys) and state[k].shape != expected[k].shape]
+    if wrong:
+        raise ConfigError(f"weights {weights} do not fit {arch}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}")
     # A file without a classifier: tell timm the class count differs so it drops (skips) it.
     overlay_classes = pretrained_classes if has_head else num_classes + 1
     model = timm.create_model(
@@ -174,12 +184,6 @@ def _build_timm(arch: str, num_classes: int, weights: str | None, kwargs: dict[s
         pretrained_cfg_overlay=dict(file=str(path), num_classes=overlay_classes),
         **kwargs,
     )
-    loaded = model.state_dict()
-    missing = [k for k in loaded if k not in state]
-    _check_only_head_missing(missing, arch, weights, heads)
-    unexpected = [k for k in state if k not in loaded and not k.startswith(tuple(f"{h}." for h in heads))]
-    if unexpected:
-        raise ConfigError(f"weights {weights} do not fit {arch}: unexpected tensor {unexpected[0]}")
     return model.float()
 
 
@@ -226,6 +230,14 @@ def create_model(
         model = _build_torchvision(arch, num_classes, weights)
     else:
         model = _build_timm(arch, num_classes, weights, kwargs)
+    if weights is not None:
+        # A new head starts at zero: random init gives large logits on ImageNet features, which the
+        # head then spends its first epochs unlearning (and overfits while doing so).
+        head = model.get_classifier()
+        if isinstance(head, (nn.Linear, nn.Conv2d)) and head.weight.shape[0] == num_classes:
+            nn.init.zeros_(head.weight)
+            if head.bias is not None:
+                nn.init.zeros_(head.bias)
     cfg = _timm_data_config(model)
     # the weights' own normalisation wins over the architecture's default (TF-origin weights use 0.5)
     for key in ("mean", "std", "input_size"):

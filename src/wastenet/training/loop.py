@@ -354,7 +354,7 @@ class Trainer:
         set_trainable(self.model, self.groups, [head_group])
         head = self.model.get_classifier()
         optimizer = torch.optim.AdamW(param_groups(self.model, self.groups, stage.group_lrs, cfg.weight_decay))
-        batch = 256
+        batch = cfg.batch_size  # head steps on cached features cost microseconds: take many
         steps = math.ceil(len(x_train) / batch)
         scheduler = one_cycle(optimizer, steps * stage.epochs)
         gen = torch.Generator().manual_seed(cfg.seed)

@@ -1,0 +1,179 @@
+"""``wastenet predict``: classify photos and decide a bin for each, as a table, CSV or JSON.
+
+Usage::
+
+    wastenet predict --checkpoint runs/x/best.pt photos/ extra.jpg --format csv --out preds.csv
+    wastenet predict --checkpoint model.onnx "shots/**/*.jpg" --threshold 0.8 --taxonomy household
+    wastenet predict --checkpoint runs/x/best.pt bottle.jpg        # aligned table on stdout
+
+PATHs are files, folders (searched recursively, files sorted) or glob patterns; the output
+keeps their order. Exit status: 0 all inputs predicted, 1 some inputs failed (their rows
+say why; the others are still written), 2 usage or configuration error (before any work).
+Nothing here imports torch at module level: ONNX files run on the torch-free install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+HELP = "Classify images and decide which bin each goes in (manual_sort when unsure)."
+
+#: Column order of the CSV output (the DESIGN.md contract, then extras).
+CSV_COLUMNS = ("path", "label", "confidence", "bin", "decision", "error", "bin_confidence")
+
+_PROGRESS_MIN_INPUTS = 16
+# renders as "": stops ArgumentDefaultsHelpFormatter appending "(default: None)" where None means "see text"
+_NO_DEFAULT = "%(default).0s"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="model file: a training checkpoint (.pt) or an exported model (.onnx)" + _NO_DEFAULT)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files, folders (searched recursively) or glob patterns (quote them)")
+    parser.add_argument("--threshold", type=float, default=None, metavar="P",
+                        help="minimum bin probability to trust the bin, else manual_sort, in [0, 1] "
+                             "(default: the model file's, normally 0.9)" + _NO_DEFAULT)
+    parser.add_argument("--taxonomy", default=None, metavar="FILE|trashnet|household",
+                        help="class -> bin map to use instead of the model's (YAML file or built-in name)" + _NO_DEFAULT)
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="output format")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="write the output to FILE (atomically) instead of stdout" + _NO_DEFAULT)
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per model call")
+    parser.add_argument("--topk", type=int, default=3, metavar="K", help="classes listed per image in JSON output")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the image's and its mirror image's probabilities "
+                             "(twice the compute)" + _NO_DEFAULT)
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                        help="where the model runs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from wastenet.errors import ConfigError
+    from wastenet.inference.predictor import Classifier, Prediction, check_threshold
+    from wastenet.taxonomy import load_taxonomy
+
+    # every usage / configuration check happens before any image is read
+    threshold = None if args.threshold is None else check_threshold(args.threshold)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be at least 1, got {args.topk}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name")
+    clf = Classifier.load(args.checkpoint, device=args.device)
+    taxonomy = load_taxonomy(args.taxonomy, clf.classes) if args.taxonomy else None
+
+    inputs, missing = expand_paths(args.paths)
+    progress = sys.stderr.isatty() and len(inputs) > _PROGRESS_MIN_INPUTS
+    predicted = iter(clf.predict(inputs, threshold=threshold, taxonomy=taxonomy, batch_size=args.batch_size,
+                                 topk=args.topk, progress=progress, tta=args.tta))
+    # merge back the patterns that matched nothing, at their place in the input order
+    preds: list[Prediction] = []
+    for i in range(len(inputs) + len(missing)):
+        preds.append(Prediction.failed(*missing[i]) if i in missing else next(predicted))
+
+    text = format_predictions(preds, args.format)
+    if out is not None:
+        write_atomic(out, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    failed = sum(not p.ok for p in preds)
+    if out is not None:
+        print(f"wrote {len(preds)} predictions to {out}", file=sys.stderr)
+    if failed:
+        print(f"wastenet predict: {failed} of {len(preds)} inputs failed (see the error column)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def expand_paths(specs: Sequence[str]) -> tuple[list[str], dict[int, tuple[str, str]]]:
+    """Command-line PATHs -> (image paths in order, {output position: (spec, reason)} for no match).
+
+    A folder gives its images (recursive, sorted); a path that does not exist literally is
+    tried as a glob (``**`` recursive); a plain missing file stays in the list so that its
+    row reports ``file not found``.
+    """
+    from wastenet.data.images import IMAGE_EXTENSIONS, iter_image_files
+
+    paths: list[str] = []
+    missing: dict[int, tuple[str, str]] = {}
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = [str(f) for f in iter_image_files(p)]
+            if not found:
+                missing[len(paths) + len(missing)] = (spec, "no image files in folder")
+            paths.extend(found)
+        elif p.exists() or not glob.has_magic(spec):
+            paths.append(spec)
+        else:
+            found = []
+            for match in sorted(glob.glob(spec, recursive=True)):
+                if os.path.isdir(match):
+                    found.extend(str(f) for f in iter_image_files(match))
+                elif os.path.splitext(match)[1].lower() in IMAGE_EXTENSIONS:
+                    found.append(match)
+            if not found:
+                missing[len(paths) + len(missing)] = (spec, "no image files match this pattern")
+            paths.extend(found)
+    return paths, missing
+
+
+def format_predictions(preds: Sequence[Any], fmt: str) -> str:
+    """Render predictions as ``table``, ``csv`` or ``json`` text."""
+    if fmt == "json":
+        return json.dumps([p.to_dict() for p in preds], indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for p in preds:
+            writer.writerow(p.to_row())
+        return buf.getvalue()
+    if fmt == "table":
+        return _table(preds)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _table(preds: Sequence[Any]) -> str:
+    header = ("path", "label", "conf", "bin", "bin_conf", "decision", "error")
+    rows = [header]
+    for p in preds:
+        rows.append((p.path, p.label or "", "" if p.confidence is None else f"{p.confidence:.3f}",
+                     p.bin or "", "" if p.bin_confidence is None else f"{p.bin_confidence:.3f}",
+                     p.decision, p.error or ""))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    numeric = {2, 4}
+    lines = []
+    for r in rows:
+        cells = [r[c].rjust(widths[c]) if c in numeric else r[c].ljust(widths[c]) for c in range(len(header))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it over: no half-written output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an output file is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

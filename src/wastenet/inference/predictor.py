@@ -1,0 +1,490 @@
+"""The prediction API: a trained model (``.pt`` checkpoint or ``.onnx`` file) as a bin sorter.
+
+``Classifier`` hides the runtime (PyTorch or onnxruntime, imported only when a file of that
+kind is loaded, so the torch-free edge install can run ONNX files) and turns images into
+``Prediction`` rows: class, calibrated confidence, bin, and the decision (the bin, or
+``manual_sort`` when the bin's total probability is below the threshold)::
+
+    clf = Classifier.load("runs/densenet121/best.pt")        # or "model.onnx"
+    preds = clf.predict(["bottle.jpg", "photos/can.png"], threshold=0.9)
+    print(preds[0])                 # bottle.jpg: glass 0.97 -> recyclable (0.99)
+
+Images may be paths, PIL images, uint8 ``H x W x 3`` arrays or encoded bytes, mixed. A file
+that cannot be decoded gives an error ``Prediction`` (``decision == "error"``) and never
+stops the batch. Decoding and preprocessing of the next batches run in background threads
+while the model works on the current one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from wastenet.data.images import ImageDecodeError, load_image
+from wastenet.errors import ConfigError
+from wastenet.preprocessing import Preprocessing, preprocess_images
+from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
+
+__all__ = [
+    "Classifier",
+    "Decision",
+    "ImageInput",
+    "MANUAL_SORT",
+    "OnnxBackend",
+    "Prediction",
+    "TorchBackend",
+    "decide",
+    "softmax",
+]
+
+MANUAL_SORT = "manual_sort"
+ERROR = "error"
+DEFAULT_THRESHOLD = 0.9
+# float sums of probabilities land a hair below 1.0; a full bin must still pass threshold 1.0
+_TOLERANCE = 1e-9
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Prediction:
+    """One input's result. Error rows have ``decision == "error"`` and empty class fields.
+
+    >>> p = Prediction("a.jpg", "glass", 0.97, "recyclable", 0.99, "recyclable")
+    >>> p.to_row()["decision"]
+    'recyclable'
+    """
+
+    path: str
+    label: str | None = None
+    confidence: float | None = None
+    bin: str | None = None
+    bin_confidence: float | None = None
+    decision: str = ERROR
+    error: str | None = None
+    topk: list[tuple[str, float]] = field(default_factory=list)
+    bin_probs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.decision != ERROR
+
+    @classmethod
+    def failed(cls, path: str, reason: str) -> "Prediction":
+        return cls(path=path, decision=ERROR, error=reason)
+
+    def to_row(self) -> dict[str, Any]:
+        """The CSV row: ``path,label,confidence,bin,decision,error,bin_confidence`` (in order)."""
+        return {
+            "path": self.path,
+            "label": self.label or "",
+            "confidence": _fmt(self.confidence),
+            "bin": self.bin or "",
+            "decision": self.decision,
+            "error": self.error or "",
+            "bin_confidence": _fmt(self.bin_confidence),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the row's fields (``null`` when empty) plus ``topk`` and ``bin_probs``."""
+        return {
+            "path": self.path,
+            "label": self.label,
+            "confidence": _round(self.confidence),
+            "bin": self.bin,
+            "decision": self.decision,
+            "error": self.error,
+            "bin_confidence": _round(self.bin_confidence),
+            "topk": [{"label": label, "probability": _round(p)} for label, p in self.topk],
+            "bin_probs": {b: _round(p) for b, p in self.bin_probs.items()},
+        }
+
+    def __str__(self) -> str:
+        if not self.ok:
+            return f"{self.path}: error: {self.error}"
+        verdict = self.bin if self.decision == self.bin else f"{MANUAL_SORT} (best bin {self.bin})"
+        return f"{self.path}: {self.label} {self.confidence:.2f} -> {verdict} ({self.bin_confidence:.2f})"
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{float(x):.6f}"
+
+
+class Decision(NamedTuple):
+    bin: str
+    bin_confidence: float
+    decision: str
+    bin_probs: dict[str, float]
+
+
+def decide(probs: Sequence[float] | np.ndarray, classes: Sequence[str], taxonomy: Taxonomy,
+           threshold: float) -> Decision:
+    """The decision rule for one item, from its class probabilities (model class order).
+
+    The bin is the one with the highest *total* probability (sum over its classes), so an
+    item torn between two recyclable classes still goes confidently to recycling; it is
+    kept only if that total reaches ``threshold``, otherwise the item goes to manual sort::
+
+        d = decide([0.45, 0.45, 0.10], ["newspaper", "office_paper", "straw"], tax, 0.8)
+        d.bin, d.decision          # ('recyclable', 'recyclable'): 0.90 >= 0.8
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    bp = taxonomy.bin_probabilities(p, classes)
+    names = taxonomy.bin_names
+    best = int(np.argmax(bp))  # ties: the first bin in taxonomy order
+    conf = min(float(bp[best]), 1.0)
+    decision = names[best] if conf + _TOLERANCE >= threshold else MANUAL_SORT
+    return Decision(names[best], conf, decision, {b: min(float(v), 1.0) for b, v in zip(names, bp)})
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64 (calibrated probabilities)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def check_threshold(threshold: float) -> float:
+    """A decision threshold must be a probability: ConfigError otherwise."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
+    if math.isnan(t) or not 0.0 <= t <= 1.0:
+        raise ConfigError(f"threshold must be in [0, 1], got {threshold}")
+    return t
+
+
+# --------------------------------------------------------------------------- backends
+class TorchBackend:
+    """A PyTorch network in eval mode: normalised float32 ``[N,3,S,S]`` -> logits ``[N,C]``."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, device: str = "cpu", channels_last: bool = False) -> None:
+        import torch
+
+        self._torch = torch
+        self.device = _torch_device(device)
+        self.channels_last = channels_last
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.model(t).float().cpu().numpy()
+
+
+def _torch_device(device: str) -> Any:
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r} (use cpu, cuda or auto)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available")
+    return dev
+
+
+class OnnxBackend:
+    """An onnxruntime session over a wastenet ONNX file (input ``input``, output ``logits``)."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ConfigError("onnxruntime is not installed: pip install 'wastenet[edge]'") from exc
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise ConfigError("device cuda requested but onnxruntime has no CUDA provider")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - any unreadable model is the user's input problem
+            raise ConfigError(f"cannot read ONNX model {path}: {' '.join(str(exc).split())[:200]}") from exc
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.input_name = "input" if "input" in inputs else inputs[0]
+        self.output_name = "logits" if "logits" in outputs else outputs[0]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- classifier
+class Classifier:
+    """A waste classifier plus its decision rule (taxonomy, temperature, threshold).
+
+    Usage::
+
+        clf = Classifier.load("runs/x/best.pt")
+        clf.predict(["a.jpg", "b.png"], threshold=0.8)    # list[Prediction], input order
+        clf.predict_one("a.jpg").decision                  # 'recyclable' or 'manual_sort'
+    """
+
+    def __init__(self, backend: Any, *, classes: Sequence[str], preprocessing: Preprocessing,
+                 taxonomy: Taxonomy | Mapping[str, Any] | str | None = None, temperature: float = 1.0,
+                 threshold: float = DEFAULT_THRESHOLD, arch: str = "", source: str | None = None) -> None:
+        self.backend = backend
+        self.classes = [str(c) for c in classes]
+        self.preprocessing = preprocessing
+        self.taxonomy = _resolve_taxonomy(taxonomy, self.classes)
+        self.temperature = float(temperature)
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}")
+        self.threshold = check_threshold(threshold)
+        self.arch = arch
+        self.source = source
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", channels_last: bool = False) -> "Classifier":
+        """Load a ``.pt`` checkpoint (PyTorch) or an ``.onnx`` file (onnxruntime).
+
+        A missing file, another suffix or a file without wastenet metadata is a ConfigError.
+        """
+        p = Path(path)
+        suffix = p.suffix.lower()
+        if suffix not in (".pt", ".onnx"):
+            raise ConfigError(f"model file must be a .pt checkpoint or an .onnx file, got {p}")
+        if not p.is_file():
+            raise ConfigError(f"{'checkpoint' if suffix == '.pt' else 'ONNX model'} not found: {p}")
+        if suffix == ".pt":
+            return cls._load_torch(p, device, channels_last)
+        return cls._load_onnx(p, device)
+
+    @classmethod
+    def _load_torch(cls, path: Path, device: str, channels_last: bool) -> "Classifier":
+        try:
+            from wastenet import checkpoint
+            from wastenet.models import model_from_checkpoint
+        except ImportError as exc:  # the edge install has no torch
+            raise ConfigError(f"a .pt checkpoint needs PyTorch ({exc.name} is missing); "
+                              "export to ONNX for the torch-free runtime") from exc
+        ckpt = checkpoint.load(path)
+        model = model_from_checkpoint(ckpt)
+        return cls(TorchBackend(model, device, channels_last), classes=ckpt["classes"],
+                   preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]),
+                   taxonomy=ckpt.get("taxonomy"), temperature=ckpt.get("temperature", 1.0),
+                   threshold=ckpt.get("threshold", DEFAULT_THRESHOLD), arch=ckpt["arch"], source=str(path))
+
+    @classmethod
+    def _load_onnx(cls, path: Path, device: str) -> "Classifier":
+        backend = OnnxBackend(path, device)
+        raw = backend.metadata.get("wastenet")
+        if raw is None:
+            raise ConfigError(f"{path} has no wastenet metadata: export it with `wastenet export`")
+        try:
+            meta = json.loads(raw)
+            prep = Preprocessing.from_dict(meta["preprocessing"])
+            classes = meta["classes"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: unreadable wastenet metadata ({exc})") from exc
+        return cls(backend, classes=classes, preprocessing=prep, taxonomy=meta.get("taxonomy"),
+                   temperature=meta.get("temperature") or 1.0,
+                   threshold=meta.get("threshold", DEFAULT_THRESHOLD), arch=meta.get("arch", ""),
+                   source=str(path))
+
+    @classmethod
+    def from_model(cls, model: Any, *, classes: Sequence[str], preprocessing: Preprocessing,
+                   taxonomy: Any = None, temperature: float = 1.0, threshold: float = DEFAULT_THRESHOLD,
+                   arch: str = "", device: str = "cpu") -> "Classifier":
+        """Wrap an in-memory PyTorch network (e.g. right after training)."""
+        return cls(TorchBackend(model, device), classes=classes, preprocessing=preprocessing,
+                   taxonomy=taxonomy, temperature=temperature, threshold=threshold, arch=arch)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch network (torch backend only; Grad-CAM needs it)."""
+        model = getattr(self.backend, "model", None)
+        if model is None:
+            raise ConfigError(f"the {self.backend_name} backend has no PyTorch model: use a .pt checkpoint")
+        return model
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary (the service's health endpoint shows it)."""
+        return {"model": self.arch, "backend": self.backend_name, "source": self.source,
+                "classes": list(self.classes), "taxonomy": self.taxonomy.to_dict(),
+                "temperature": self.temperature, "threshold": self.threshold,
+                "input_size": self.preprocessing.input_size}
+
+    def __repr__(self) -> str:
+        return (f"Classifier(arch={self.arch!r}, backend={self.backend_name!r}, "
+                f"classes={len(self.classes)}, taxonomy={self.taxonomy.name!r})")
+
+    # ---------------------------------------------------------------- inference
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 ``[N,3,S,S]`` -> raw logits ``[N,C]`` (no temperature)."""
+        return self.backend.predict_arrays(x)
+
+    def probabilities(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Calibrated class probabilities ``softmax(logits / T)``; ``tta`` averages with the mirror image."""
+        probs = softmax(self.predict_arrays(x), self.temperature)
+        if tta:
+            flipped = np.ascontiguousarray(x[..., ::-1])
+            probs = (probs + softmax(self.predict_arrays(flipped), self.temperature)) / 2.0
+        return probs
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images -> the model's normalised float32 input (same code for every backend)."""
+        return preprocess_images(images, self.preprocessing)
+
+    def predict_one(self, image: ImageInput, **kwargs: Any) -> Prediction:
+        """``predict([image])[0]``."""
+        return self.predict([image], **kwargs)[0]
+
+    def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: float | None = None,
+                taxonomy: Any = None, batch_size: int = 32, topk: int = 3, progress: bool = False,
+                tta: bool = False) -> list[Prediction]:
+        """Classify ``images`` and decide a bin for each; results in input order.
+
+        ``threshold`` defaults to the model file's; ``taxonomy`` overrides the model's (a
+        built-in name, YAML path, dict or Taxonomy; checked against the classes, ConfigError).
+        """
+        items = _as_list(images)
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        tax = self.taxonomy if taxonomy is None else load_taxonomy(taxonomy, self.classes)
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        k = max(1, min(int(topk), len(self.classes)))
+        names = [_display_name(item, i) for i, item in enumerate(items)]
+        results: list[Prediction | None] = [None] * len(items)
+        batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+        bar = _progress_bar(len(items), progress)
+        try:
+            # decode + preprocess up to 2 batches ahead while the model runs (PIL releases the GIL)
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="wastenet-decode") as pool:
+                pending: deque[Future] = deque()
+                next_batch = 0
+                for _ in batches:
+                    while next_batch < len(batches) and len(pending) < 3:
+                        idx = batches[next_batch]
+                        pending.append(pool.submit(self._prepare, [items[i] for i in idx], idx))
+                        next_batch += 1
+                    x, ok_idx, failures = pending.popleft().result()
+                    for i, reason in failures:
+                        results[i] = Prediction.failed(names[i], reason)
+                    if ok_idx:
+                        probs = self.probabilities(x, tta=tta)
+                        for row, i in zip(probs, ok_idx):
+                            results[i] = self._prediction(names[i], row, tax, thr, k)
+                    if bar is not None:
+                        bar.update(len(ok_idx) + len(failures))
+        finally:
+            if bar is not None:
+                bar.close()
+        return [r for r in results if r is not None]
+
+    def _prepare(self, batch: list[ImageInput], idx: list[int]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        pils: list[Image.Image] = []
+        ok: list[int] = []
+        failures: list[tuple[int, str]] = []
+        for i, item in zip(idx, batch):
+            try:
+                pils.append(_to_pil(item))
+                ok.append(i)
+            except ImageDecodeError as err:
+                failures.append((i, err.reason))
+        return self.preprocess(pils), ok, failures
+
+    def _prediction(self, name: str, probs: np.ndarray, tax: Taxonomy, threshold: float, k: int) -> Prediction:
+        order = np.argsort(-probs, kind="stable")[:k]
+        d = decide(probs, self.classes, tax, threshold)
+        top = int(order[0])
+        return Prediction(path=name, label=self.classes[top], confidence=float(probs[top]), bin=d.bin,
+                          bin_confidence=d.bin_confidence, decision=d.decision, error=None,
+                          topk=[(self.classes[int(j)], float(probs[j])) for j in order], bin_probs=d.bin_probs)
+
+
+# --------------------------------------------------------------------------- helpers
+def _resolve_taxonomy(spec: Any, classes: list[str]) -> Taxonomy:
+    if spec:
+        return load_taxonomy(spec, classes)
+    # no taxonomy in the file: a built-in one if the classes match it, else one bin per class
+    return default_taxonomy_for(classes) or identity_taxonomy(classes)
+
+
+def _as_list(images: Any) -> list[ImageInput]:
+    if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        # one H x W x 3 image, or a stack N x H x W x 3
+        return [images] if images.ndim == 3 else list(images)
+    return list(images)
+
+
+def _display_name(item: ImageInput, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or f"<image {index}>"
+    if isinstance(item, np.ndarray):
+        return f"<array {index}>"
+    return f"<bytes {index}>"
+
+
+def _to_pil(item: ImageInput) -> Image.Image:
+    """Any supported input -> RGB PIL image; unreadable data raises ImageDecodeError."""
+    if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return load_image(item)
+    if isinstance(item, Image.Image):
+        if item.mode == "RGB":
+            return item
+        if item.mode in ("RGBA", "LA", "PA", "P"):
+            # composite transparency onto white like load_image does (not the hidden colour)
+            rgba = item.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            bg.alpha_composite(rgba)
+            return bg.convert("RGB")
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+            raise ImageDecodeError(f"expected a uint8 H x W x 3 array, got {item.dtype} {tuple(item.shape)}")
+        return Image.fromarray(np.ascontiguousarray(item), "RGB")
+    raise ImageDecodeError(f"unsupported input type {type(item).__name__}")
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, desc="predict", leave=False)
