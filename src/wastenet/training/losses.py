@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wastenet.errors import ConfigError
-
-LOSSES = ("ce", "focal")
+from wastenet.training.config import LOSSES
 
 
 def balanced_weights(class_counts: Sequence[int]) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""``wastenet review``: the manual-sort review loop from the command line.
+
+Usage::
+
+    wastenet review --log-db runs/x/decisions.sqlite                 # list pending items
+    wastenet review --log-db runs/x/decisions.sqlite --set 17 plastic
+    wastenet review --log-db runs/x/decisions.sqlite --export data/reviewed
+    wastenet train --data data/reviewed ...                          # learn from them
+
+The service's ``/review`` page does the same in a browser. Exit status: 0 success,
+1 an unknown decision id, 2 a usage error (missing log file, unknown class label).
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "List manual-sort decisions awaiting review, label them, and export them as a dataset."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-db", required=True, metavar="PATH",
+                        help="the service's SQLite decision log (decisions.sqlite)")
+    parser.add_argument("--list", action="store_true",
+                        help="list manual-sort items awaiting a label, newest first (the default action)")
+    parser.add_argument("--limit", type=int, default=50, help="most items listed")
+    parser.add_argument("--set", nargs=2, metavar=("ID", "LABEL"), default=None,
+                        help="record the correct class LABEL for decision ID")
+    parser.add_argument("--force", action="store_true",
+                        help="with --set: accept a label that is not one of the model's classes")
+    parser.add_argument("--export", default=None, metavar="DIR",
+                        help="write every reviewed photo to DIR/<label>/<id>_<name>.jpg|png "
+                             "(a dataset for `wastenet train --data DIR`)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from wastenet.errors import ConfigError, WastenetError
+    from wastenet.serve.decision_log import DecisionLog
+
+    if args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    set_id = None
+    if args.set is not None:
+        try:
+            set_id = int(args.set[0])
+        except ValueError:
+            raise ConfigError(f"--set: ID must be a whole number, got {args.set[0]!r}") from None
+
+    with DecisionLog(args.log_db, create=False) as log:
+        if set_id is not None:
+            label = args.set[1].strip()
+            classes = log.classes()
+            if classes and label not in classes and not args.force:
+                raise ConfigError(f"--set: unknown class {label!r} (classes: {', '.join(classes)}; "
+                                  "--force accepts it anyway)")
+            try:
+                item = log.review(set_id, label)
+            except ValueError as exc:
+                raise ConfigError(f"--set: {exc}") from None
+            except KeyError:
+                raise WastenetError(f"no decision with id {set_id} in {args.log_db}") from None
+            print(f"#{item['id']}: {item['label'] or '?'} -> {item['reviewed_label']}")
+        if args.export:
+            counts = log.export_dataset(args.export)
+            total = sum(counts.values())
+            for cls, n in counts.items():
+                print(f"{cls}\t{n}")
+            print(f"exported {total} reviewed image{'s' if total != 1 else ''} to {args.export}",
+                  file=sys.stderr)
+        if args.list or (set_id is None and not args.export):
+            _print_pending(log, args.limit)
+    return 0
+
+
+def _print_pending(log: object, limit: int) -> None:
+    items = log.pending_reviews(limit)  # type: ignore[attr-defined]
+    total = log.pending_count()  # type: ignore[attr-defined]
+    if not items:
+        print("no manual-sort items awaiting review", file=sys.stderr)
+        return
+    header = ("id", "time", "label", "confidence", "bin", "bin_conf", "image")
+    rows = [(str(it["id"]), (it["created_at"] or "")[:19].replace("T", " "), it["label"] or "",
+             _pct(it["confidence"]), it["bin"] or "", _pct(it["bin_confidence"]), it["image_name"] or "")
+            for it in items]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if total > len(items):
+        print(f"({total - len(items)} more; --limit shows more)", file=sys.stderr)
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"

@@ -1,0 +1,125 @@
+"""``wastenet serve``: the web service and page (FastAPI + uvicorn) around one model file.
+
+Usage::
+
+    wastenet serve --checkpoint runs/x/best.pt                 # http://127.0.0.1:8000/
+    wastenet serve --checkpoint model.onnx --host 0.0.0.0 --port 8080 --threshold 0.85
+    wastenet serve --checkpoint model.onnx --workers 2          # one process per core
+
+Decisions go to ``decisions.sqlite`` beside the model file (or ``--log-db``); manual-sort
+photos wait there for ``/review`` or ``wastenet review``. Nothing here imports torch at
+module level: an ``.onnx`` file runs on the torch-free edge install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+HELP = "Serve the classifier: JSON API, web page (upload or camera) and the manual-sort review loop."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="FILE.pt|FILE.onnx",
+                        help="model file: a training checkpoint (.pt) or an exported model (.onnx)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0 for every interface; the API has no login)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--log-db", default=None, metavar="PATH",
+                        help="SQLite decision log (None = decisions.sqlite beside the model file, "
+                             "else ~/.local/share/wastenet/)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="default decision threshold in [0, 1] (None = the model file's, normally 0.9)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload, in MB")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes, each with its own copy of the model")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="most concurrent requests stacked into one forward pass (1 = no batching)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads per process (None = cores / workers)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run a .pt model in channels-last (NHWC) memory layout, often faster on CPU")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"), help="server log level")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wastenet.errors import ConfigError
+
+    ckpt = Path(args.checkpoint)
+    if ckpt.suffix.lower() not in (".pt", ".onnx"):
+        raise ConfigError(f"--checkpoint must be a .pt checkpoint or an .onnx file, got {ckpt}")
+    if not ckpt.is_file():
+        raise ConfigError(f"model file not found: {ckpt}")
+    if args.threshold is not None and not (0.0 <= args.threshold <= 1.0):
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if not args.max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    try:
+        import uvicorn
+
+        import wastenet.serve.app  # noqa: F401 - fastapi present?
+    except ImportError as exc:
+        raise ConfigError(f"serving needs the serve extra ({exc.name} is missing): "
+                          "pip install 'wastenet[serve]'") from exc
+    _check_port_free(args.host, args.port)
+
+    max_bytes = int(args.max_upload_mb * 2**20)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # one model per process: split the cores between processes instead of oversubscribing
+    threads = args.threads or (max(1, cores // args.workers) if args.workers > 1 else None)
+    log_db = str(Path(args.log_db).expanduser()) if args.log_db else None
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
+
+    if args.workers == 1:
+        from wastenet.serve.app import create_app
+
+        app = create_app(ckpt, log_path=log_db, max_upload_bytes=max_bytes, threshold=args.threshold,
+                         max_batch=args.max_batch, torch_threads=threads, channels_last=args.channels_last)
+        print(f"wastenet serve: {url}  (decision log: {app.state.decision_log.path})", file=sys.stderr)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+        return 0
+
+    # several processes: uvicorn imports the app factory in each one; settings go by env
+    os.environ["WASTENET_CHECKPOINT"] = str(ckpt.resolve())
+    os.environ["WASTENET_MAX_UPLOAD_BYTES"] = str(max_bytes)
+    os.environ["WASTENET_MAX_BATCH"] = str(args.max_batch)
+    if log_db:
+        os.environ["WASTENET_LOG_DB"] = log_db
+    if args.threshold is not None:
+        os.environ["WASTENET_THRESHOLD"] = str(args.threshold)
+    if threads:
+        os.environ["WASTENET_TORCH_THREADS"] = str(threads)
+    if args.channels_last:
+        os.environ["WASTENET_CHANNELS_LAST"] = "1"
+    print(f"wastenet serve: {url}  ({args.workers} workers)", file=sys.stderr)
+    uvicorn.run("wastenet.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one clear line (exit 2) instead of uvicorn's traceback when the port is taken."""
+    from wastenet.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve --host {host!r}: {exc}") from None
+    family, socktype, proto, _, addr = infos[0]
+    with socket.socket(family, socktype, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -1,0 +1,584 @@
+"""The wastenet web service: one model, loaded once, behind a small JSON API and a web page.
+
+::
+
+    from wastenet.serve.app import create_app
+    app = create_app("runs/x/best.pt", log_path="decisions.sqlite")   # or a .onnx file
+    # uvicorn.run(app, host="127.0.0.1", port=8000)   (what `wastenet serve` does)
+
+    curl -F file=@bottle.jpg 'http://127.0.0.1:8000/api/predict?threshold=0.8'
+
+Endpoints
+    GET  /api/health                  model, classes, bins, threshold, backend
+    POST /api/predict                 multipart ``file``; query ``threshold``, ``explain``,
+                                      ``source`` (free tag for the log), ``log`` (false: do
+                                      not log, for live camera frames)
+    GET  /api/review                  manual-sort items waiting for a person, newest first
+    GET  /api/review/{id}/image       the stored photo
+    POST /api/review/{id}             JSON ``{"label": "<class>"}``
+    GET  /  and  /review              the pages (no external URLs); /static/... their assets
+    GET  /docs                        OpenAPI (FastAPI's default, loads swagger-ui from a CDN)
+
+Every client mistake is a 4xx with ``{"error": "..."}``; a 500 is a bug.
+
+Concurrency: requests decode and resize their image in the thread pool (Pillow releases
+the GIL), then hand it to one model thread. Requests that arrive while the model is busy
+share the next forward pass (micro-batching): under load the model runs fewer, larger
+batches, which is where a CPU gains throughput. Only that thread (and Grad-CAM, under the
+same lock) touches the model, so no backend has to be thread-safe. ``/api/health`` shows
+the batching so far (``mean_batch``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+import queue
+import re
+import sqlite3
+import threading
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wastenet.data.images import ImageDecodeError, load_image
+from wastenet.errors import ConfigError, WastenetError
+from wastenet.serve.decision_log import DecisionLog, default_log_path, image_media_type
+
+__all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES"]
+
+logger = logging.getLogger("wastenet.serve")
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Room for the multipart boundary and part headers around the file itself.
+_MULTIPART_MARGIN = 64 * 1024
+# The page may only talk to this server: no CDN, no external fonts, no trackers.
+_PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
+             "connect-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
+             "base-uri 'none'; frame-ancestors 'none'")
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class _ApiError(Exception):
+    """An answer other than 200: ``{"error": message}`` with ``status`` (4xx, or 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+# --------------------------------------------------------------------------- upload limit
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes with 413, before anything parses them.
+
+    Checks ``Content-Length`` first (no body is read at all), then counts the bytes as they
+    arrive, so a missing or lying header (chunked uploads) cannot get past the limit
+    either. The counted body is replayed to the app, which then parses it as usual.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = int(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _error(400, "invalid Content-Length header")(scope, receive, send)
+                    return
+        if declared is not None and declared > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nobody to answer
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect as usual
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit_mb = (self.limit - _MULTIPART_MARGIN) / 2**20
+        await _error(413, f"upload too large: the limit is {limit_mb:g} MB",
+                     headers={"Connection": "close"})(scope, receive, send)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class _Batcher:
+    """One thread runs every forward pass; concurrent requests share a batch.
+
+    A batch takes whatever queued up while the previous one ran, without waiting for more:
+    a lone request never pays for batching. (Waiting up to 15 ms for requests still being
+    uploaded or decoded was tried: batches did not grow under 8 clients, so it went.)
+
+    >>> # batcher.predict(image, 0.9) -> Prediction   (blocks the calling worker thread)
+    """
+
+    def __init__(self, classifier: Any, lock: threading.Lock, max_batch: int = 8) -> None:
+        self.classifier = classifier
+        self.lock = lock
+        self.max_batch = max(1, int(max_batch))
+        self.images = 0  # totals, for /api/health
+        self.batches = 0
+        self._queue: queue.SimpleQueue[tuple[Any, float, Future] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="wastenet-model", daemon=True)
+        self._thread.start()
+
+    def predict(self, image: Any, threshold: float) -> Any:
+        if not self._thread.is_alive():
+            raise RuntimeError("the model thread has stopped")
+        future: Future = Future()
+        self._queue.put((image, threshold, future))
+        return future.result()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run(batch)
+            if stop:
+                return
+
+    def stats(self) -> dict[str, Any]:
+        return {"max_batch": self.max_batch, "images": self.images, "batches": self.batches,
+                "mean_batch": round(self.images / self.batches, 2) if self.batches else None}
+
+    def _run(self, batch: list[tuple[Any, float, Future]]) -> None:
+        self.images += len(batch)
+        self.batches += 1
+        by_threshold: dict[float, list[tuple[Any, float, Future]]] = {}
+        for item in batch:
+            by_threshold.setdefault(item[1], []).append(item)
+        for threshold, items in by_threshold.items():
+            if len(items) == 1:
+                self._run_one(items[0], threshold)
+                continue
+            try:
+                preds = self._predict(items, threshold)
+            except BaseException:  # noqa: BLE001
+                # one bad input must not fail its batch-mates: retry them one by one
+                for it in items:
+                    self._run_one(it, threshold)
+                continue
+            for it, pred in zip(items, preds):
+                it[2].set_result(pred)
+
+    def _predict(self, items: list[tuple[Any, float, Future]], threshold: float) -> list[Any]:
+        with self.lock:
+            preds = self.classifier.predict([it[0] for it in items], threshold=threshold,
+                                            batch_size=len(items))
+        if len(preds) != len(items):
+            raise RuntimeError(f"classifier returned {len(preds)} predictions for {len(items)} images")
+        return preds
+
+    def _run_one(self, item: tuple[Any, float, Future], threshold: float) -> None:
+        try:
+            item[2].set_result(self._predict([item], threshold)[0])
+        except BaseException as exc:  # noqa: BLE001 - hand the failure to the waiting request
+            item[2].set_exception(exc)
+
+
+def _backend_of(classifier: Any, source: Any) -> str:
+    backend = getattr(classifier, "backend_name", None) or getattr(getattr(classifier, "backend", None), "name", None)
+    if isinstance(backend, str) and backend:
+        return "onnx" if "onnx" in backend.lower() else backend.lower()
+    if source is not None and str(source).lower().endswith(".onnx"):
+        return "onnx"
+    module = type(classifier).__module__ + type(classifier).__name__
+    return "onnx" if "onnx" in module.lower() else "torch"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python numbers, tuples to lists, NaN to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _parse_threshold(raw: str | None, default: float) -> float:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _ApiError(400, f"threshold must be a number between 0 and 1, got {raw!r}") from None
+    if not (0.0 <= value <= 1.0):  # also refuses NaN
+        raise _ApiError(400, f"threshold must be between 0 and 1, got {raw}")
+    return value
+
+
+def _upload_name(filename: str | None) -> str:
+    name = os.path.basename((filename or "").replace("\\", "/")).strip()
+    return (name or "upload")[:200]
+
+
+def _resize_for(image: Any, classifier: Any) -> Any:
+    prep = getattr(classifier, "preprocessing", None)
+    if prep is None:
+        return image
+    from wastenet.preprocessing import resize_shorter
+
+    # the exact first step of the eval transform, so the result is identical
+    return resize_shorter(image, prep.resize_size, prep.interpolation)
+
+
+def _png_data_url(img: Any) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(
+    checkpoint_path_or_classifier: str | os.PathLike | Any,
+    *,
+    log_path: str | os.PathLike | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    threshold: float | None = None,
+    max_batch: int = 8,
+    torch_threads: int | None = None,
+    channels_last: bool = False,
+) -> FastAPI:
+    """Build the service around one classifier (a checkpoint/ONNX path or a ``Classifier``).
+
+    ``log_path`` defaults to ``decisions.sqlite`` beside the model file (or the user data
+    folder, see :func:`~wastenet.serve.decision_log.default_log_path`). ``threshold``
+    overrides the model's default decision threshold. ``max_batch`` caps micro-batches
+    (1 disables batching); ``torch_threads`` sets ``torch.set_num_threads`` for the
+    PyTorch backend (default: leave PyTorch's choice, one thread per core);
+    ``channels_last`` runs a ``.pt`` model in NHWC memory layout (often faster on CPU).
+
+    >>> from fastapi.testclient import TestClient        # doctest: +SKIP
+    >>> client = TestClient(create_app("best.pt", log_path="d.sqlite"))
+    >>> client.get("/api/health").json()["status"]
+    'ok'
+    """
+    source = None
+    if isinstance(checkpoint_path_or_classifier, (str, os.PathLike)):
+        from wastenet.inference.predictor import Classifier  # torch only if the file needs it
+
+        source = Path(checkpoint_path_or_classifier)
+        if not source.is_file():
+            raise ConfigError(f"model file not found: {source}")
+        classifier = (Classifier.load(source, channels_last=True) if channels_last and source.suffix == ".pt"
+                      else Classifier.load(source))
+    else:
+        classifier = checkpoint_path_or_classifier
+        source = getattr(classifier, "source", None)
+
+    if max_upload_bytes <= 0:
+        raise ConfigError("max_upload_bytes must be positive")
+    default_threshold = float(threshold if threshold is not None else getattr(classifier, "threshold", 0.9))
+    if not (0.0 <= default_threshold <= 1.0):
+        raise ConfigError(f"threshold must be between 0 and 1, got {default_threshold}")
+
+    backend = _backend_of(classifier, source)
+    if backend == "torch" and torch_threads:
+        import torch
+
+        torch.set_num_threads(int(torch_threads))
+
+    classes = [str(c) for c in classifier.classes]
+    taxonomy = getattr(classifier, "taxonomy", None)
+    bins = list(getattr(taxonomy, "bin_names", []) or [])
+    arch = str(getattr(classifier, "arch", None) or "unknown")
+    class_bins = {}
+    for c in classes:  # for the page's colours; a class the taxonomy lacks just stays uncoloured
+        try:
+            class_bins[c] = taxonomy.bin_of(c)
+        except Exception:  # noqa: BLE001
+            pass
+
+    decision_log = DecisionLog(log_path if log_path is not None else default_log_path(source))
+    decision_log.set_classes(classes)
+    model_lock = threading.Lock()
+    batcher = _Batcher(classifier, model_lock, max_batch=max_batch)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        logger.info("wastenet: %s (%s), %d classes, decision log %s", arch, backend, len(classes),
+                    decision_log.path)
+        yield
+        batcher.close()
+        decision_log.close()
+
+    app = FastAPI(
+        title="wastenet",
+        summary="Which bin does this go in? Photo in, bin decision out.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.classifier = classifier
+    app.state.decision_log = decision_log
+    app.state.batcher = batcher
+    app.state.threshold = default_threshold
+    app.state.backend = backend
+    app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + _MULTIPART_MARGIN)
+
+    # ------------------------------------------------------------ error handlers
+    @app.exception_handler(_ApiError)
+    async def _client_error(_request: Request, exc: _ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = " ".join(str(x) for x in err.get("loc", ()) if x not in ("body",)) or "request"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ImageDecodeError)
+    async def _decode_error(_request: Request, exc: ImageDecodeError) -> JSONResponse:
+        status = 415 if exc.reason == "not an image" else 422
+        return _error(status, f"cannot read image: {exc.reason}")
+
+    @app.exception_handler(WastenetError)
+    async def _wastenet_error(_request: Request, exc: WastenetError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
+        # last resort only: every client mistake has its own 4xx above
+        logger.exception("internal error")
+        return _error(500, f"internal server error ({type(exc).__name__})")
+
+    # ------------------------------------------------------------------ API
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        """Service status and the model it serves."""
+        return {
+            "status": "ok",
+            "model": arch,
+            "classes": classes,
+            "bins": bins,
+            "threshold": default_threshold,
+            "backend": backend,
+            "taxonomy": getattr(taxonomy, "name", None),
+            "class_bins": class_bins,
+            "max_upload_bytes": max_upload_bytes,
+            "explain": backend == "torch",
+            "batching": batcher.stats(),
+        }
+
+    @app.post("/api/predict")
+    async def predict(
+        file: UploadFile | None = File(None, description="one image (JPEG, PNG, WebP, BMP, TIFF, GIF)"),
+        threshold: str | None = None,
+        explain: bool = False,
+        source: str = "api",
+        log: bool = True,
+    ) -> JSONResponse:
+        """Classify one photo and decide its bin (``manual_sort`` below the threshold)."""
+        thr = _parse_threshold(threshold, default_threshold)
+        if file is None or not isinstance(file, StarletteUploadFile):
+            raise _ApiError(422, "missing multipart file field 'file' (one image)")
+        data = await file.read(max_upload_bytes + 1)
+        await file.close()
+        if len(data) > max_upload_bytes:
+            raise _ApiError(413, f"upload too large: the limit is {max_upload_bytes / 2**20:g} MB")
+        name = _upload_name(file.filename)
+        tag = source if _SOURCE_RE.match(source or "") else "api"
+        result = await run_in_threadpool(_predict_one, data, name, thr, explain, tag, log)
+        return JSONResponse(result)
+
+    def _predict_one(data: bytes, name: str, thr: float, want_explain: bool, tag: str,
+                     keep: bool) -> dict[str, Any]:
+        image = load_image(data)  # ImageDecodeError -> 415/422 via the handler
+        # The costly part of preprocessing (the resize) happens here, in parallel across
+        # requests; the model thread's own resize is then a no-op and only crops.
+        small = _resize_for(image, classifier)
+        pred = batcher.predict(small, thr)
+        if getattr(pred, "decision", None) == "error":
+            raise ImageDecodeError(str(getattr(pred, "error", None) or "unreadable image"))
+        out = _plain(pred.to_dict())
+        out["path"] = name
+        out["threshold"] = thr
+        try:
+            out["id"] = decision_log.record(pred, data, name, thr, arch, tag) if keep else None
+        except sqlite3.Error as exc:
+            # no answer without its log entry: the caller may retry
+            logger.error("decision log write failed: %s", exc)
+            raise _ApiError(503, f"decision log unavailable: {exc}") from None
+        if want_explain:
+            out.update(_explain(image, out.get("label")))
+        return out
+
+    def _explain(image: Any, label: str | None) -> dict[str, Any]:
+        if backend != "torch":
+            return {"explanation": None,
+                    "explanation_error": "heatmaps need the PyTorch backend (a .pt checkpoint)"}
+        try:
+            from wastenet.inference.explain import explain as gradcam
+
+            with model_lock:  # Grad-CAM hooks the model: no forward pass may run beside it
+                overlay, _heatmap, _pred = gradcam(classifier, image, target_class=label)
+            return {"explanation": _png_data_url(overlay)}
+        except Exception as exc:  # noqa: BLE001 - a failed heatmap must not lose the decision
+            logger.warning("Grad-CAM failed: %s", exc)
+            return {"explanation": None, "explanation_error": f"heatmap failed: {exc}"}
+
+    @app.get("/api/review")
+    def review_list(limit: int = 50) -> dict[str, Any]:
+        """Manual-sort items that wait for a person's label, newest first."""
+        limit = max(1, min(int(limit), 500))
+        items = []
+        for it in decision_log.pending_reviews(limit):
+            items.append({
+                "id": it["id"], "created_at": it["created_at"], "label": it["label"],
+                "confidence": it["confidence"], "bin": it["bin"],
+                "bin_confidence": it["bin_confidence"], "threshold": it["threshold"],
+                "model": it["model"], "source": it["source"], "image_name": it["image_name"],
+                "image_url": f"/api/review/{it['id']}/image",
+            })
+        return {"items": items, "pending": decision_log.pending_count(), "classes": classes,
+                "bins": bins}
+
+    @app.get("/api/review/{decision_id}/image")
+    def review_image(decision_id: int) -> Response:
+        """The photo stored with a manual-sort decision."""
+        data = decision_log.image(decision_id)
+        if data is None:
+            raise _ApiError(404, f"no stored image for decision {decision_id}")
+        return Response(data, media_type=image_media_type(data),
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/api/review/{decision_id}")
+    async def review_set(decision_id: int, request: Request) -> dict[str, Any]:
+        """Record a person's label: JSON ``{"label": "<class>"}``."""
+        try:
+            body = await request.json()
+        except Exception:  # noqa: BLE001 - any unparsable body is the client's mistake
+            raise _ApiError(400, 'expected a JSON body like {"label": "<class>"}') from None
+        label = body.get("label") if isinstance(body, dict) else None
+        if not isinstance(label, str) or label not in classes:
+            raise _ApiError(400, f"label must be one of: {', '.join(classes)}")
+        try:
+            item = await run_in_threadpool(decision_log.review, decision_id, label)
+        except KeyError:
+            raise _ApiError(404, f"no decision with id {decision_id}") from None
+        return {"id": item["id"], "label": item["label"], "reviewed_label": item["reviewed_label"],
+                "reviewed_at": item["reviewed_at"]}
+
+    # ------------------------------------------------------------------ pages
+    def _page(name: str) -> Callable[[], FileResponse]:
+        def serve_page() -> FileResponse:
+            return FileResponse(STATIC_DIR / name, media_type="text/html",
+                                headers={"Content-Security-Policy": _PAGE_CSP,
+                                         "Cache-Control": "no-cache",
+                                         "X-Content-Type-Options": "nosniff"})
+        return serve_page
+
+    app.add_api_route("/", _page("index.html"), methods=["GET"], include_in_schema=False)
+    app.add_api_route("/review", _page("review.html"), methods=["GET"], include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _version() -> str:
+    try:
+        from wastenet import __version__
+
+        return str(__version__)
+    except Exception:  # noqa: BLE001
+        return "0"
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` / multi-worker ``wastenet serve`` (settings in env vars).
+
+    ``WASTENET_CHECKPOINT`` (required), ``WASTENET_LOG_DB``, ``WASTENET_THRESHOLD``,
+    ``WASTENET_MAX_UPLOAD_BYTES``, ``WASTENET_MAX_BATCH``, ``WASTENET_TORCH_THREADS``,
+    ``WASTENET_CHANNELS_LAST=1``.
+    """
+    ckpt = os.environ.get("WASTENET_CHECKPOINT")
+    if not ckpt:
+        raise ConfigError("WASTENET_CHECKPOINT is not set")
+    thr = os.environ.get("WASTENET_THRESHOLD")
+    return create_app(
+        ckpt,
+        log_path=os.environ.get("WASTENET_LOG_DB") or None,
+        max_upload_bytes=int(os.environ.get("WASTENET_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD_BYTES),
+        threshold=float(thr) if thr else None,
+        max_batch=int(os.environ.get("WASTENET_MAX_BATCH") or 8),
+        torch_threads=int(os.environ.get("WASTENET_TORCH_THREADS") or 0) or None,
+        channels_last=os.environ.get("WASTENET_CHANNELS_LAST") == "1",
+    )

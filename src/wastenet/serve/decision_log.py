@@ -1,0 +1,338 @@
+"""The decision log: every bin decision the service makes, in one SQLite file.
+
+Each decision is committed in its own transaction (WAL journal, ``synchronous=FULL``)
+before the HTTP response is sent, so a server killed mid-request loses nothing it has
+answered. Photos are kept only for ``manual_sort`` items: those are the ones a person
+reviews, and the reviewed photos become new training data::
+
+    log = DecisionLog("runs/x/decisions.sqlite")
+    row_id = log.record(prediction, image_bytes, "bottle.jpg", threshold=0.9,
+                        model="densenet121", source="upload")
+    for item in log.pending_reviews(limit=20):          # manual_sort, not reviewed yet
+        print(item["id"], item["label"], item["confidence"])
+    log.review(row_id, "plastic")                         # a person's label
+    log.export_dataset("data/reviewed")                   # {'plastic': 1}: class folders
+    # then: wastenet train --data data/reviewed ...
+
+Torch-free (stdlib ``sqlite3`` plus Pillow for the rare re-encode on export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from wastenet.errors import ConfigError, WastenetError
+
+__all__ = ["DecisionLog", "default_log_path", "image_media_type", "LOG_FILENAME"]
+
+LOG_FILENAME = "decisions.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at     TEXT    NOT NULL,          -- ISO 8601, UTC
+    source         TEXT,                      -- upload | camera | api | ...
+    label          TEXT,
+    confidence     REAL,
+    bin            TEXT,
+    bin_confidence REAL,
+    decision       TEXT    NOT NULL,          -- a bin name or manual_sort
+    threshold      REAL,
+    model          TEXT,
+    image          BLOB,                      -- only for manual_sort items
+    image_name     TEXT,
+    reviewed_label TEXT,
+    reviewed_at    TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_review ON decisions (decision, reviewed_label, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Columns returned by the listing queries (never the image blob: it can be megabytes).
+_ITEM_COLUMNS = ("id, created_at, source, label, confidence, bin, bin_confidence, decision, "
+                 "threshold, model, image_name, reviewed_label, reviewed_at, "
+                 "image IS NOT NULL AS has_image")
+
+
+def default_log_path(checkpoint: str | os.PathLike | None) -> Path:
+    """``<checkpoint dir>/decisions.sqlite`` when that folder is writable, else the user
+    data folder (``$XDG_DATA_HOME/wastenet`` or ``~/.local/share/wastenet``).
+
+    >>> default_log_path("runs/x/best.pt")     # doctest: +SKIP
+    PosixPath('runs/x/decisions.sqlite')
+    """
+    if checkpoint is not None:
+        folder = Path(checkpoint).expanduser().resolve().parent
+        if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+            return folder / LOG_FILENAME
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "wastenet" / LOG_FILENAME
+
+
+def image_media_type(data: bytes) -> str:
+    """The MIME type of encoded image bytes, from their signature (for HTTP responses)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:2] == b"BM":
+        return "image/bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    return "application/octet-stream"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _field(prediction: Any, name: str) -> Any:
+    """Read a Prediction field from the object or, failing that, from its dict form."""
+    if isinstance(prediction, Mapping):
+        return prediction.get(name)
+    return getattr(prediction, name, None)
+
+
+def _safe_stem(name: str | None) -> str:
+    stem = Path(name or "image").stem
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    return (stem or "image")[:60]
+
+
+class DecisionLog:
+    """Append-only log of decisions plus the review labels people add later.
+
+    One connection guarded by a lock: writes are tiny and SQLite serialises them anyway;
+    other processes (``--workers 2``) share the file safely through WAL.
+
+    >>> log = DecisionLog(":memory:")
+    >>> log.pending_reviews()
+    []
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else Path(":memory:")
+        if str(path) != ":memory:":
+            if not create and not self.path.is_file():
+                raise ConfigError(f"decision log not found: {self.path}")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"cannot create folder for decision log {self.path}: {err}") from None
+        self._lock = threading.Lock()
+        try:
+            # autocommit mode: every write below opens and commits its own transaction
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                         timeout=30.0)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            if not create and not self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'").fetchone():
+                self._conn.close()
+                raise ConfigError(f"{self.path} is not a wastenet decision log")
+            self._conn.executescript(_SCHEMA)
+            cols = {r["name"] for r in self._conn.execute("PRAGMA table_info(decisions)")}
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(f"cannot open decision log {self.path}: {err}") from None
+        if "reviewed_label" not in cols:
+            raise ConfigError(f"{self.path} is not a wastenet decision log")
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "DecisionLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            if self._conn is None:
+                raise WastenetError("decision log is closed")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute(sql, tuple(params))
+                self._conn.execute("COMMIT")  # durable (synchronous=FULL) before we return
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return cur
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            if self._conn is None:
+                raise WastenetError("decision log is closed")
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    # ---------------------------------------------------------------- metadata
+    def set_classes(self, classes: Iterable[str]) -> None:
+        """Remember the model's class names, so that ``wastenet review --set`` can check labels."""
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES ('classes', ?)",
+                    (json.dumps(list(classes)),))
+
+    def classes(self) -> list[str] | None:
+        """The class names last stored with :meth:`set_classes`, or None."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'classes'")
+        return json.loads(rows[0]["value"]) if rows else None
+
+    # ------------------------------------------------------------------ writes
+    def record(
+        self,
+        prediction: Any,
+        image_bytes: bytes | None,
+        image_name: str | None,
+        threshold: float | None,
+        model: str | None,
+        source: str | None = "api",
+    ) -> int:
+        """Store one decision (committed before returning) and return its id.
+
+        ``prediction`` is a ``Prediction`` or its ``to_dict()``. The image is kept only when
+        the decision is ``manual_sort``.
+        """
+        decision = _field(prediction, "decision") or "error"
+        keep_image = decision == "manual_sort" and image_bytes
+        cur = self._write(
+            "INSERT INTO decisions (created_at, source, label, confidence, bin, bin_confidence,"
+            " decision, threshold, model, image, image_name) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                _now(), source, _field(prediction, "label"),
+                _opt_float(_field(prediction, "confidence")), _field(prediction, "bin"),
+                _opt_float(_field(prediction, "bin_confidence")), decision,
+                _opt_float(threshold), model,
+                sqlite3.Binary(bytes(image_bytes)) if keep_image else None,
+                image_name,
+            ),
+        )
+        return int(cur.lastrowid)
+
+    def review(self, decision_id: int, label: str) -> dict[str, Any]:
+        """Set a person's label on a decision; ``KeyError`` if there is no such id.
+
+        Labels are not checked here (the log does not own the class list): the service
+        and ``wastenet review`` check them against the model's classes first.
+        """
+        label = str(label).strip()
+        if not label or "/" in label or "\\" in label or label in (".", ".."):
+            raise ValueError(f"invalid label {label!r}")
+        cur = self._write("UPDATE decisions SET reviewed_label = ?, reviewed_at = ? WHERE id = ?",
+                          (label, _now(), int(decision_id)))
+        if cur.rowcount == 0:
+            raise KeyError(decision_id)
+        return self.get(decision_id)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------- reads
+    def get(self, decision_id: int) -> dict[str, Any] | None:
+        """One decision (without the image bytes), or None."""
+        rows = self._read(f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE id = ?", (int(decision_id),))
+        return _item(rows[0]) if rows else None
+
+    def pending_reviews(self, limit: int | None = 50) -> list[dict[str, Any]]:
+        """``manual_sort`` items with a stored photo and no review yet, newest first."""
+        sql = (f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE decision = 'manual_sort' "
+               "AND reviewed_label IS NULL AND image IS NOT NULL ORDER BY id DESC")
+        params: tuple[Any, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (int(limit),)
+        return [_item(r) for r in self._read(sql, params)]
+
+    def pending_count(self) -> int:
+        """How many items :meth:`pending_reviews` would list without a limit."""
+        rows = self._read("SELECT COUNT(*) AS n FROM decisions WHERE decision = 'manual_sort' "
+                          "AND reviewed_label IS NULL AND image IS NOT NULL")
+        return int(rows[0]["n"])
+
+    def reviewed(self) -> list[dict[str, Any]]:
+        """Every decision a person has labelled, oldest first."""
+        return [_item(r) for r in self._read(
+            f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE reviewed_label IS NOT NULL ORDER BY id")]
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest decisions of any kind, newest first."""
+        return [_item(r) for r in self._read(
+            f"SELECT {_ITEM_COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?", (int(limit),))]
+
+    def count(self) -> int:
+        """Number of decisions logged."""
+        return int(self._read("SELECT COUNT(*) AS n FROM decisions")[0]["n"])
+
+    def image(self, decision_id: int) -> bytes | None:
+        """The stored photo of a decision (manual_sort items only), or None."""
+        rows = self._read("SELECT image FROM decisions WHERE id = ?", (int(decision_id),))
+        if not rows or rows[0]["image"] is None:
+            return None
+        return bytes(rows[0]["image"])
+
+    # ------------------------------------------------------------------ export
+    def export_dataset(self, out_dir: str | os.PathLike) -> dict[str, int]:
+        """Write reviewed photos as ``OUT/<label>/<id>_<name>.jpg|png`` and count them per class.
+
+        The result is a class-folder dataset that ``wastenet train --data OUT`` reads.
+        Exporting again overwrites the same files (names carry the decision id).
+        """
+        out = Path(out_dir)
+        counts: dict[str, int] = {}
+        rows = self._read("SELECT id, reviewed_label, image_name FROM decisions "
+                          "WHERE reviewed_label IS NOT NULL AND image IS NOT NULL ORDER BY id")
+        for row in rows:
+            data = self.image(row["id"])
+            if data is None:
+                continue
+            label = row["reviewed_label"]
+            folder = out / label
+            folder.mkdir(parents=True, exist_ok=True)
+            data, ext = _as_jpeg_or_png(data)
+            target = folder / f"{row['id']}_{_safe_stem(row['image_name'])}{ext}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)  # never a half-written image in the dataset
+            counts[label] = counts.get(label, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def _opt_float(x: Any) -> float | None:
+    if x is None or x == "":
+        return None
+    return float(x)
+
+
+def _item(row: sqlite3.Row) -> dict[str, Any]:
+    d = {k: row[k] for k in row.keys()}
+    d["has_image"] = bool(d.get("has_image"))
+    return d
+
+
+def _as_jpeg_or_png(data: bytes) -> tuple[bytes, str]:
+    """Keep JPEG and PNG bytes as they are; re-encode anything else (WebP, BMP, ...) as PNG."""
+    kind = image_media_type(data)
+    if kind == "image/jpeg":
+        return data, ".jpg"
+    if kind == "image/png":
+        return data, ".png"
+    import io
+
+    from wastenet.data.images import load_image
+
+    buf = io.BytesIO()
+    load_image(data).save(buf, format="PNG")
+    return buf.getvalue(), ".png"

@@ -1,0 +1,85 @@
+// Review loop: list manual-sort items, let a person pick the right class, save it.
+"use strict";
+
+(function () {
+  const list = document.getElementById("review-list");
+  const status = document.getElementById("review-status");
+  const errorBox = document.getElementById("error");
+  const pretty = (s) => (s || "").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  let pending = 0;
+
+  function showError(msg) { errorBox.textContent = msg; errorBox.hidden = !msg; }
+  function setStatus() {
+    status.textContent = pending === 0 ? "Nothing to review: every manual-sort item has a label."
+      : `${pending} item${pending === 1 ? "" : "s"} waiting for a label.`;
+  }
+
+  function card(item, classes) {
+    const li = document.createElement("li");
+    li.className = "card";
+    li.id = "item-" + item.id;
+    const img = document.createElement("img");
+    img.src = item.image_url;
+    img.loading = "lazy";
+    img.alt = `Photo ${item.image_name || item.id}, predicted ${pretty(item.label)}`;
+    const info = document.createElement("p");
+    info.className = "small";
+    const when = new Date(item.created_at);
+    info.textContent = `#${item.id} · ${isNaN(when) ? item.created_at : when.toLocaleString()} · ` +
+      `model said ${pretty(item.label)} (${(100 * item.confidence).toFixed(1)}%), ` +
+      `bin ${pretty(item.bin)} ${(100 * item.bin_confidence).toFixed(1)}%`;
+    const row = document.createElement("div");
+    row.className = "row";
+    const label = document.createElement("label");
+    label.className = "visually-hidden";
+    label.htmlFor = "label-" + item.id;
+    label.textContent = `Correct class for item ${item.id}`;
+    const select = document.createElement("select");
+    select.id = "label-" + item.id;
+    classes.forEach((c) => {
+      const o = document.createElement("option");
+      o.value = c;
+      o.textContent = pretty(c);
+      if (c === item.label) o.selected = true;
+      select.appendChild(o);
+    });
+    const save = document.createElement("button");
+    save.type = "button";
+    save.className = "button primary";
+    save.textContent = "Save";
+    save.addEventListener("click", async () => {
+      save.disabled = true;
+      try {
+        const r = await fetch(`/api/review/${item.id}`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ label: select.value }),
+        });
+        const body = await r.json().catch(() => ({}));
+        if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
+        showError("");
+        const next = li.nextElementSibling || li.previousElementSibling;
+        li.remove();
+        pending = Math.max(0, pending - 1);
+        setStatus();
+        const focusTarget = next && next.querySelector("select");
+        if (focusTarget) focusTarget.focus();
+      } catch (e) {
+        showError(`Could not save item ${item.id}: ${e.message}`);
+        save.disabled = false;
+      }
+    });
+    row.append(label, select, save);
+    li.append(img, info, row);
+    return li;
+  }
+
+  fetch("/api/review?limit=100")
+    .then((r) => r.json())
+    .then((data) => {
+      pending = data.pending;
+      setStatus();
+      data.items.forEach((it) => list.appendChild(card(it, data.classes)));
+    })
+    .catch((e) => { status.textContent = ""; showError("Cannot load the review list: " + e.message); });
+})();

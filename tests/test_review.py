@@ -1,0 +1,227 @@
+"""The decision log (SQLite) and the `wastenet review` / `wastenet serve` command lines."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import make_image
+from wastenet.cli import main
+from wastenet.inference.predictor import Prediction
+from wastenet.serve.decision_log import DecisionLog, default_log_path, image_media_type
+
+
+def photo(fmt: str = "JPEG", seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    make_image("glass", seed).save(buf, fmt)
+    return buf.getvalue()
+
+
+def pred(decision: str = "manual_sort", label: str = "glass") -> Prediction:
+    return Prediction("x.jpg", label, 0.41, "recyclable", 0.62 if decision == "manual_sort" else 0.97,
+                      decision, None, [(label, 0.41)], {"recyclable": 0.62})
+
+
+@pytest.fixture()
+def log(tmp_path):
+    with DecisionLog(tmp_path / "log" / "decisions.sqlite") as lg:
+        lg.set_classes(["glass", "metal", "paper"])
+        yield lg
+
+
+def test_durable_settings(log):
+    conn = sqlite3.connect(log.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
+    assert cols == ["id", "created_at", "source", "label", "confidence", "bin", "bin_confidence", "decision",
+                    "threshold", "model", "image", "image_name", "reviewed_label", "reviewed_at"]
+    assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    conn.close()
+
+
+def test_record_is_committed_immediately(log):
+    i = log.record(pred(), photo(), "a.jpg", 0.9, "densenet121", "upload")
+    # another connection (another process, or the same file after a crash) sees it at once
+    conn = sqlite3.connect(log.path)
+    row = conn.execute("SELECT label, decision, threshold, model, source, image IS NOT NULL FROM decisions "
+                       "WHERE id = ?", (i,)).fetchone()
+    conn.close()
+    assert row == ("glass", "manual_sort", 0.9, "densenet121", "upload", 1)
+
+
+def test_images_only_for_manual_sort(log):
+    sure = log.record(pred("recyclable"), photo(), "a.jpg", 0.9, "m", "api")
+    unsure = log.record(pred(), photo(), "b.jpg", 0.9, "m", "api")
+    assert log.image(sure) is None
+    assert log.image(unsure) == photo()
+    assert log.image(12345) is None
+    assert [it["id"] for it in log.pending_reviews()] == [unsure]
+    assert log.count() == 2 and log.get(sure)["has_image"] is False
+
+
+def test_record_accepts_prediction_dict(log):
+    i = log.record(pred().to_dict(), photo(), "a.jpg", 0.5, "m", "api")
+    assert log.get(i)["decision"] == "manual_sort" and log.get(i)["confidence"] == pytest.approx(0.41)
+
+
+def test_pending_newest_first_and_review(log):
+    ids = [log.record(pred(), photo(seed=k), f"{k}.jpg", 0.9, "m", "api") for k in range(4)]
+    assert [it["id"] for it in log.pending_reviews()] == ids[::-1]
+    assert [it["id"] for it in log.pending_reviews(limit=2)] == ids[:1:-1]
+    item = log.review(ids[1], "metal")
+    assert item["reviewed_label"] == "metal" and item["reviewed_at"]
+    assert ids[1] not in [it["id"] for it in log.pending_reviews()]
+    assert log.pending_count() == 3
+    assert [it["id"] for it in log.reviewed()] == [ids[1]]
+    with pytest.raises(KeyError):
+        log.review(999, "metal")
+    with pytest.raises(ValueError):
+        log.review(ids[0], "../evil")
+
+
+def test_export_dataset(log, tmp_path):
+    a = log.record(pred(), photo("JPEG"), "can.jpeg", 0.9, "m", "api")
+    b = log.record(pred(), photo("PNG"), "my photo!.png", 0.9, "m", "api")
+    c = log.record(pred(), photo("WEBP"), "w.webp", 0.9, "m", "api")
+    log.record(pred(), photo(), "unreviewed.jpg", 0.9, "m", "api")
+    log.review(a, "metal")
+    log.review(b, "paper")
+    log.review(c, "paper")
+    out = tmp_path / "out"
+    assert log.export_dataset(out) == {"metal": 1, "paper": 2}
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == [f"metal/{a}_can.jpg", f"paper/{b}_my_photo.png", f"paper/{c}_w.png"]
+    assert Image.open(out / f"paper/{c}_w.png").format == "PNG"  # WebP re-encoded
+    assert log.export_dataset(out) == {"metal": 1, "paper": 2}  # again: same files, no duplicates
+    assert len(list(out.rglob("*.*"))) == 3
+
+
+def test_classes_meta(tmp_path):
+    with DecisionLog(tmp_path / "d.sqlite") as lg:
+        assert lg.classes() is None
+        lg.set_classes(["a", "b"])
+        assert lg.classes() == ["a", "b"]
+
+
+def test_default_log_path(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    assert default_log_path(ckpt) == ckpt.parent / "decisions.sqlite"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_log_path(None) == tmp_path / "xdg" / "wastenet" / "decisions.sqlite"
+    if os.geteuid() != 0:  # root can write anywhere
+        ckpt.parent.chmod(0o555)
+        try:
+            assert default_log_path(ckpt) == tmp_path / "xdg" / "wastenet" / "decisions.sqlite"
+        finally:
+            ckpt.parent.chmod(0o755)
+
+
+def test_media_type():
+    assert image_media_type(photo("JPEG")) == "image/jpeg"
+    assert image_media_type(photo("PNG")) == "image/png"
+    assert image_media_type(b"nope") == "application/octet-stream"
+
+
+def test_opening_missing_or_foreign_file(tmp_path):
+    from wastenet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not found"):
+        DecisionLog(tmp_path / "none.sqlite", create=False)
+    (tmp_path / "text.sqlite").write_text("hello, not a database " * 100)
+    with pytest.raises(ConfigError):
+        DecisionLog(tmp_path / "text.sqlite")
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(ConfigError, match="not a wastenet decision log"):
+        DecisionLog(other, create=False)
+
+
+# --------------------------------------------------------------------------- wastenet review
+
+
+def test_review_cli(log, tmp_path, capsys):
+    ids = [log.record(pred(), photo(seed=k), f"{k}.jpg", 0.9, "m", "api") for k in range(3)]
+    db = str(log.path)
+    assert main(["review", "--log-db", db]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["id", "time", "label"]
+    assert [line.split()[0] for line in out[1:]] == [str(i) for i in ids[::-1]]
+
+    assert main(["review", "--log-db", db, "--set", str(ids[0]), "paper"]) == 0
+    assert "-> paper" in capsys.readouterr().out
+    assert main(["review", "--log-db", db, "--set", str(ids[1]), "banana"]) == 2
+    assert "unknown class 'banana'" in capsys.readouterr().err
+    assert main(["review", "--log-db", db, "--set", str(ids[1]), "banana", "--force"]) == 0
+    assert main(["review", "--log-db", db, "--set", "999", "paper"]) == 1
+    assert "no decision with id 999" in capsys.readouterr().err
+    assert main(["review", "--log-db", db, "--set", "x", "paper"]) == 2
+
+    out_dir = tmp_path / "exported"
+    assert main(["review", "--log-db", db, "--export", str(out_dir)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["banana\t1", "paper\t1"]
+    assert "exported 2 reviewed images" in captured.err
+    assert (out_dir / "paper" / f"{ids[0]}_0.jpg").is_file()
+
+    log.record(pred(), photo(), "late.jpg", 0.9, "m", "api")  # two pending now
+    assert main(["review", "--log-db", db, "--list", "--limit", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2 and "more" in captured.err
+
+
+def test_review_cli_missing_log(tmp_path, capsys):
+    assert main(["review", "--log-db", str(tmp_path / "nope.sqlite")]) == 2
+    assert "decision log not found" in capsys.readouterr().err
+    assert not (tmp_path / "nope.sqlite").exists()
+
+
+def test_review_cli_empty(tmp_path, capsys):
+    DecisionLog(tmp_path / "d.sqlite").close()
+    assert main(["review", "--log-db", str(tmp_path / "d.sqlite")]) == 0
+    assert "no manual-sort items" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- wastenet serve
+
+
+def test_serve_cli_usage_errors(tiny_checkpoint, tmp_path, capsys):
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(tmp_path / "model.h5")]) == 2
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--threshold", "2"]) == 2
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--workers", "0"]) == 2
+    with socket.socket() as s:  # a taken port is one clear line, not uvicorn's traceback
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port)]) == 2
+        assert "cannot listen" in capsys.readouterr().err
+
+
+def test_serve_help_mentions_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--checkpoint", "--host", "--port", "--log-db", "--threshold", "--max-upload-mb", "--workers"):
+        assert opt in text
+
+
+def test_service_modules_import_without_torch():
+    code = ("import sys; import wastenet.commands.serve, wastenet.commands.review, wastenet.serve.app, "
+            "wastenet.serve.decision_log; "
+            "bad = [m for m in ('torch', 'timm', 'torchvision') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
