@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     device = resolve_device(args.device)
-    dtype = autocast_for(device, "auto")
     model = model_from_checkpoint(ckpt).to(device)
+    dtype = autocast_for(device, "auto", model)
     cache = build_cache(args.data, wanted, classes, prep.resize_size, prep.interpolation)
     for path, reason in cache.skipped:
         print(f"skipped {path}: {reason}")

@@ -2,6 +2,10 @@
 
     wastenet train --data ../shared/data/trashnet --split-file ../shared/data/trashnet-split.csv \
         --model densenet121 --weights ../shared/weights/densenet121.safetensors --recipe wastenet
+
+Data-parallel on N GPUs (or N CPU processes), same options (docs/distributed.md)::
+
+    torchrun --standalone --nproc_per_node=N -m wastenet train ...
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head-views", type=int, default=d.head_views, help="augmented views of each image cached for the head stage")
     g.add_argument("--unfreeze-groups", type=int, default=d.unfreeze_groups, help="backbone layer groups unfrozen one by one")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the head/top group in backbone stages")
-    g.add_argument("--head-lr", type=float, help="head-only stage learning rate (default 10 x --lr)")
+    g.add_argument("--head-lr", type=float, help="head-only stage learning rate (default 2 x --lr)")
     g.add_argument("--lr-decay", type=float, default=d.lr_decay, help="discriminative factor per group below the head")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="global batch: under torchrun each of N processes trains on batch-size / N")
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without validation improvement")
     g = p.add_argument_group("augmentation (Keras ImageDataGenerator style)")
     g.add_argument("--zoom", type=float, default=d.zoom)

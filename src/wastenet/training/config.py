@@ -38,7 +38,7 @@ class TrainConfig:
     resume: bool = False
     batch_size: int = 32
     lr: float = 5e-4                      # backbone peak rate (head and top group in staged steps)
-    head_lr: float | None = None          # head-only stage; default 10 x lr
+    head_lr: float | None = None          # head-only stage; default 2 x lr
     lr_decay: float = 0.4                 # discriminative factor per group below the head
     weight_decay: float = 0.01
     label_smoothing: float = 0.1

@@ -7,6 +7,9 @@ run with one peak learning rate per layer group. Every epoch writes ``last.pt`` 
 so ``--resume`` continues where an interrupted run stopped; ``best.pt`` holds the best
 validation weights. The test split is used once, at the end.
 
+Under ``torchrun --nproc_per_node=N`` the same code runs data-parallel (docs/distributed.md):
+every call into ``distributed`` below is a no-op in a single process.
+
     from wastenet.training.config import TrainConfig
     from wastenet.training.loop import train
     result = train(TrainConfig(data="photos/", model="mobilenetv2_100", weights="mnv2.safetensors",
@@ -37,6 +40,7 @@ from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
 from wastenet.data.datasets import ImageCache, Row, build_cache, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
 from wastenet.models import BuiltModel, count_parameters, create_model, extract_features, group_modules, merge_groups, resolve_weights_arg, safe_name
+from wastenet.training import distributed
 from wastenet.training.config import TrainConfig
 from wastenet.training.losses import build_loss
 from wastenet.training.recipes import Stage, make_plan
@@ -46,7 +50,8 @@ HISTORY_FIELDS = ["epoch", "stage", "stage_epoch", "trainable_params", "lr", "gr
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if distributed.is_main():  # one log, not one per rank
+        print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -58,12 +63,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device, amp: str):
-    """bf16 autocast roughly halves CPU training time here; fp16 needs a GradScaler (CUDA only)."""
+def has_depthwise_convs(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+
+
+def autocast_for(device: torch.device, amp: str, model: nn.Module | None = None):
+    """The autocast dtype for ``--amp`` (None = full fp32).
+
+    On CPU, bf16 roughly halves DenseNet/ResNet training time (oneDNN, AMX), but depthwise
+    convolutions have no fast bf16 kernel: MobileNetV2 trained 3x *slower* in bf16 here, so
+    ``auto`` keeps such models in fp32. fp16 needs a GradScaler and CUDA.
+    """
     if amp == "off":
         return None
     if amp == "auto":
-        amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu":
+            if model is not None and has_depthwise_convs(model):
+                return None
+            amp = "bf16"
+        else:
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     if dtype is torch.float16 and device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; use bf16 on CPU")
@@ -113,7 +132,8 @@ def prepare_rows(cfg: TrainConfig, root: Path, out: Path) -> tuple[list[Row], li
 
 def prepare_data(cfg: TrainConfig, root: Path, rows: list[Row], classes: list[str], size: int, interpolation: str) -> Prepared:
     t0 = time.time()
-    bar = (lambda it: tqdm(it, total=len(rows), desc="decode", unit="img", leave=False)) if sys.stderr.isatty() else None
+    bar = ((lambda it: tqdm(it, total=len(rows), desc="decode", unit="img", leave=False))
+           if sys.stderr.isatty() and distributed.is_main() else None)
     cache = build_cache(root, rows, classes, size, interpolation, workers=cfg.workers, progress=bar)
     for path, reason in cache.skipped:
         log(f"skipped {path}: {reason}")
@@ -237,7 +257,7 @@ class Trainer:
         self.state = RunState()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.val_labels = torch.from_numpy(data.val.labels)
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and distributed.is_main()
 
     # -------------------------------------------------- checkpoints
     def _ckpt(self, state_dict=None, **extra) -> dict[str, Any]:
@@ -248,6 +268,8 @@ class Trainer:
         return ck
 
     def save_last(self, optimizer=None, scheduler=None) -> None:
+        if not distributed.is_main():  # only rank 0 writes files
+            return
         s = self.state
         checkpoint.save(self._ckpt(
             stage_index=s.stage_index, stage_epoch=s.stage_epoch, stage_done=s.stage_done,
@@ -258,6 +280,8 @@ class Trainer:
         ), self.out / "last.pt")
 
     def save_best(self) -> None:
+        if not distributed.is_main():
+            return
         checkpoint.save(self._ckpt(self.best_state, best_score=list(self.state.best_score),
                                    epoch=self.state.global_epoch), self.out / "best.pt")
 
@@ -306,6 +330,8 @@ class Trainer:
         return s.stale >= stage.patience
 
     def write_history(self) -> None:
+        if not distributed.is_main():
+            return
         with (self.out / "history.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
             w.writeheader()
@@ -327,8 +353,10 @@ class Trainer:
     # -------------------------------------------------- stage 1: head on cached features
     @torch.no_grad()
     def cached_features(self, images: np.ndarray, augment: bool) -> torch.Tensor:
+        """Pre-logit features of ``images``; each rank computes its shard, every rank gets them all."""
         self.model.eval()
         feats = []
+        images = images[distributed.shard_range(len(images))]
         for i in range(0, len(images), 64):
             x = to_model_batch(torch.from_numpy(images[i : i + 64]), self.prep,
                                augment=self.augment if augment else None, device=self.device)
@@ -336,18 +364,21 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(self.device, self.dtype):
                 feats.append(extract_features(self.model, x).float())
-        return torch.cat(feats)
+        return distributed.all_gather_tensor(torch.cat(feats) if feats else torch.zeros(0, device=self.device))
 
     def run_head_stage(self, stage: Stage) -> None:
         cfg, d = self.cfg, self.data
         t0 = time.time()
         torch.manual_seed(cfg.seed)
+        distributed.reseed_per_rank(cfg.seed)  # ranks augment different images: different draws
         views = [self.cached_features(d.train.images, augment=False)]
         views += [self.cached_features(d.train.images, augment=True) for _ in range(cfg.head_views)]
         x_train = torch.cat(views)
         y_train = torch.from_numpy(d.train.labels).to(self.device).repeat(len(views))
         x_val = self.cached_features(d.val.images, augment=False)
         y_val = self.val_labels.to(self.device)
+        # Every rank now holds all features and trains the same head from the same seed: the
+        # result is identical on every rank (fit() still broadcasts rank 0's to be sure).
         log(f"[head] cached features of {len(views)} view(s) x {len(d.train)} train + {len(d.val)} val "
             f"images in {time.time() - t0:.1f}s")
         head_group = len(self.groups) - 1
@@ -356,7 +387,9 @@ class Trainer:
         optimizer = torch.optim.AdamW(param_groups(self.model, self.groups, stage.group_lrs, cfg.weight_decay))
         batch = cfg.batch_size  # head steps on cached features cost microseconds: take many
         steps = math.ceil(len(x_train) / batch)
-        scheduler = one_cycle(optimizer, steps * stage.epochs)
+        # cosine from the peak, no warm-up: the zero-initialised head needs none, and early
+        # stopping during a warm-up would judge the head at a rate it never settles at
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps * stage.epochs))
         gen = torch.Generator().manual_seed(cfg.seed)
         for _ in range(stage.epochs):
             t1 = time.time()
@@ -389,6 +422,8 @@ class Trainer:
     def run_backbone_stage(self, stage: Stage, opt_state=None, sched_state=None) -> None:
         cfg, d = self.cfg, self.data
         set_trainable(self.model, self.groups, stage.trainable_groups)
+        # DDP all-reduces only what requires grad when it is built: a fresh wrapper per stage
+        net = distributed.wrap(self.model, self.device)
         optimizer = torch.optim.AdamW(param_groups(self.model, self.groups, stage.group_lrs, cfg.weight_decay))
         steps_per_epoch = math.ceil(len(d.train) / cfg.batch_size)
         scheduler = one_cycle(optimizer, steps_per_epoch * stage.epochs)
@@ -405,44 +440,54 @@ class Trainer:
             # seeding per epoch makes a resumed run draw the same batches and augmentations
             torch.manual_seed(cfg.seed * 100_003 + self.state.global_epoch)
             train_mode(self.model, self.groups, stage.trainable_groups)
-            perm = torch.randperm(len(d.train))
+            perm = torch.randperm(len(d.train))  # the same on every rank
+            distributed.reseed_per_rank(cfg.seed * 100_003 + self.state.global_epoch)
             total, correct, seen = 0.0, 0, 0
-            batches = range(0, len(perm), cfg.batch_size)
+            # this rank's share of each global batch; batches BatchNorm cannot train on are skipped
+            batches = distributed.local_batches(perm, cfg.batch_size)
             bar = tqdm(batches, desc=f"{stage.name} e{self.state.stage_epoch + 1}", leave=False, disable=not self.tty)
             lrs_at_start = group_lr_summary(optimizer)
-            for i in bar:
-                idx = perm[i : i + cfg.batch_size]
-                if len(idx) < 2:
-                    continue  # BatchNorm cannot train on a batch of one
+            for idx, n_global in bar:
                 x = to_model_batch(torch.from_numpy(d.train.images[idx.numpy()]), self.prep,
                                    augment=self.augment, device=self.device)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = labels_all[idx].to(self.device)
                 with _autocast(self.device, self.dtype):
-                    logits = self.model(x)
+                    logits = net(x)
                 loss = self.criterion(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
+                weighted = loss * distributed.loss_weight(len(idx), n_global)  # 1.0 unless slices differ
                 if scaler is not None:
-                    scaler.scale(loss).backward()
+                    scaler.scale(weighted).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
+                    weighted.backward()
                     optimizer.step()
                 scheduler.step()
                 total += loss.item() * len(idx)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(idx)
                 bar.set_postfix(loss=f"{total / seen:.3f}")
-            val_logits = predict_logits(self.model, d.val.images, self.prep, self.device, self.dtype,
-                                        channels_last=cfg.channels_last)
-            vl, va = loss_and_acc(val_logits, self.val_labels)
+            total, correct, seen = distributed.all_reduce_sums([total, correct, seen])
+            vl, va = self.validate()
             stop = self.record(stage, total / max(seen, 1), correct / max(seen, 1), vl, va, lrs_at_start, time.time() - t0)
             self.save_last(optimizer, scheduler)
             if stop:
                 log(f"[{stage.name}] early stop: no validation improvement in {stage.patience} epochs")
                 break
+        distributed.release(net)
+
+    def validate(self) -> tuple[float, float]:
+        """Validation loss and accuracy of the model rank 0 would save: each rank predicts its
+        shard of the validation split and the logits are gathered, so every rank computes the
+        same numbers (and takes the same early-stopping decision)."""
+        distributed.broadcast_module(self.model, buffers_only=True)  # rank 0's BatchNorm statistics
+        part = distributed.shard_range(len(self.data.val))
+        logits = predict_logits(self.model, self.data.val.images[part], self.prep, self.device, self.dtype,
+                                channels_last=self.cfg.channels_last)
+        return loss_and_acc(distributed.all_gather_tensor(logits), self.val_labels)
 
     # -------------------------------------------------- all stages
     def fit(self, last: dict[str, Any] | None = None) -> None:
@@ -465,6 +510,10 @@ class Trainer:
                 self.run_backbone_stage(stage, opt_state, sched_state)
             opt_state = sched_state = None
             self._end_stage()
+            # Ranks end a stage in the same state by construction; rank 0's copy (the one it
+            # saved) is made everyone's anyway, in case a GPU kernel was not bit-reproducible.
+            self.state = distributed.broadcast_object(self.state)
+            distributed.broadcast_module(self.model)
 
 
 # ---------------------------------------------------------------- entry point
@@ -489,24 +538,41 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif last_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
+    # Under torchrun: join the process group (NCCL on cuda:LOCAL_RANK, gloo on CPU). Every rank
+    # has done the checks above before any rank can get past this rendezvous and write.
+    device = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, out, last, device)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: torch.device) -> dict[str, Any]:
     from wastenet.data.download import resolve_dataset
     from wastenet.taxonomy import default_taxonomy_for, identity_taxonomy, load_taxonomy
 
-    root = resolve_dataset(cfg.data)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_distributed() and cfg.batch_size < 2 * distributed.world_size():
+        raise ConfigError(f"--batch-size is the global batch: at least 2 per process "
+                          f"({2 * distributed.world_size()} for {distributed.world_size()} processes)")
+    with distributed.main_first():  # a download happens once
+        root = resolve_dataset(cfg.data)
     rows, classes = prepare_rows(cfg, root, out)
     taxonomy = (load_taxonomy(cfg.taxonomy, classes) if cfg.taxonomy
                 else default_taxonomy_for(classes) or identity_taxonomy(classes))
     weights = resolve_weights_arg(cfg.weights, pretrained=True)
-    device = resolve_device(cfg.device)
-    dtype = autocast_for(device, cfg.amp)
+    dtype = None  # chosen once the model is built
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     built = create_model(cfg.model, len(classes), weights=weights, img_size=cfg.img_size)
-    write_split_file(rows, out / "split.csv")
-    cfg.save(out / "config.yaml")
+    dtype = autocast_for(device, cfg.amp, built.model)
+    log(f"device {device}, precision {dtype or torch.float32}".replace("torch.", ""))
+    distributed.barrier()  # every rank has read a resumed run's split.csv before rank 0 rewrites it
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_split_file(rows, out / "split.csv")
+        cfg.save(out / "config.yaml")
 
     data = prepare_data(cfg, root, rows, classes, built.preprocessing.resize_size, built.preprocessing.interpolation)
     if len(data.train) == 0 or len(data.val) == 0:
@@ -520,7 +586,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     from wastenet.evaluation.runner import evaluate_after_training
 
-    metrics = evaluate_after_training(trainer, train_seconds=time.time() - t0)
-    (out / "summary.json").write_text(json.dumps({"train_seconds": round(time.time() - t0, 1),
-                                                   "test_accuracy": metrics.get("accuracy")}, indent=2))
+    metrics: dict[str, Any] = {}
+    if distributed.is_main():  # the test report is rank 0's; the others wait at the barrier
+        metrics = evaluate_after_training(trainer, train_seconds=time.time() - t0)
+        (out / "summary.json").write_text(json.dumps({"train_seconds": round(time.time() - t0, 1),
+                                                       "test_accuracy": metrics.get("accuracy")}, indent=2))
+    distributed.barrier()
     return metrics

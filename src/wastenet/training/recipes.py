@@ -61,7 +61,7 @@ def make_plan(
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose from {RECIPES}")
     n = n_backbone_groups
-    head_stage = Stage("head", {n: head_lr or lr * 10}, head_epochs, cached_features=True, patience=head_patience)
+    head_stage = Stage("head", {n: head_lr or lr * 2}, head_epochs, cached_features=True, patience=head_patience)
     if recipe == "linear":
         return [head_stage]
     if recipe == "finetune":
