@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"CPU: {env['cpu']} ({env['cores']} cores visible), torch {env['torch']}, onnxruntime "
           f"{env['onnxruntime']}, load average {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}\n")
+    busy = max(env["loadavg_start"][0], env["loadavg_end"][0])
+    if busy > (env["cores"] or 1) - 0.5:
+        # other processes held the cores: multi-threaded PyTorch (OpenMP barriers) suffers most
+        print(f"WARNING: load average {busy:.1f} on {env['cores']} cores: other processes competed for the "
+              "CPU; multi-thread figures (PyTorch's above all) are unreliable, rerun on an idle machine.\n")
     print(markdown(results, args.batch))
     print(f"full results: {args.json}")
     return 0
