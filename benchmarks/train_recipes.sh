@@ -10,12 +10,11 @@ W=../shared/weights
 OUT=${OUT:-runs/bench}
 bench() { wastenet bench --data $DATA --split-file $SPLIT --weights-dir $W --out $OUT "$@"; }
 
-# issue 2 (foundation) and issue 3 (wastenet), seed 0, cross-entropy
-for model in mobilenetv2_100 densenet121; do
-    bench --models $model --recipes linear,finetune,wastenet --losses ce --seeds 0
-done
-# focal loss against cross-entropy, and more seeds for the edge model
-bench --models mobilenetv2_100 --recipes wastenet --losses focal --seeds 0
-bench --models mobilenetv2_100 --recipes wastenet --losses ce --seeds 0,1,2
-# the whole table
-bench --models mobilenetv2_100,densenet121 --recipes linear,finetune,wastenet --losses ce --seeds 0
+case "${1:-all}" in
+  mobilenet) bench --models mobilenetv2_100 --recipes linear,finetune,wastenet --losses ce --seeds 0 ;;
+  densenet)  bench --models densenet121 --recipes linear,finetune,wastenet --losses ce --seeds 0 ;;
+  focal)     bench --models mobilenetv2_100 --recipes wastenet --losses focal --seeds 0 ;;
+  seeds)     bench --models mobilenetv2_100 --recipes wastenet --losses ce --seeds 0,1,2 ;;
+  table)     bench --models mobilenetv2_100,densenet121 --recipes linear,finetune,wastenet --losses ce --seeds 0 ;;
+  all)       for part in mobilenet densenet focal seeds table; do "$0" "$part"; done ;;
+esac
