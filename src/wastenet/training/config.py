@@ -39,7 +39,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 5e-4                      # backbone peak rate (head and top group in staged steps)
     head_lr: float | None = None          # head-only stage; default 2 x lr
-    lr_decay: float = 0.4                 # discriminative factor per group below the head
+    lr_decay: float = 0.6                 # discriminative factor per group below the head (bottom of 4: 0.13 x)
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     focal_gamma: float = 2.0

@@ -2,7 +2,7 @@
 
 A stage says which layer groups train and at what peak learning rate each::
 
-    plan = make_plan("wastenet", n_backbone_groups=4, lr=1e-3, decay=0.4, head_epochs=60,
+    plan = make_plan("wastenet", n_backbone_groups=4, lr=1e-3, decay=0.6, head_epochs=60,
                      step_epochs=3, epochs=8)
     [s.name for s in plan]   # ['head', 'unfreeze-1', 'unfreeze-2', 'unfreeze-3', 'unfreeze-4']
 
@@ -51,7 +51,7 @@ def make_plan(
     n_backbone_groups: int,
     lr: float,
     head_lr: float | None = None,
-    decay: float = 0.4,
+    decay: float = 0.6,
     epochs: int = 8,
     head_epochs: int = 60,
     step_epochs: int = 3,
