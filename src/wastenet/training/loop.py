@@ -580,16 +580,16 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     trainer = Trainer(cfg, built, data, out, taxonomy.to_dict(), device, dtype)
     t0 = time.time()
     trainer.fit(last)
-    train_seconds = time.time() - t0 + sum(0 for _ in ())
-    if last is not None:
+    train_seconds = time.time() - t0
+    if last is not None:  # a resumed run also counts the epochs it had already trained
         train_seconds += sum(float(r.get("seconds", 0)) for r in last.get("history", []))
 
     from wastenet.evaluation.runner import evaluate_after_training
 
     metrics: dict[str, Any] = {}
     if distributed.is_main():  # the test report is rank 0's; the others wait at the barrier
-        metrics = evaluate_after_training(trainer, train_seconds=time.time() - t0)
-        (out / "summary.json").write_text(json.dumps({"train_seconds": round(time.time() - t0, 1),
+        metrics = evaluate_after_training(trainer, train_seconds=train_seconds)
+        (out / "summary.json").write_text(json.dumps({"train_seconds": round(train_seconds, 1),
                                                        "test_accuracy": metrics.get("accuracy")}, indent=2))
     distributed.barrier()
     return metrics
