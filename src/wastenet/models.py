@@ -145,7 +145,7 @@ def _check_only_head_missing(missing: list[str], arch: str, weights: str, head_p
 def _build_timm(arch: str, num_classes: int, weights: str | None, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
-    if arch not in timm.list_models() and not timm.is_model(arch):
+    if not timm.is_model(arch):
         raise ConfigError(f"unknown model {arch!r}: not a timm architecture nor one of {sorted(TORCHVISION_ARCHS)}")
     if weights is None:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
