@@ -74,6 +74,7 @@ def to_model_batch(
     augment: nn.Module | None = None,
     device: torch.device | str = "cpu",
     hflip: bool = False,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Cached uint8 squares ``[B, 3, R, R]`` -> normalised model input ``[B, 3, S, S]``.
 
@@ -88,4 +89,5 @@ def to_model_batch(
         x = x.flip(-1)
     mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -203,9 +203,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, prep, device, dtype, ba
         views = [False, True] if tta else [False]
         acc = 0
         for flip in views:
-            x = to_model_batch(u8, prep, device=device, hflip=flip)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_model_batch(u8, prep, device=device, hflip=flip, channels_last=channels_last)
             with _autocast(device, dtype):
                 acc = acc + model(x).float()
         out.append((acc / len(views)).cpu())
@@ -359,9 +357,8 @@ class Trainer:
         images = images[distributed.shard_range(len(images))]
         for i in range(0, len(images), 64):
             x = to_model_batch(torch.from_numpy(images[i : i + 64]), self.prep,
-                               augment=self.augment if augment else None, device=self.device)
-            if self.cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                               augment=self.augment if augment else None, device=self.device,
+                               channels_last=self.cfg.channels_last)
             with _autocast(self.device, self.dtype):
                 feats.append(extract_features(self.model, x).float())
         return distributed.all_gather_tensor(torch.cat(feats) if feats else torch.zeros(0, device=self.device))
@@ -449,9 +446,7 @@ class Trainer:
             lrs_at_start = group_lr_summary(optimizer)
             for idx, n_global in bar:
                 x = to_model_batch(torch.from_numpy(d.train.images[idx.numpy()]), self.prep,
-                                   augment=self.augment, device=self.device)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                                   augment=self.augment, device=self.device, channels_last=cfg.channels_last)
                 y = labels_all[idx].to(self.device)
                 with _autocast(self.device, self.dtype):
                     logits = net(x)
