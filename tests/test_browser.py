@@ -265,6 +265,8 @@ def test_review_page(browser, server, photo):
     page.goto(server + "/review")
     card = f"#item-{item['id']}"
     page.wait_for_selector(card, timeout=15_000)
+    # the photo is served by the decision log; wait for it to load rather than racing it
+    page.wait_for_function(f"document.querySelector('{card} img').complete", timeout=15_000)
     assert page.evaluate(f"document.querySelector('{card} img').naturalWidth") > 0
     page.select_option(f"#label-{item['id']}", "metal")
     page.click(f"{card} button")
