@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=256, help="test images used end to end")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--decode-workers", type=int, default=None,
+                    help="decoding threads (0: in line; default: the library's choice for this machine)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
 
@@ -47,18 +50,21 @@ def main() -> None:
         forward_times.append(time.perf_counter() - t0)
     forward_ips = len(batch) / min(forward_times)
 
-    clf.predict(paths[: args.batch_size], batch_size=args.batch_size)  # warm-up
+    from wastenet.inference.predictor import default_decode_workers
+
+    workers = default_decode_workers() if args.decode_workers is None else args.decode_workers
+    clf.predict(paths[: args.batch_size], batch_size=args.batch_size, decode_workers=workers)  # warm-up
     e2e_times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        preds = clf.predict(paths, batch_size=args.batch_size)
+        preds = clf.predict(paths, batch_size=args.batch_size, decode_workers=workers)
         e2e_times.append(time.perf_counter() - t0)
     assert not any(p.error for p in preds)
     e2e_ips = len(paths) / min(e2e_times)
     result = {"checkpoint": args.checkpoint, "arch": clf.arch, "backend": clf.backend_name if hasattr(clf, "backend_name") else type(clf.backend).__name__,
-              "batch_size": args.batch_size, "images": len(paths), "forward_images_per_s": round(forward_ips, 1),
+              "batch_size": args.batch_size, "decode_workers": workers, "cpus": os.cpu_count(), "images": len(paths), "forward_images_per_s": round(forward_ips, 1),
               "predict_images_per_s": round(e2e_ips, 1), "ratio": round(e2e_ips / forward_ips, 3)}
-    print(f"| {clf.arch} | {args.batch_size} | {forward_ips:.1f} | {e2e_ips:.1f} | {e2e_ips / forward_ips:.0%} |")
+    print(f"| {clf.arch} | {args.batch_size} | {workers} | {forward_ips:.1f} | {e2e_ips:.1f} | {e2e_ips / forward_ips:.0%} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -98,6 +98,15 @@ def test_batch_size_and_prefetch_do_not_change_results(clf, images):
     np.testing.assert_allclose([p.confidence for p in one], [p.confidence for p in many], atol=1e-5)
 
 
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_decoding_in_line_or_in_threads_gives_the_same_answers_in_input_order(clf, images, workers):
+    ref = clf.predict(images, batch_size=2, decode_workers=0)
+    got = clf.predict(images, batch_size=2, decode_workers=workers)
+    assert [p.path for p in got] == [str(p) for p in images]
+    assert [p.label for p in got] == [p.label for p in ref]
+    np.testing.assert_allclose([p.confidence for p in got], [p.confidence for p in ref], atol=1e-6)
+
+
 def test_probabilities_are_softmax_of_logits_over_temperature(clf, images):
     pred = clf.predict_one(images[0])
     x = clf.preprocess([Image.open(images[0]).convert("RGB")])

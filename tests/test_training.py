@@ -11,7 +11,7 @@ from wastenet.data.datasets import build_cache, scan_folder, stratified_split
 from wastenet.models import create_model
 from wastenet.taxonomy import identity_taxonomy
 from wastenet.training.config import TrainConfig
-from wastenet.training.loop import Prepared, Trainer, one_cycle, param_groups
+from wastenet.training.loop import Prepared, Trainer, one_cycle, param_groups, patience_applies
 from wastenet.training.recipes import discriminative_lrs, make_plan
 
 
@@ -58,6 +58,23 @@ def test_one_cycle_keeps_each_groups_rate_in_proportion_at_every_step():
         opt.step()
         sched.step()
     assert seen_peak[2] == pytest.approx(1e-3, rel=0.02) and seen_peak[0] == pytest.approx(1.6e-4, rel=0.02)
+
+
+def test_early_stopping_waits_until_the_one_cycle_rate_is_below_half_its_peak():
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = one_cycle(opt, total_steps=100)
+    peak = 1e-3
+    for step in range(1, 101):
+        opt.step()
+        sched.step()
+        rate = opt.param_groups[0]["lr"]
+        # patience counts once the rate has annealed to (about) half the peak, never before
+        if patience_applies(step, 100):
+            assert step > 25 and rate <= 0.51 * peak
+        else:
+            assert step <= 25 or rate >= 0.48 * peak
+    assert not patience_applies(25, 100) and patience_applies(100, 100)
 
 
 def test_norms_and_biases_get_no_weight_decay():

@@ -373,11 +373,13 @@ class Classifier:
 
     def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: float | None = None,
                 taxonomy: Any = None, batch_size: int = 32, topk: int = 3, progress: bool = False,
-                tta: bool = False) -> list[Prediction]:
+                tta: bool = False, decode_workers: int | None = None) -> list[Prediction]:
         """Classify ``images`` and decide a bin for each; results in input order.
 
         ``threshold`` defaults to the model file's; ``taxonomy`` overrides the model's (a
         built-in name, YAML path, dict or Taxonomy; checked against the classes, ConfigError).
+        ``decode_workers`` threads decode the next batches while the model runs (0: decode in
+        this thread between forward passes; default: :func:`default_decode_workers`).
         """
         items = _as_list(images)
         thr = self.threshold if threshold is None else check_threshold(threshold)
@@ -390,14 +392,16 @@ class Classifier:
         batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
         bar = _progress_bar(len(items), progress)
         try:
+            workers = default_decode_workers() if decode_workers is None else max(0, int(decode_workers))
             # decode + preprocess up to 2 batches ahead while the model runs (PIL releases the GIL)
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="wastenet-decode") as pool:
+            with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="wastenet-decode") as pool:
                 pending: deque[Future] = deque()
                 next_batch = 0
                 for _ in batches:
-                    while next_batch < len(batches) and len(pending) < 3:
+                    while next_batch < len(batches) and len(pending) < (workers + 1 if workers else 1):
                         idx = batches[next_batch]
-                        pending.append(pool.submit(self._prepare, [items[i] for i in idx], idx))
+                        job = [items[i] for i in idx]
+                        pending.append(pool.submit(self._prepare, job, idx) if workers else _done(self._prepare(job, idx)))
                         next_batch += 1
                     x, ok_idx, failures = pending.popleft().result()
                     for i, reason in failures:
@@ -435,6 +439,18 @@ class Classifier:
 
 
 # --------------------------------------------------------------------------- helpers
+def default_decode_workers() -> int:
+    """Decoding threads for :meth:`Classifier.predict`: 2, or 0 (decode in line) where the
+    model's own threads already occupy every core (measured in BENCHMARKS.md)."""
+    return 2 if (os.cpu_count() or 1) > 2 else 0
+
+
+def _done(value: Any) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
 def _resolve_taxonomy(spec: Any, classes: list[str]) -> Taxonomy:
     if spec:
         return load_taxonomy(spec, classes)
