@@ -48,6 +48,17 @@ def test_layer_groups_run_from_stem_to_head():
     assert sorted(n for g in groups for n in g) == sorted(names)  # every parameter exactly once
 
 
+def test_no_unfreezing_step_trains_a_lone_norm_layer():
+    # timm puts densenet's final BatchNorm in a group of its own; it joins the last dense block
+    model = create_model("densenet121", num_classes=3).model
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    body = layer_groups(model)[:-1]
+    total = sum(sizes.values())
+    assert all(sum(sizes[n] for n in g) >= 0.005 * total for g in body)
+    assert "features.norm5.weight" in body[-1] and "features.denseblock4.denselayer16.conv2.weight" in body[-1]
+    assert "features.conv0.weight" in body[0] and "features.denseblock1.denselayer1.conv1.weight" in body[0]
+
+
 def test_merge_groups_merges_the_lowest_and_keeps_the_head():
     groups = [["a"], ["b"], ["c"], ["d"], ["head"]]
     assert merge_groups(groups, 2) == [["a", "b", "c"], ["d"], ["head"]]

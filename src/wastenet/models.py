@@ -285,8 +285,30 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
             key = ".".join(parts[:2]) if parts[0] == "features" and parts[1].isdigit() else parts[0]
             by_child.setdefault(key, []).append(n)
         groups = list(by_child.values())
+    groups = _fold_tiny_groups(model, groups)
     groups.append(sorted(head))
     return groups
+
+
+def _fold_tiny_groups(model: nn.Module, groups: list[list[str]], min_share: float = 0.005) -> list[list[str]]:
+    """Join groups holding under ``min_share`` of the backbone's parameters to a neighbour.
+
+    timm gives densenet121's final BatchNorm (2,048 parameters) a group of its own; as a
+    step of gradual unfreezing it would train nothing but that norm for a full-cost epoch.
+    A tiny group joins the group below it (the stem, having none below, joins the next one).
+    """
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    total = sum(sizes[n] for g in groups for n in g) or 1
+    out: list[list[str]] = []
+    for g in groups:
+        if out and sum(sizes[n] for n in g) < min_share * total:
+            out[-1] = out[-1] + list(g)
+        else:
+            out.append(list(g))
+    if len(out) > 1 and sum(sizes[n] for n in out[0]) < min_share * total:
+        out[1] = out[0] + out[1]
+        out.pop(0)
+    return out
 
 
 def merge_groups(groups: list[list[str]], max_backbone_groups: int | None) -> list[list[str]]:
