@@ -226,8 +226,13 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         elif device == "cuda":
             raise ConfigError("device cuda requested but onnxruntime has no CUDA provider")
+        options = ort.SessionOptions()
+        if os.environ.get("WASTENET_ORT_SPIN", "1") == "0":
+            # idle intra-op threads sleep instead of spinning: the CPU they would burn goes
+            # to the threads decoding the next request (a server on a small machine)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - any unreadable model is the user's input problem
             raise ConfigError(f"cannot read ONNX model {path}: {' '.join(str(exc).split())[:200]}") from exc
         inputs = [i.name for i in self.session.get_inputs()]
@@ -373,13 +378,13 @@ class Classifier:
 
     def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: float | None = None,
                 taxonomy: Any = None, batch_size: int = 32, topk: int = 3, progress: bool = False,
-                tta: bool = False, decode_workers: int | None = None) -> list[Prediction]:
+                tta: bool = False, decode_workers: int = 2) -> list[Prediction]:
         """Classify ``images`` and decide a bin for each; results in input order.
 
         ``threshold`` defaults to the model file's; ``taxonomy`` overrides the model's (a
         built-in name, YAML path, dict or Taxonomy; checked against the classes, ConfigError).
         ``decode_workers`` threads decode the next batches while the model runs (0: decode in
-        this thread between forward passes; default: :func:`default_decode_workers`).
+        this thread between forward passes; 2 is fastest even on 2 cores, see BENCHMARKS.md).
         """
         items = _as_list(images)
         thr = self.threshold if threshold is None else check_threshold(threshold)
@@ -392,7 +397,7 @@ class Classifier:
         batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
         bar = _progress_bar(len(items), progress)
         try:
-            workers = default_decode_workers() if decode_workers is None else max(0, int(decode_workers))
+            workers = max(0, int(decode_workers))
             # decode + preprocess up to 2 batches ahead while the model runs (PIL releases the GIL)
             with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="wastenet-decode") as pool:
                 pending: deque[Future] = deque()
@@ -439,12 +444,6 @@ class Classifier:
 
 
 # --------------------------------------------------------------------------- helpers
-def default_decode_workers() -> int:
-    """Decoding threads for :meth:`Classifier.predict`: 2, or 0 (decode in line) where the
-    model's own threads already occupy every core (measured in BENCHMARKS.md)."""
-    return 2 if (os.cpu_count() or 1) > 2 else 0
-
-
 def _done(value: Any) -> Future:
     fut: Future = Future()
     fut.set_result(value)

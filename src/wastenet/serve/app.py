@@ -334,6 +334,9 @@ def create_app(
         source = Path(checkpoint_path_or_classifier)
         if not source.is_file():
             raise ConfigError(f"model file not found: {source}")
+        # onnxruntime threads that sleep between batches leave the CPU to request decoding:
+        # +20% requests/s under 8 clients on 2 cores (BENCHMARKS.md); WASTENET_ORT_SPIN=1 undoes it
+        os.environ.setdefault("WASTENET_ORT_SPIN", "0")
         classifier = (Classifier.load(source, channels_last=True) if channels_last and source.suffix == ".pt"
                       else Classifier.load(source))
     else:
