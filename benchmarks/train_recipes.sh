@@ -11,10 +11,12 @@ OUT=${OUT:-runs/bench}
 bench() { wastenet bench --data $DATA --split-file $SPLIT --weights-dir $W --out $OUT "$@"; }
 
 case "${1:-all}" in
-  mobilenet) bench --models mobilenetv2_100 --recipes linear,finetune,wastenet --losses ce --seeds 0 ;;
-  densenet)  bench --models densenet121 --recipes linear,finetune,wastenet --losses ce --seeds 0 ;;
-  focal)     bench --models mobilenetv2_100 --recipes wastenet --losses focal --seeds 0 ;;
-  seeds)     bench --models mobilenetv2_100 --recipes wastenet --losses ce --seeds 0,1,2 ;;
-  table)     bench --models mobilenetv2_100,densenet121 --recipes linear,finetune,wastenet --losses ce --seeds 0 ;;
-  all)       for part in mobilenet densenet focal seeds table; do "$0" "$part"; done ;;
+  mobilenet) bench --models mobilenetv2_100 --recipes linear,finetune --losses ce --seeds 0 ;;
+  densenet)  bench --models densenet121 --recipes linear,finetune --losses ce --seeds 0 ;;
+  # the wastenet recipe's rows: final all-layer step of 10 epochs (default decay 0.7, 2-epoch steps)
+  wastenet)  OUT=${OUT_WASTENET:-runs/bench2} bench --models densenet121,mobilenetv2_100 --recipes wastenet --losses ce --seeds 0 --set epochs=10 ;;
+  focal)     OUT=${OUT_WASTENET:-runs/bench2} bench --models mobilenetv2_100 --recipes wastenet --losses focal --seeds 0 --set epochs=10 ;;
+  seeds)     OUT=${OUT_WASTENET:-runs/bench2} bench --models mobilenetv2_100 --recipes wastenet --losses ce --seeds 0,1,2 --set epochs=10 ;;
+  table)     bench --models mobilenetv2_100,densenet121 --recipes linear,finetune --losses ce --seeds 0 ;;
+  all)       for part in mobilenet densenet wastenet focal seeds table; do "$0" "$part"; done ;;
 esac

@@ -39,7 +39,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 5e-4                      # backbone peak rate (head and top group in staged steps)
     head_lr: float | None = None          # head-only stage; default 2 x lr
-    lr_decay: float = 0.6                 # discriminative factor per group below the head (bottom of 4: 0.13 x)
+    lr_decay: float = 0.7                 # discriminative factor per group below the head (bottom of 4: 0.24 x)
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     focal_gamma: float = 2.0
@@ -47,7 +47,7 @@ class TrainConfig:
     head_epochs: int = 60
     head_patience: int = 8
     head_views: int = 4                   # augmented views cached for the head stage
-    step_epochs: int = 3                  # each partial unfreezing step
+    step_epochs: int = 2                  # each partial unfreezing step
     unfreeze_groups: int = 4              # backbone groups (lowest ones merged)
     patience: int = 3
     amp: str = "auto"                     # auto | bf16 | fp16 | off

@@ -2,8 +2,8 @@
 
 A stage says which layer groups train and at what peak learning rate each::
 
-    plan = make_plan("wastenet", n_backbone_groups=4, lr=1e-3, decay=0.6, head_epochs=60,
-                     step_epochs=3, epochs=8)
+    plan = make_plan("wastenet", n_backbone_groups=4, lr=5e-4, decay=0.7, head_epochs=60,
+                     step_epochs=2, epochs=10)
     [s.name for s in plan]   # ['head', 'unfreeze-1', 'unfreeze-2', 'unfreeze-3', 'unfreeze-4']
 
 Group indices count from the bottom: 0 = stem ... n-1 = top backbone group, n = head.
@@ -51,10 +51,10 @@ def make_plan(
     n_backbone_groups: int,
     lr: float,
     head_lr: float | None = None,
-    decay: float = 0.6,
+    decay: float = 0.7,
     epochs: int = 8,
     head_epochs: int = 60,
-    step_epochs: int = 3,
+    step_epochs: int = 2,
     patience: int = 3,
     head_patience: int = 8,
 ) -> list[Stage]:
