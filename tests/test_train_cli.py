@@ -31,6 +31,23 @@ def test_train_writes_the_run_folder_and_eval_reads_it(tmp_path, image_folder, c
     assert again["metrics"]["accuracy"] == pytest.approx(metrics["metrics"]["accuracy"])
 
 
+def test_eval_recalibrate_refits_the_temperature_on_validation_and_stores_it(tmp_path, image_folder):
+    from wastenet import checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--out", str(out), *TINY]) == 0
+    fitted = checkpoint.load(out / "best.pt")["temperature"]
+    spoiled = checkpoint.load(out / "best.pt")
+    spoiled["temperature"] = 5.0
+    checkpoint.save(spoiled, tmp_path / "spoiled.pt")
+    rc = main(["eval", "--checkpoint", str(tmp_path / "spoiled.pt"), "--data", str(image_folder),
+               "--split-file", str(out / "split.csv"), "--recalibrate", "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    # the same validation images in the same (full) precision give training's own temperature
+    assert checkpoint.load(tmp_path / "spoiled.pt")["temperature"] == pytest.approx(fitted, rel=1e-3)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["calibration"]["temperature"] == pytest.approx(fitted, rel=1e-3)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "/no/such/folder"], "dataset folder not found"),
     (["--recipe", "magic"], "invalid choice"),

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--taxonomy", help="override the checkpoint's taxonomy")
     p.add_argument("--target-contamination", type=float,
                    help="suggest the lowest threshold whose worst-bin contamination on the validation split meets this")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="fit the temperature again on the validation split and store it in the checkpoint")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="report folder (default: CHECKPOINT_DIR/eval-SPLIT)")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
     from wastenet.taxonomy import default_taxonomy_for, identity_taxonomy, load_taxonomy
-    from wastenet.training.loop import autocast_for, predict_logits, resolve_device
+    from wastenet.training.loop import predict_logits, resolve_device
 
     ckpt = checkpoint.load(ckpt_path)
     classes = ckpt["classes"]
@@ -71,17 +73,23 @@ def run(args: argparse.Namespace) -> int:
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     device = resolve_device(args.device)
     model = model_from_checkpoint(ckpt).to(device)
-    dtype = autocast_for(device, "auto", model)
+    dtype = None  # full precision: the numbers describe the model as `predict` and `export` run it
     cache = build_cache(args.data, wanted, classes, prep.resize_size, prep.interpolation)
     for path, reason in cache.skipped:
         print(f"skipped {path}: {reason}")
     suggestion = None
-    if args.target_contamination is not None:
+    if args.target_contamination is not None or args.recalibrate:
         val_rows = [r for r in rows if r.split == "val"]
         if not val_rows:
-            raise ConfigError("--target-contamination needs validation rows in the split file")
+            raise ConfigError("--target-contamination and --recalibrate need validation rows in the split file")
         val = build_cache(args.data, val_rows, classes, prep.resize_size, prep.interpolation)
         val_logits = predict_logits(model, val.images, prep, device, dtype, tta=args.tta).numpy()
+    if args.recalibrate:
+        ckpt["temperature"] = float(cal.fit_temperature(val_logits, val.labels))
+        checkpoint.save(ckpt, ckpt_path)
+        print(f"temperature {ckpt['temperature']:.3f} fitted on {len(val.labels)} validation images, "
+              f"saved in {ckpt_path}")
+    if args.target_contamination is not None:
         suggestion = cal.suggest_threshold(cal.softmax(val_logits, ckpt["temperature"]), val.labels, classes,
                                            taxonomy, args.target_contamination)
         suggestion["target"] = args.target_contamination

@@ -164,7 +164,11 @@ def evaluate_after_training(trainer, train_seconds: float) -> dict[str, Any]:
     if trainer.best_state is not None:
         model.load_state_dict(trainer.best_state)
     model.eval()
-    val_logits = predict_logits(model, d.val.images, trainer.prep, trainer.device, trainer.dtype, tta=cfg.tta).numpy()
+    # Calibrate and report in full precision, the numerics of `predict` and `export`: a
+    # temperature fitted on bf16 logits is off for the deployed model (measured: test ECE
+    # 0.026 in bf16 vs 0.019 in fp32 for the same densenet121 and temperature).
+    dtype = None
+    val_logits = predict_logits(model, d.val.images, trainer.prep, trainer.device, dtype, tta=cfg.tta).numpy()
     temperature = cal.fit_temperature(val_logits, d.val.labels)
     taxonomy = Taxonomy.from_dict(trainer.taxonomy)
     val_probs = cal.softmax(val_logits, temperature)
@@ -185,7 +189,7 @@ def evaluate_after_training(trainer, train_seconds: float) -> dict[str, Any]:
         extra={"train_seconds": round(train_seconds, 1), "model": cfg.model, "recipe": cfg.recipe,
                "loss": cfg.loss, "seed": cfg.seed, "val_accuracy": ck["val_accuracy"],
                "parameters": sum(p.numel() for p in model.parameters())},
-        target_contamination=suggestion, device=trainer.device, dtype=trainer.dtype, tta=cfg.tta,
+        target_contamination=suggestion, device=trainer.device, dtype=dtype, tta=cfg.tta,
     )
     m = result["metrics"]
     _log(f"test: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, "
