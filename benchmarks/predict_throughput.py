@@ -28,8 +28,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=256, help="test images used end to end")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--decode-workers", type=int, default=None,
-                    help="decoding threads (0: in line; default: the library's choice for this machine)")
+    ap.add_argument("--decode-workers", type=int, default=2, help="decoding threads (0: in line)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
 
@@ -50,9 +49,7 @@ def main() -> None:
         forward_times.append(time.perf_counter() - t0)
     forward_ips = len(batch) / min(forward_times)
 
-    from wastenet.inference.predictor import default_decode_workers
-
-    workers = default_decode_workers() if args.decode_workers is None else args.decode_workers
+    workers = args.decode_workers
     clf.predict(paths[: args.batch_size], batch_size=args.batch_size, decode_workers=workers)  # warm-up
     e2e_times = []
     for _ in range(args.repeats):
