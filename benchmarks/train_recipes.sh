@@ -17,6 +17,7 @@ case "${1:-all}" in
   wastenet)  OUT=${OUT_WASTENET:-runs/bench2} bench --models densenet121,mobilenetv2_100 --recipes wastenet --losses ce --seeds 0 --set epochs=10 ;;
   focal)     OUT=${OUT_WASTENET:-runs/bench2} bench --models mobilenetv2_100 --recipes wastenet --losses focal --seeds 0 --set epochs=10 ;;
   seeds)     OUT=${OUT_WASTENET:-runs/bench2} bench --models mobilenetv2_100 --recipes wastenet --losses ce --seeds 0,1,2 --set epochs=10 ;;
+  densenet169) bench --models densenet169 --recipes linear --losses ce --seeds 0 ;;   # backbone-only weights
   table)     bench --models mobilenetv2_100,densenet121 --recipes linear,finetune --losses ce --seeds 0 ;;
-  all)       for part in mobilenet densenet wastenet focal seeds table; do "$0" "$part"; done ;;
+  all)       for part in mobilenet densenet wastenet focal densenet169 seeds table; do "$0" "$part"; done ;;
 esac
