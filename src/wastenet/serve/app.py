@@ -335,7 +335,7 @@ def create_app(
         if not source.is_file():
             raise ConfigError(f"model file not found: {source}")
         # onnxruntime threads that sleep between batches leave the CPU to request decoding:
-        # +20% requests/s under 8 clients on 2 cores (BENCHMARKS.md); WASTENET_ORT_SPIN=1 undoes it
+        # +17% requests/s under 8 clients on 2 cores (BENCHMARKS.md); WASTENET_ORT_SPIN=1 undoes it
         os.environ.setdefault("WASTENET_ORT_SPIN", "0")
         classifier = (Classifier.load(source, channels_last=True) if channels_last and source.suffix == ".pt"
                       else Classifier.load(source))

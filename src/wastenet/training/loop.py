@@ -490,7 +490,7 @@ class Trainer:
             stop = self.record(stage, total / max(seen, 1), correct / max(seen, 1), vl, va, lrs_at_start, time.time() - t0,
                                may_stop=patience_applies(scheduler.last_epoch, scheduler.total_steps))
             self.save_last(optimizer, scheduler)
-            if stop:
+            if stop and self.state.stage_epoch < stage.epochs:
                 log(f"[{stage.name}] early stop: no validation improvement in {stage.patience} epochs")
                 break
         distributed.release(net)
