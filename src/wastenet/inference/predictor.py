@@ -398,12 +398,12 @@ class Classifier:
         bar = _progress_bar(len(items), progress)
         try:
             workers = max(0, int(decode_workers))
-            # decode + preprocess up to 2 batches ahead while the model runs (PIL releases the GIL)
+            # decode + preprocess up to `workers` batches ahead while the model runs (PIL releases the GIL)
             with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="wastenet-decode") as pool:
                 pending: deque[Future] = deque()
                 next_batch = 0
                 for _ in batches:
-                    while next_batch < len(batches) and len(pending) < (workers + 1 if workers else 1):
+                    while next_batch < len(batches) and len(pending) <= workers:
                         idx = batches[next_batch]
                         job = [items[i] for i in idx]
                         pending.append(pool.submit(self._prepare, job, idx) if workers else _done(self._prepare(job, idx)))
