@@ -115,3 +115,25 @@ def test_history_records_stage_trainable_count_and_each_groups_rate(tmp_path, im
     assert float(lrs["g2"]) / float(lrs["g3"]) == pytest.approx(0.5, rel=0.01)
     assert float(lrs["g1"]) / float(lrs["g3"]) == pytest.approx(0.25, rel=0.01)
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16_and_fp32_without(monkeypatch):
+    from wastenet.errors import ConfigError
+    from wastenet.training import loop
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
+    assert loop.autocast_for(cpu, "auto") is torch.bfloat16
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)  # emulated bf16 would be slower
+    assert loop.autocast_for(cpu, "auto") is None
+    assert loop.autocast_for(cpu, "bf16") is torch.bfloat16       # asked for explicitly: honoured
+    assert loop.autocast_for(cpu, "off") is None
+    with pytest.raises(ConfigError, match="CUDA"):
+        loop.autocast_for(cpu, "fp16")
+
+
+def test_channels_last_is_the_default_and_the_model_trains_in_it(image_folder, tmp_path):
+    assert TrainConfig().channels_last
+    trainer = tiny_trainer(image_folder, tmp_path / "run")
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -63,22 +63,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def has_depthwise_convs(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 / AMX); without them bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
-def autocast_for(device: torch.device, amp: str, model: nn.Module | None = None):
+def autocast_for(device: torch.device, amp: str):
     """The autocast dtype for ``--amp`` (None = full fp32).
 
-    On CPU, bf16 roughly halves DenseNet/ResNet training time (oneDNN, AMX), but depthwise
-    convolutions have no fast bf16 kernel: MobileNetV2 trained 3x *slower* in bf16 here, so
-    ``auto`` keeps such models in fp32. fp16 needs a GradScaler and CUDA.
+    On a CPU with native bf16 (AMX here), bf16 with channels-last trains DenseNet121 2.4x and
+    MobileNetV2 1.3x faster than fp32 NCHW, and runs their inference 2.8x / 1.9x faster
+    (BENCHMARKS.md, "Precision and memory layout"); without native bf16, ``auto`` stays in
+    fp32. fp16 needs a GradScaler and CUDA.
     """
     if amp == "off":
         return None
     if amp == "auto":
         if device.type == "cpu":
-            if model is not None and has_depthwise_convs(model):
+            if not cpu_has_fast_bf16():
                 return None
             amp = "bf16"
         else:
@@ -582,7 +587,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     built = create_model(cfg.model, len(classes), weights=weights, img_size=cfg.img_size)
-    dtype = autocast_for(device, cfg.amp, built.model)
+    dtype = autocast_for(device, cfg.amp)
     log(f"device {device}, precision {dtype or torch.float32}".replace("torch.", ""))
     distributed.barrier()  # every rank has read a resumed run's split.csv before rank 0 rewrites it
     if distributed.is_main():
