@@ -477,3 +477,26 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_served_onnx_model_lets_idle_threads_sleep_unless_told_to_spin(tiny_checkpoint, tmp_path, monkeypatch):
+    # spinning onnxruntime threads starve request decoding on a small machine (BENCHMARKS.md)
+    from wastenet.inference import export as ex
+    from wastenet.inference.predictor import Classifier
+
+    onnx_path = tmp_path / "model.onnx"
+    ex.export_onnx(tiny_checkpoint, onnx_path)
+
+    def spinning(clf) -> str:
+        opts = clf.backend.session.get_session_options()
+        try:
+            return opts.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: onnxruntime's default (spin)
+            return "default"
+
+    monkeypatch.delenv("WASTENET_ORT_SPIN", raising=False)
+    served = create_app(onnx_path, log_path=tmp_path / "a.sqlite").state.classifier
+    assert spinning(served) == "0"
+    assert spinning(Classifier.load(onnx_path)) == "default"  # a plain load keeps onnxruntime's choice
+    monkeypatch.setenv("WASTENET_ORT_SPIN", "1")
+    assert spinning(create_app(onnx_path, log_path=tmp_path / "b.sqlite").state.classifier) == "default"

@@ -215,7 +215,7 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", spin_wait: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -227,7 +227,7 @@ class OnnxBackend:
         elif device == "cuda":
             raise ConfigError("device cuda requested but onnxruntime has no CUDA provider")
         options = ort.SessionOptions()
-        if os.environ.get("WASTENET_ORT_SPIN", "1") == "0":
+        if not spin_wait:
             # idle intra-op threads sleep instead of spinning: the CPU they would burn goes
             # to the threads decoding the next request (a server on a small machine)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -276,8 +276,12 @@ class Classifier:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", channels_last: bool = False) -> "Classifier":
+    def load(cls, path: str | os.PathLike, device: str = "cpu", channels_last: bool = False,
+             onnx_spin_wait: bool = True) -> "Classifier":
         """Load a ``.pt`` checkpoint (PyTorch) or an ``.onnx`` file (onnxruntime).
+
+        ``channels_last`` applies to ``.pt`` models; ``onnx_spin_wait=False`` lets onnxruntime's
+        idle threads sleep instead of spinning (better for a server sharing a few cores).
 
         A missing file, another suffix or a file without wastenet metadata is a ConfigError.
         """
@@ -289,7 +293,7 @@ class Classifier:
             raise ConfigError(f"{'checkpoint' if suffix == '.pt' else 'ONNX model'} not found: {p}")
         if suffix == ".pt":
             return cls._load_torch(p, device, channels_last)
-        return cls._load_onnx(p, device)
+        return cls._load_onnx(p, device, onnx_spin_wait)
 
     @classmethod
     def _load_torch(cls, path: Path, device: str, channels_last: bool) -> "Classifier":
@@ -307,8 +311,8 @@ class Classifier:
                    threshold=ckpt.get("threshold", DEFAULT_THRESHOLD), arch=ckpt["arch"], source=str(path))
 
     @classmethod
-    def _load_onnx(cls, path: Path, device: str) -> "Classifier":
-        backend = OnnxBackend(path, device)
+    def _load_onnx(cls, path: Path, device: str, spin_wait: bool = True) -> "Classifier":
+        backend = OnnxBackend(path, device, spin_wait)
         raw = backend.metadata.get("wastenet")
         if raw is None:
             raise ConfigError(f"{path} has no wastenet metadata: export it with `wastenet export`")

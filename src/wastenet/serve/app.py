@@ -336,9 +336,8 @@ def create_app(
             raise ConfigError(f"model file not found: {source}")
         # onnxruntime threads that sleep between batches leave the CPU to request decoding:
         # +17% requests/s under 8 clients on 2 cores (BENCHMARKS.md); WASTENET_ORT_SPIN=1 undoes it
-        os.environ.setdefault("WASTENET_ORT_SPIN", "0")
-        classifier = (Classifier.load(source, channels_last=True) if channels_last and source.suffix == ".pt"
-                      else Classifier.load(source))
+        classifier = Classifier.load(source, channels_last=channels_last and source.suffix == ".pt",
+                                     onnx_spin_wait=os.environ.get("WASTENET_ORT_SPIN") == "1")
     else:
         classifier = checkpoint_path_or_classifier
         source = getattr(classifier, "source", None)
