@@ -124,7 +124,7 @@ def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16_and_fp32_without(monke
     cpu = torch.device("cpu")
     monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
     assert loop.autocast_for(cpu, "auto") is torch.bfloat16
-    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)  # emulated bf16 would be slower
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)  # no native bf16: stay in fp32
     assert loop.autocast_for(cpu, "auto") is None
     assert loop.autocast_for(cpu, "bf16") is torch.bfloat16       # asked for explicitly: honoured
     assert loop.autocast_for(cpu, "off") is None
@@ -132,7 +132,7 @@ def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16_and_fp32_without(monke
         loop.autocast_for(cpu, "fp16")
 
 
-def test_channels_last_is_the_default_and_the_model_trains_in_it(image_folder, tmp_path):
+def test_channels_last_is_the_default_and_the_model_is_converted_to_it(image_folder, tmp_path):
     assert TrainConfig().channels_last
     trainer = tiny_trainer(image_folder, tmp_path / "run")
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))

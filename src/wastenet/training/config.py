@@ -51,7 +51,7 @@ class TrainConfig:
     unfreeze_groups: int = 4              # backbone groups (lowest ones merged)
     patience: int = 3
     amp: str = "auto"                     # auto | bf16 | fp16 | off
-    channels_last: bool = True           # NHWC: 1.3x faster training on this CPU (oneDNN)
+    channels_last: bool = True            # NHWC: oneDNN's layout; bf16 DenseNet121 trains 1.4x faster
     workers: int = 2
     threads: int | None = None
     zoom: float = 0.2
