@@ -16,9 +16,9 @@ from wastenet.training.recipes import discriminative_lrs, make_plan
 
 
 def tiny_trainer(image_folder: Path, out: Path, **overrides) -> Trainer:
-    cfg = TrainConfig(data=str(image_folder), model="test_resnet", weights="none", img_size=48, batch_size=8,
-                      head_epochs=3, head_views=1, step_epochs=1, epochs=2, unfreeze_groups=3, out=str(out),
-                      amp="off", **overrides)
+    settings = dict(data=str(image_folder), model="test_resnet", weights="none", img_size=48, batch_size=8,
+                    head_epochs=3, head_views=1, step_epochs=1, epochs=2, unfreeze_groups=3, out=str(out), amp="off")
+    cfg = TrainConfig(**{**settings, **overrides})
     rows, classes = scan_folder(image_folder)
     rows = stratified_split(rows, seed=0)
     built = create_model(cfg.model, len(classes), weights=None, img_size=cfg.img_size)
@@ -137,3 +137,17 @@ def test_channels_last_is_the_default_and_the_model_is_converted_to_it(image_fol
     trainer = tiny_trainer(image_folder, tmp_path / "run")
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_step_is_not_stopped_early_before_its_rate_has_annealed(tmp_path, image_folder, monkeypatch):
+    # Validation loss that only ever rises: with patience 1, a step that counted every epoch
+    # would stop after epoch 2, at its peak rate; counting starts once the rate is below half
+    # its peak (from 62.5% of the steps), so the first counted epoch, 4 of 6, ends it.
+    trainer = tiny_trainer(image_folder, tmp_path / "run", epochs=6, patience=1)
+    losses = iter(range(1, 100))
+    monkeypatch.setattr(trainer, "validate", lambda: (float(next(losses)), 0.5))
+    final = trainer.plan[-1]
+    trainer._begin_stage()
+    trainer.run_backbone_stage(final)
+    assert trainer.state.stage_epoch == 4
+    assert [r["stage_epoch"] for r in trainer.state.history] == [1, 2, 3, 4]
