@@ -19,7 +19,7 @@ case "${1:-all}" in
   focal)     OUT=${OUT_WASTENET:-runs/bench2} bench --models mobilenetv2_100 --recipes wastenet --losses focal --seeds 0 --set epochs=10 ;;
   seeds)     OUT=${OUT_WASTENET:-runs/bench3} bench --models densenet121 --recipes wastenet --losses ce --seeds 0,1,2 --set epochs=10 ;;
   seeds-mobilenet) OUT=${OUT_WASTENET:-runs/bench3} bench --models mobilenetv2_100 --recipes wastenet --losses ce --seeds 0,1,2 --set epochs=10 ;;
-  densenet169-wastenet) OUT=${OUT_WASTENET:-runs/bench3} bench --models densenet169 --recipes wastenet --losses ce --seeds 0 --set epochs=10 ;;
+  densenet169-wastenet) OUT=${OUT_WASTENET:-runs/bench3} bench --models densenet169 --recipes wastenet --losses ce --seeds 0,1 --set epochs=10 ;;
   densenet169) bench --models densenet169 --recipes linear --losses ce --seeds 0 ;;   # backbone-only weights
   table)     bench --models mobilenetv2_100,densenet121 --recipes linear,finetune --losses ce --seeds 0 ;;
   all)       for part in mobilenet densenet wastenet focal densenet169 seeds seeds-mobilenet densenet169-wastenet table; do "$0" "$part"; done ;;
