@@ -16,7 +16,7 @@ from wastenet.errors import ConfigError
 from wastenet.inference.predictor import MANUAL_SORT, Classifier, Prediction, decide, softmax
 from wastenet.taxonomy import Taxonomy
 
-ROW_KEYS = ["path", "label", "confidence", "bin", "decision", "error", "bin_confidence"]
+ROW_KEYS = ["path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason"]
 # splits the fixture's classes over two bins, so bin probabilities are never exactly 0 or 1
 SPLIT_TAXONOMY = {"name": "split", "bins": {"recyclable": ["glass", "metal"], "compostable": ["paper"],
                                             "landfill": []}}
@@ -126,7 +126,7 @@ def test_temperature_from_the_checkpoint_is_applied(tiny_checkpoint, tmp_path, i
 
 def test_json_form_has_topk_and_bin_probs(clf, images):
     d = clf.predict([images[0]], topk=2)[0].to_dict()
-    assert list(d)[:7] == ROW_KEYS
+    assert list(d)[:8] == ROW_KEYS
     assert len(d["topk"]) == 2 and set(d["topk"][0]) == {"label", "probability"}
     assert d["topk"][0]["label"] == d["label"]
     assert d["topk"][0]["probability"] >= d["topk"][1]["probability"]
@@ -142,7 +142,7 @@ def test_row_form_columns_and_error_row():
     assert row["confidence"] == "0.500000" and row["error"] == ""
     err = Prediction.failed("b.jpg", "truncated JPEG").to_row()
     assert err == {"path": "b.jpg", "label": "", "confidence": "", "bin": "", "decision": "error",
-                   "error": "truncated JPEG", "bin_confidence": ""}
+                   "error": "truncated JPEG", "bin_confidence": "", "reason": ""}
     assert "manual_sort" in str(ok) and "truncated JPEG" in str(Prediction.failed("b.jpg", "truncated JPEG"))
 
 

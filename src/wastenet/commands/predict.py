@@ -28,7 +28,7 @@ from typing import Any, Sequence
 HELP = "Classify images and decide which bin each goes in (manual_sort when unsure)."
 
 #: Column order of the CSV output (the DESIGN.md contract, then extras).
-CSV_COLUMNS = ("path", "label", "confidence", "bin", "decision", "error", "bin_confidence")
+CSV_COLUMNS = ("path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason")
 
 _PROGRESS_MIN_INPUTS = 16
 # renders as "": stops ArgumentDefaultsHelpFormatter appending "(default: None)" where None means "see text"

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from wastenet.decision import TOLERANCE, accepts, decide
 from wastenet.evaluation.metrics import check_inputs
 
 __all__ = [
@@ -213,13 +214,15 @@ def _bin_view(probs: Any, labels: Any, classes: Sequence[str], taxonomy: Any) ->
     names = _bin_names(taxonomy)
     bidx = _bin_index(taxonomy, classes)
     bp = _bin_probs(taxonomy, p, classes, bidx, len(names))
+    d = decide(bp, names, 0.0)  # the bin and its confidence do not depend on the threshold
     return {
         "p": p,
         "y": y,
         "names": names,
+        "bin_probs": bp,
         "true_bin": bidx[y],
-        "bin_pred": bp.argmax(axis=1),  # DESIGN.md: the bin with the highest total probability
-        "bin_conf": bp.max(axis=1),
+        "bin_pred": d.bin_index,
+        "bin_conf": d.confidence,
         "class_pred": p.argmax(axis=1),
         "class_conf": p.max(axis=1),
     }
@@ -260,7 +263,7 @@ def coverage_curve(
     cls_ok = (v["class_pred"] == v["y"]).astype(np.float64)
 
     def sweep(conf: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        acc_mask = conf[None, :] >= t[:, None]  # [T, N]; fine for evaluation-sized N
+        acc_mask = accepts(conf[None, :], t[:, None])  # [T, N]; fine for evaluation-sized N
         n_acc = acc_mask.sum(axis=1)
         n_ok = (acc_mask * ok[None, :]).sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -310,7 +313,7 @@ def decision_analysis(
     v = _bin_view(probs, labels, classes, taxonomy)
     names, true_bin, bin_pred = v["names"], v["true_bin"], v["bin_pred"]
     nb = len(names)
-    accepted = v["bin_conf"] >= threshold
+    accepted = decide(v["bin_probs"], names, threshold).accepted
     n = int(v["y"].size)
     n_acc = int(accepted.sum())
 
@@ -379,9 +382,11 @@ def suggest_threshold(
 
     conf = v["bin_conf"]
     n = conf.size
-    # Walk items from most to least confident: the items accepted at threshold t are a
-    # prefix of this order, so cumulative counts give every candidate at once.
-    order = np.argsort(-conf, kind="stable")
+    # `decide` accepts an item at threshold t exactly when conf + TOLERANCE >= t (`accepts`), so
+    # the items accepted at t are a prefix of the items sorted by that key, most confident
+    # first: cumulative counts along it give every candidate at once.
+    key = conf + TOLERANCE
+    order = np.argsort(-key, kind="stable")
     onehot_put = np.zeros((n, nb))
     onehot_put[np.arange(n), v["bin_pred"][order]] = 1.0
     wrong = (v["bin_pred"] != v["true_bin"])[order].astype(np.float64)
@@ -389,8 +394,7 @@ def suggest_threshold(
     cum_bad = np.vstack([np.zeros(nb), np.cumsum(onehot_put * wrong[:, None], axis=0)])
 
     candidates = np.unique(np.append(conf, 1.0))  # sorted ascending
-    conf_sorted = np.sort(conf)
-    n_acc = n - np.searchsorted(conf_sorted, candidates, side="left")  # count of conf >= t
+    n_acc = n - np.searchsorted(np.sort(key), candidates, side="left")  # count of key >= t
     put, bad = cum_put[n_acc], cum_bad[n_acc]  # [K, B]
     contam = np.where(put > 0, bad / np.maximum(put, 1.0), 0.0)
     score = contam[:, names.index(bin_name)] if bin_name is not None else contam.max(axis=1)

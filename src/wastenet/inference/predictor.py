@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 
 from wastenet.data.images import ImageDecodeError, load_image
+from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, check_threshold
+from wastenet.decision import decide as decide_bins
 from wastenet.errors import ConfigError
 from wastenet.preprocessing import Preprocessing, preprocess_images
 from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
@@ -47,11 +49,7 @@ __all__ = [
     "softmax",
 ]
 
-MANUAL_SORT = "manual_sort"
 ERROR = "error"
-DEFAULT_THRESHOLD = 0.9
-# float sums of probabilities land a hair below 1.0; a full bin must still pass threshold 1.0
-_TOLERANCE = 1e-9
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 
@@ -75,6 +73,7 @@ class Prediction:
     error: str | None = None
     topk: list[tuple[str, float]] = field(default_factory=list)
     bin_probs: dict[str, float] = field(default_factory=dict)
+    reason: str = ""  # why manual_sort: "low_confidence" or "unknown"; "" otherwise
 
     @property
     def ok(self) -> bool:
@@ -85,7 +84,7 @@ class Prediction:
         return cls(path=path, decision=ERROR, error=reason)
 
     def to_row(self) -> dict[str, Any]:
-        """The CSV row: ``path,label,confidence,bin,decision,error,bin_confidence`` (in order)."""
+        """The CSV row: ``path,label,confidence,bin,decision,error,bin_confidence,reason`` (in order)."""
         return {
             "path": self.path,
             "label": self.label or "",
@@ -94,6 +93,7 @@ class Prediction:
             "decision": self.decision,
             "error": self.error or "",
             "bin_confidence": _fmt(self.bin_confidence),
+            "reason": self.reason,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +106,7 @@ class Prediction:
             "decision": self.decision,
             "error": self.error,
             "bin_confidence": _round(self.bin_confidence),
+            "reason": self.reason,
             "topk": [{"label": label, "probability": _round(p)} for label, p in self.topk],
             "bin_probs": {b: _round(p) for b, p in self.bin_probs.items()},
         }
@@ -134,22 +135,21 @@ class Decision(NamedTuple):
 
 def decide(probs: Sequence[float] | np.ndarray, classes: Sequence[str], taxonomy: Taxonomy,
            threshold: float) -> Decision:
-    """The decision rule for one item, from its class probabilities (model class order).
+    """The decision for one item, from its class probabilities (model class order).
 
-    The bin is the one with the highest *total* probability (sum over its classes), so an
-    item torn between two recyclable classes still goes confidently to recycling; it is
-    kept only if that total reaches ``threshold``, otherwise the item goes to manual sort::
+    A one-item view of :func:`wastenet.decision.decide`: the bin is the one with the highest
+    *total* probability (sum over its classes), so an item torn between two recyclable
+    classes still goes confidently to recycling; it is kept only if that total reaches
+    ``threshold``, otherwise the item goes to manual sort::
 
         d = decide([0.45, 0.45, 0.10], ["newspaper", "office_paper", "straw"], tax, 0.8)
         d.bin, d.decision          # ('recyclable', 'recyclable'): 0.90 >= 0.8
     """
-    p = np.asarray(probs, dtype=np.float64)
-    bp = taxonomy.bin_probabilities(p, classes)
+    bp = taxonomy.bin_probabilities(np.asarray(probs, dtype=np.float64)[None, :], classes)
     names = taxonomy.bin_names
-    best = int(np.argmax(bp))  # ties: the first bin in taxonomy order
-    conf = min(float(bp[best]), 1.0)
-    decision = names[best] if conf + _TOLERANCE >= threshold else MANUAL_SORT
-    return Decision(names[best], conf, decision, {b: min(float(v), 1.0) for b, v in zip(names, bp)})
+    d = decide_bins(bp, names, threshold)
+    return Decision(str(d.bin[0]), float(d.confidence[0]), str(d.decision[0]),
+                    {b: min(float(v), 1.0) for b, v in zip(names, bp[0])})
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -158,17 +158,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def check_threshold(threshold: float) -> float:
-    """A decision threshold must be a probability: ConfigError otherwise."""
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ConfigError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
-    if math.isnan(t) or not 0.0 <= t <= 1.0:
-        raise ConfigError(f"threshold must be in [0, 1], got {threshold}")
-    return t
 
 
 # --------------------------------------------------------------------------- backends
@@ -417,8 +406,8 @@ class Classifier:
                         results[i] = Prediction.failed(names[i], reason)
                     if ok_idx:
                         probs = self.probabilities(x, tta=tta)
-                        for row, i in zip(probs, ok_idx):
-                            results[i] = self._prediction(names[i], row, tax, thr, k)
+                        for i, pred in zip(ok_idx, self._predictions([names[i] for i in ok_idx], probs, tax, thr, k)):
+                            results[i] = pred
                     if bar is not None:
                         bar.update(len(ok_idx) + len(failures))
         finally:
@@ -438,13 +427,23 @@ class Classifier:
                 failures.append((i, err.reason))
         return self.preprocess(pils), ok, failures
 
-    def _prediction(self, name: str, probs: np.ndarray, tax: Taxonomy, threshold: float, k: int) -> Prediction:
-        order = np.argsort(-probs, kind="stable")[:k]
-        d = decide(probs, self.classes, tax, threshold)
-        top = int(order[0])
-        return Prediction(path=name, label=self.classes[top], confidence=float(probs[top]), bin=d.bin,
-                          bin_confidence=d.bin_confidence, decision=d.decision, error=None,
-                          topk=[(self.classes[int(j)], float(probs[j])) for j in order], bin_probs=d.bin_probs)
+    def _predictions(self, names: list[str], probs: np.ndarray, tax: Taxonomy, threshold: Any,
+                     k: int) -> list[Prediction]:
+        """One batch's rows: every item decided at once by :func:`wastenet.decision.decide`."""
+        bp = tax.bin_probabilities(probs, self.classes)
+        default = self.threshold if isinstance(self.threshold, float) else DEFAULT_THRESHOLD
+        d = decide_bins(bp, tax.bin_names, threshold, default=default)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out = []
+        for n, name in enumerate(names):
+            top = int(order[n, 0])
+            out.append(Prediction(
+                path=name, label=self.classes[top], confidence=float(probs[n, top]), bin=str(d.bin[n]),
+                bin_confidence=float(d.confidence[n]), decision=str(d.decision[n]), error=None,
+                topk=[(self.classes[int(j)], float(probs[n, j])) for j in order[n]],
+                bin_probs={b: min(float(v), 1.0) for b, v in zip(tax.bin_names, bp[n])},
+                reason=str(d.reason[n])))
+        return out
 
 
 # --------------------------------------------------------------------------- helpers
