@@ -111,7 +111,7 @@ def evaluate(
     decision = cal.decision_analysis(probs, labels, classes, taxonomy, threshold)
     curve = cal.coverage_curve(probs, labels, taxonomy, classes)
     figures = {
-        "confusion matrix": R.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png").name,
+        "confusion_matrix": R.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png").name,
         "reliability": R.plot_reliability(bins_before, bins_after, out_dir / "reliability.png").name,
         "coverage": R.plot_coverage(curve, out_dir / "coverage.png", threshold).name,
     }
