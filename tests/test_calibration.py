@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 
 from wastenet.evaluation.calibration import (
-    coverage_curve,
-    decision_analysis,
     expected_calibration_error,
     fit_temperature,
     nll,
     reliability_bins,
     softmax,
-    suggest_threshold,
 )
+from wastenet.evaluation.decisions import coverage_curve, decision_analysis, suggest_threshold
 
 
 class FakeTaxonomy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wastenet.evaluation.calibration import coverage_curve, decision_analysis, suggest_threshold
+from wastenet.evaluation.decisions import coverage_curve, decision_analysis, suggest_threshold
 from wastenet.inference.predictor import decide as decide_one
 from wastenet.taxonomy import Taxonomy
 

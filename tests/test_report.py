@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from wastenet.evaluation import report
-from wastenet.evaluation.calibration import coverage_curve, decision_analysis, reliability_bins, softmax
+from wastenet.evaluation.calibration import reliability_bins, softmax
+from wastenet.evaluation.decisions import coverage_curve, decision_analysis
 from wastenet.evaluation.metrics import classification_metrics, worst_mistakes
 
 CLASSES = ["cardboard", "glass", "food", "trash"]

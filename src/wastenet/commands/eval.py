@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from wastenet import checkpoint
     from wastenet.data.datasets import Row, build_cache, read_split_file, scan_folder
     from wastenet.evaluation import calibration as cal
+    from wastenet.evaluation.decisions import suggest_threshold
     from wastenet.evaluation.runner import evaluate
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"temperature {ckpt['temperature']:.3f} fitted on {len(val.labels)} validation images, "
               f"saved in {ckpt_path}")
     if args.target_contamination is not None:
-        suggestion = cal.suggest_threshold(cal.softmax(val_logits, ckpt["temperature"]), val.labels, classes,
+        suggestion = suggest_threshold(cal.softmax(val_logits, ckpt["temperature"]), val.labels, classes,
                                            taxonomy, args.target_contamination)
         suggestion["target"] = args.target_contamination
     out = Path(args.out) if args.out else ckpt_path.parent / f"eval-{args.split}"

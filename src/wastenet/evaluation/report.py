@@ -1,7 +1,8 @@
 """PNG plots (matplotlib, Agg canvas, no pyplot) and a plain-markdown ``report.md`` for a run.
 
 Inputs are the dicts produced by :mod:`wastenet.evaluation.metrics` and
-:mod:`wastenet.evaluation.calibration`, so the report reads the same for PyTorch and ONNX.
+:mod:`wastenet.evaluation.calibration` and
+:mod:`wastenet.evaluation.decisions`, so the report reads the same for PyTorch and ONNX.
 
 Example::
 
@@ -229,7 +230,7 @@ def plot_reliability(
 def plot_coverage(curve: Mapping[str, Any], path: str | os.PathLike[str], threshold: float = 0.9) -> Path:
     """Save coverage and accepted accuracy against the decision threshold (bin and class level).
 
-    ``curve`` is :func:`wastenet.evaluation.calibration.coverage_curve`'s result.
+    ``curve`` is :func:`wastenet.evaluation.decisions.coverage_curve`'s result.
 
     Example::
 
@@ -286,6 +287,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
     return "\n".join(lines)
 
 
+def _threshold(t: Any) -> str:
+    """One threshold (``0.9``) or a per-bin mapping (``landfill 0.5, recyclable 0.95``)."""
+    if isinstance(t, Mapping):
+        return ", ".join(f"{b} {float(v):g}" for b, v in sorted(t.items()))
+    return f"{float(t):g}"
+
+
 def _image(alt: str, rel: str) -> str:
     return f"![{alt}]({Path(rel).as_posix()})"
 
@@ -320,7 +328,7 @@ def write_report(
     - ``metrics``: :func:`~wastenet.evaluation.metrics.classification_metrics` output.
     - ``calibration``: ``{"temperature", "ece_before", "ece_after"}`` (+ optional
       ``"nll_before"``, ``"nll_after"``, ``"n_bins"``).
-    - ``decision``: :func:`~wastenet.evaluation.calibration.decision_analysis` output.
+    - ``decision``: :func:`~wastenet.evaluation.decisions.decision_analysis` output.
     - ``figures``: name -> PNG path relative to the report; ``confusion_matrix``,
       ``curves``, ``reliability`` and ``coverage`` go into their sections, others at the end.
     - ``gallery``: worst mistakes, each ``{"image", "predicted", "true", "loss"}`` plus
@@ -393,10 +401,10 @@ def write_report(
         out += ["## Bin decisions", ""]
         out += [
             f"An item goes to the bin with the highest total probability when that total is at least "
-            f"**{decision['threshold']:g}**; otherwise it goes to manual sort.",
+            f"**{_threshold(decision['threshold'])}**; otherwise it goes to manual sort.",
             "",
             _table(["quantity", "value"], [
-                ["threshold", f"{decision['threshold']:g}"],
+                ["threshold", _threshold(decision["threshold"])],
                 ["coverage (sorted automatically)", f"{_pct(decision['coverage'])} ({decision['accepted']} of {decision['n']})"],
                 ["accepted bin accuracy", _pct(decision.get("accepted_bin_accuracy"))],
                 ["accepted class accuracy", _pct(decision.get("accepted_class_accuracy"))],

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from wastenet.evaluation import calibration as cal
+from wastenet.evaluation import decisions as dec
 from wastenet.evaluation import metrics as M
 from wastenet.evaluation import report as R
 
@@ -108,8 +109,8 @@ def evaluate(
         "nll_before": cal.nll(logits, labels, 1.0),
         "nll_after": cal.nll(logits, labels, temperature),
     }
-    decision = cal.decision_analysis(probs, labels, classes, taxonomy, threshold)
-    curve = cal.coverage_curve(probs, labels, taxonomy, classes)
+    decision = dec.decision_analysis(probs, labels, classes, taxonomy, threshold)
+    curve = dec.coverage_curve(probs, labels, taxonomy, classes)
     figures = {
         "confusion_matrix": R.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png").name,
         "reliability": R.plot_reliability(bins_before, bins_after, out_dir / "reliability.png").name,
@@ -172,7 +173,7 @@ def evaluate_after_training(trainer, train_seconds: float) -> dict[str, Any]:
     temperature = cal.fit_temperature(val_logits, d.val.labels)
     taxonomy = Taxonomy.from_dict(trainer.taxonomy)
     val_probs = cal.softmax(val_logits, temperature)
-    suggestion = cal.suggest_threshold(val_probs, d.val.labels, d.classes, taxonomy, 0.01)
+    suggestion = dec.suggest_threshold(val_probs, d.val.labels, d.classes, taxonomy, 0.01)
     suggestion["target"] = 0.01
     ck = checkpoint.load(out / "best.pt")
     ck["temperature"] = float(temperature)
