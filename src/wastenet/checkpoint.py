@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from wastenet.decision import DEFAULT_THRESHOLD
 from wastenet.errors import ConfigError
 
 FORMAT = "wastenet-checkpoint"
@@ -30,7 +31,7 @@ def make_checkpoint(
     classes: list[str],
     taxonomy: dict[str, Any] | None = None,
     temperature: float = 1.0,
-    threshold: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLD,
     **extra: Any,
 ) -> dict[str, Any]:
     """A checkpoint dict from a ``models.BuiltModel`` (weights copied to CPU float32)."""
@@ -88,6 +89,6 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
     if missing:
         raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}")
     ckpt.setdefault("temperature", 1.0)
-    ckpt.setdefault("threshold", 0.9)
+    ckpt.setdefault("threshold", DEFAULT_THRESHOLD)
     ckpt.setdefault("model_kwargs", {})
     return ckpt

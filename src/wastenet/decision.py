@@ -9,7 +9,7 @@ taxonomy order); it is accepted into that bin when that total reaches the bin's 
 otherwise it goes to ``manual_sort`` with reason ``low_confidence``. An item flagged ``unknown``
 (out of distribution) goes to ``manual_sort`` with reason ``unknown`` whatever its confidence::
 
-    d = decide(np.array([[0.9, 0.1], [0.6, 0.4]]), ["recyclable", "landfill"], 0.8)
+    d = decide(np.array([[0.85, 0.15], [0.6, 0.4]]), ["recyclable", "landfill"], 0.8)
     d.decision.tolist()     # ['recyclable', 'manual_sort']
     d.reason.tolist()       # ['', 'low_confidence']
     decide(bp, names, {"recyclable": 0.95}, default=0.8)   # per-bin thresholds
@@ -60,24 +60,24 @@ def _one(value: Any, what: str) -> float:
     return t
 
 
-def check_threshold(threshold: Any, bin_names: Sequence[str] | None = None) -> Threshold:
+def check_threshold(threshold: Any, bin_names: Sequence[str] | None = None, name: str = "threshold") -> Threshold:
     """A checked threshold: a float in ``[0, 1]``, or a ``{bin: float}`` mapping of them.
 
-    ``bin_names``, when given, must contain every bin the mapping names. ConfigError (exit 2)
-    otherwise::
+    ``bin_names``, when given, must contain every bin the mapping names; ``name`` is what the
+    one-line ConfigError (exit 2) calls the value (``--threshold`` on the command line)::
 
         check_threshold("0.85")                       # 0.85
         check_threshold({"recyclable": 0.95}, ["recyclable", "landfill"])
     """
     if isinstance(threshold, Mapping):
-        checked = {str(b): _one(t, f"threshold for bin {b!r}") for b, t in threshold.items()}
+        checked = {str(b): _one(t, f"{name} for bin {b!r}") for b, t in threshold.items()}
         if bin_names is not None:
             unknown = sorted(set(checked) - set(bin_names))
             if unknown:
                 raise ConfigError(f"threshold for unknown bin {', '.join(unknown)}; "
                                   f"the bins are {', '.join(bin_names)}")
         return checked
-    return _one(threshold, "threshold")
+    return _one(threshold, name)
 
 
 def bin_thresholds(threshold: Threshold, bin_names: Sequence[str],
@@ -127,7 +127,7 @@ def decide(bin_probs: Any, bin_names: Sequence[str], threshold: Threshold = DEFA
     is an optional boolean ``[N]`` mask of items to send to manual sort as unlike anything seen
     in training. Example::
 
-        d = decide(taxonomy.bin_probabilities(probs, classes), taxonomy.bin_names, 0.9)
+        d = decide(taxonomy.bin_probabilities(probs, classes), taxonomy.bin_names, DEFAULT_THRESHOLD)
         d.decision[0], d.confidence[0], d.reason[0]
     """
     bp = np.asarray(bin_probs, dtype=np.float64)

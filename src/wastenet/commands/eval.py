@@ -29,10 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wastenet.decision import check_threshold
     from wastenet.errors import ConfigError
 
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise ConfigError("--threshold must be in [0, 1]")
+    if args.threshold is not None:
+        check_threshold(args.threshold, name="--threshold")
     if args.target_contamination is not None and not 0 <= args.target_contamination < 1:
         raise ConfigError("--target-contamination must be in [0, 1)")
     ckpt_path = Path(args.checkpoint)

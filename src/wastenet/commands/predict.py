@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from wastenet.decision import DEFAULT_THRESHOLD
+
 HELP = "Classify images and decide which bin each goes in (manual_sort when unsure)."
 
 #: Column order of the CSV output (the DESIGN.md contract, then extras).
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files, folders (searched recursively) or glob patterns (quote them)")
     parser.add_argument("--threshold", type=float, default=None, metavar="P",
                         help="minimum bin probability to trust the bin, else manual_sort, in [0, 1] "
-                             "(default: the model file's, normally 0.9)" + _NO_DEFAULT)
+                             f"(default: the model file's, normally {DEFAULT_THRESHOLD:g})" + _NO_DEFAULT)
     parser.add_argument("--taxonomy", default=None, metavar="FILE|trashnet|household",
                         help="class -> bin map to use instead of the model's (YAML file or built-in name)" + _NO_DEFAULT)
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
@@ -60,11 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wastenet.errors import ConfigError
-    from wastenet.inference.predictor import Classifier, Prediction, check_threshold
+    from wastenet.decision import check_threshold
+    from wastenet.inference.predictor import Classifier, Prediction
     from wastenet.taxonomy import load_taxonomy
 
     # every usage / configuration check happens before any image is read
-    threshold = None if args.threshold is None else check_threshold(args.threshold)
+    threshold = None if args.threshold is None else check_threshold(args.threshold, name="--threshold")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.topk < 1:

@@ -18,6 +18,8 @@ import os
 import socket
 import sys
 
+from wastenet.decision import DEFAULT_THRESHOLD
+
 HELP = "Serve the classifier: JSON API, web page (upload or camera) and the manual-sort review loop."
 
 
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SQLite decision log (None = decisions.sqlite beside the model file, "
                              "else ~/.local/share/wastenet/)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="default decision threshold in [0, 1] (None = the model file's, normally 0.9)")
+                        help="default decision threshold in [0, 1] (None = the model file's, normally "
+                             f"{DEFAULT_THRESHOLD:g})")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload, in MB")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes, each with its own copy of the model")
@@ -48,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from wastenet.decision import check_threshold
     from wastenet.errors import ConfigError
 
     ckpt = Path(args.checkpoint)
@@ -55,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint must be a .pt checkpoint or an .onnx file, got {ckpt}")
     if not ckpt.is_file():
         raise ConfigError(f"model file not found: {ckpt}")
-    if args.threshold is not None and not (0.0 <= args.threshold <= 1.0):
-        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.threshold is not None:
+        check_threshold(args.threshold, name="--threshold")
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if args.workers < 1:

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from wastenet.decision import DEFAULT_THRESHOLD
+
 __all__ = ["plot_confusion_matrix", "plot_curves", "plot_reliability", "plot_coverage", "write_report"]
 
 
@@ -84,7 +86,7 @@ def plot_confusion_matrix(
     row = cm.sum(axis=1, keepdims=True)
     share = np.where(row > 0, cm / np.maximum(row, 1), 0.0)
     size = max(4.5, 0.45 * c + 2.5)  # grows with the class count (30 for the household set)
-    fig, axs = _figure(figsize=(size, size * 0.9))
+    fig, axs = _figure(figsize=(size, size - size / 10))  # a tenth less tall than wide
     ax = axs[0, 0]
     im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
@@ -227,14 +229,14 @@ def plot_reliability(
     return _save(fig, path)
 
 
-def plot_coverage(curve: Mapping[str, Any], path: str | os.PathLike[str], threshold: float = 0.9) -> Path:
+def plot_coverage(curve: Mapping[str, Any], path: str | os.PathLike[str], threshold: float = DEFAULT_THRESHOLD) -> Path:
     """Save coverage and accepted accuracy against the decision threshold (bin and class level).
 
     ``curve`` is :func:`wastenet.evaluation.decisions.coverage_curve`'s result.
 
     Example::
 
-        plot_coverage(coverage_curve(probs, labels, taxonomy, classes), "coverage.png", 0.9)
+        plot_coverage(coverage_curve(probs, labels, taxonomy, classes), "coverage.png", 0.85)
     """
     t = np.asarray(curve["thresholds"], dtype=np.float64)
     fig, axs = _figure(figsize=(6.0, 4.2))
@@ -288,7 +290,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
 
 
 def _threshold(t: Any) -> str:
-    """One threshold (``0.9``) or a per-bin mapping (``landfill 0.5, recyclable 0.95``)."""
+    """One threshold (``0.85``) or a per-bin mapping (``landfill 0.5, recyclable 0.95``)."""
     if isinstance(t, Mapping):
         return ", ".join(f"{b} {float(v):g}" for b, v in sorted(t.items()))
     return f"{float(t):g}"

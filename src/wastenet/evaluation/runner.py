@@ -4,7 +4,7 @@ Shared by the end of ``wastenet train`` (which also fits the calibration tempera
 validation split and stores it in ``best.pt``) and by ``wastenet eval``::
 
     result = evaluate(model, prep, classes, taxonomy, test_images, test_labels, out_dir,
-                      temperature=1.3, threshold=0.9)
+                      temperature=1.3, threshold=0.85)
     result["metrics"]["accuracy"]
 
 The test split is only ever evaluated here, never used to choose anything.
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wastenet.decision import DEFAULT_THRESHOLD
 from wastenet.evaluation import calibration as cal
 from wastenet.evaluation import decisions as dec
 from wastenet.evaluation import metrics as M
@@ -79,7 +80,7 @@ def evaluate(
     temperature: float = 1.0,
     uncalibrated_logits: np.ndarray | None = None,
     logits: np.ndarray | None = None,
-    threshold: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLD,
     history: list[dict] | None = None,
     rows: list | None = None,
     title: str = "wastenet evaluation",

@@ -408,7 +408,7 @@ def export_onnx(
             "taxonomy": ckpt.get("taxonomy"),
             "preprocessing": prep.to_dict(),
             "temperature": float(ckpt.get("temperature", 1.0)),
-            "threshold": float(ckpt.get("threshold", 0.9)),
+            "threshold": ckpt["threshold"],  # checkpoint.load fills in the default
             "opset": opset,
             "precision": "fp32",
             "exported_from": str(Path(checkpoint_path).resolve()),

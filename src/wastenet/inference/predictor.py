@@ -6,7 +6,7 @@ kind is loaded, so the torch-free edge install can run ONNX files) and turns ima
 ``manual_sort`` when the bin's total probability is below the threshold)::
 
     clf = Classifier.load("runs/densenet121/best.pt")        # or "model.onnx"
-    preds = clf.predict(["bottle.jpg", "photos/can.png"], threshold=0.9)
+    preds = clf.predict(["bottle.jpg", "photos/can.png"], threshold=0.85)
     print(preds[0])                 # bottle.jpg: glass 0.97 -> recyclable (0.99)
 
 Images may be paths, PIL images, uint8 ``H x W x 3`` arrays or encoded bytes, mixed. A file

@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wastenet.data.images import ImageDecodeError, load_image
+from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError, WastenetError
 from wastenet.serve.decision_log import DecisionLog, default_log_path, image_media_type
 
@@ -160,7 +161,7 @@ class _Batcher:
     a lone request never pays for batching. (Waiting up to 15 ms for requests still being
     uploaded or decoded was tried: batches did not grow under 8 clients, so it went.)
 
-    >>> # batcher.predict(image, 0.9) -> Prediction   (blocks the calling worker thread)
+    >>> # batcher.predict(image, threshold) -> Prediction   (blocks the calling worker thread)
     """
 
     def __init__(self, classifier: Any, lock: threading.Lock, max_batch: int = 8) -> None:
@@ -271,12 +272,9 @@ def _parse_threshold(raw: str | None, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise _ApiError(400, f"threshold must be a number between 0 and 1, got {raw!r}") from None
-    if not (0.0 <= value <= 1.0):  # also refuses NaN
-        raise _ApiError(400, f"threshold must be between 0 and 1, got {raw}")
-    return value
+        return check_threshold(raw)
+    except ConfigError as exc:  # a client's mistake: 400, not a configuration error
+        raise _ApiError(400, str(exc)) from None
 
 
 def _upload_name(filename: str | None) -> str:
@@ -344,9 +342,7 @@ def create_app(
 
     if max_upload_bytes <= 0:
         raise ConfigError("max_upload_bytes must be positive")
-    default_threshold = float(threshold if threshold is not None else getattr(classifier, "threshold", 0.9))
-    if not (0.0 <= default_threshold <= 1.0):
-        raise ConfigError(f"threshold must be between 0 and 1, got {default_threshold}")
+    default_threshold = check_threshold(threshold if threshold is not None else classifier.threshold)
 
     backend = _backend_of(classifier, source)
     if backend == "torch" and torch_threads:

@@ -6,7 +6,7 @@ answered. Photos are kept only for ``manual_sort`` items: those are the ones a p
 reviews, and the reviewed photos become new training data::
 
     log = DecisionLog("runs/x/decisions.sqlite")
-    row_id = log.record(prediction, image_bytes, "bottle.jpg", threshold=0.9,
+    row_id = log.record(prediction, image_bytes, "bottle.jpg", threshold=0.85,
                         model="densenet121", source="upload")
     for item in log.pending_reviews(limit=20):          # manual_sort, not reviewed yet
         print(item["id"], item["label"], item["confidence"])

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from wastenet.decision import DEFAULT_THRESHOLD, check_threshold
 from wastenet.errors import ConfigError
 from wastenet.training.recipes import RECIPES
 
@@ -61,7 +62,7 @@ class TrainConfig:
     vflip: bool = False
     fill: str = "nearest"
     taxonomy: str | None = None
-    threshold: float = 0.9
+    threshold: float = DEFAULT_THRESHOLD
     tta: bool = False
     limit_per_class: int | None = None    # use only N images per class and split (smoke tests)
     extra_data: list[str] = field(default_factory=list)  # more class folders added to train
@@ -87,8 +88,7 @@ class TrainConfig:
             raise ConfigError("--lr-decay must be in (0, 1]")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("--label-smoothing must be in [0, 1)")
-        if not 0 <= self.threshold <= 1:
-            raise ConfigError("--threshold must be in [0, 1]")
+        self.threshold = check_threshold(self.threshold, name="--threshold")
         if self.img_size is not None and self.img_size < 32:
             raise ConfigError("--img-size must be at least 32")
         if self.data not in BUILTIN_DATASETS and not Path(self.data).is_dir():
