@@ -103,3 +103,27 @@ def test_smoke_on_real_trashnet_with_real_weights(tmp_path, trashnet_root, weigh
     m = json.loads((out / "metrics.json").read_text())["metrics"]
     assert m["n"] == 60
     assert m["accuracy"] > 0.5  # ImageNet features separate TrashNet well above chance (1/6) even from 60 images
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"alpha": "1,x"}, "--alpha must be 'balanced' or comma-separated numbers"),
+    ({"fill": "wrap"}, "--fill must be one of nearest, constant, reflect"),
+    ({"zoom": "lots"}, "zoom must be float"),
+    ({"threshold": 1.5}, "--threshold must be in [0, 1]"),
+    ({"taxonomy": "/no/tax.yaml"}, "--taxonomy must be"),
+])
+def test_config_validate_checks_every_field_before_any_work(image_folder, changes, message):
+    from wastenet.errors import ConfigError
+    from wastenet.training.config import TrainConfig
+
+    cfg = TrainConfig(data=str(image_folder), model="test_resnet", weights="none", **changes)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        cfg.validate()
+
+
+def test_alpha_with_the_wrong_count_fails_before_decoding(tmp_path, image_folder):
+    proc = subprocess.run([sys.executable, "-m", "wastenet", "train", "--data", str(image_folder), "--model", "test_resnet",
+                           "--weights", "none", "--out", str(tmp_path / "r"), "--alpha", "1,2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--alpha needs 1 or 3 values" in proc.stderr
+    assert "Traceback" not in proc.stderr

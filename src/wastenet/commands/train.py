@@ -20,7 +20,7 @@ def _bool(p: argparse.ArgumentParser, name: str, default: bool, help: str) -> No
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from wastenet.training.config import TrainConfig
+    from wastenet.training.config import AMP_MODES, FILL_MODES, LOSSES, RECIPES, TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", help="local weights file (with NAME.json sidecar), 'hub' (default: download) or 'none'")
     g.add_argument("--img-size", type=int, help="input size (default: the model's own)")
     g = p.add_argument_group("recipe")
-    g.add_argument("--recipe", default=d.recipe, choices=["wastenet", "finetune", "linear"])
-    g.add_argument("--loss", default=d.loss, choices=["ce", "focal"])
+    g.add_argument("--recipe", default=d.recipe, choices=RECIPES)
+    g.add_argument("--loss", default=d.loss, choices=LOSSES)
     g.add_argument("--alpha", help="class weights: 'balanced' or comma-separated values (focal alpha / CE weights)")
     g.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
@@ -57,12 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shift", type=float, default=d.shift)
     _bool(g, "hflip", d.hflip, "random horizontal flips")
     _bool(g, "vflip", d.vflip, "random vertical flips")
-    g.add_argument("--fill", default=d.fill, choices=["nearest", "constant", "reflect"], help="fill for new pixels")
+    g.add_argument("--fill", default=d.fill, choices=FILL_MODES, help="fill for new pixels")
     _bool(g, "tta", d.tta, "test-time augmentation (flip) in the final evaluation")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    g.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"], help="mixed precision")
+    g.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision")
     _bool(g, "channels-last", d.channels_last, "channels-last memory format")
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--workers", type=int, default=d.workers, help="image decoding threads")

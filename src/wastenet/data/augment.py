@@ -5,31 +5,42 @@ The paper used Keras' ``ImageDataGenerator``: zoom, rotation, shifts, horizontal
 only fills with a constant, so we use kornia's, which replicates the border, on whole
 batches of cached uint8 squares::
 
-    aug = KerasAugment(zoom=0.2, rotation=20, shift=0.1)
+    aug = KerasAugment(AugmentConfig(zoom=0.2, rotation=20, shift=0.1))
+    aug = KerasAugment(AugmentConfig.from_config(train_config))   # a run's own settings
     x = to_model_batch(cache_u8[idx], prep, augment=aug)    # float [B, 3, S, S], normalised
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from wastenet.preprocessing import Preprocessing
+from wastenet.training.config import FILL_MODES, TrainConfig
 
 
 @dataclass
 class AugmentConfig:
-    zoom: float = 0.2        # scale in [1 - zoom, 1 + zoom]
-    rotation: float = 20.0   # degrees
-    shift: float = 0.1       # fraction of width/height
-    hflip: bool = True
-    vflip: bool = False
-    fill: str = "nearest"    # nearest (replicate border) | constant | reflect
+    """The augmentation settings; names and defaults are :class:`TrainConfig`'s."""
+
+    zoom: float = TrainConfig.zoom          # scale in [1 - zoom, 1 + zoom]
+    rotation: float = TrainConfig.rotation  # degrees
+    shift: float = TrainConfig.shift        # fraction of width/height
+    hflip: bool = TrainConfig.hflip
+    vflip: bool = TrainConfig.vflip
+    fill: str = TrainConfig.fill            # nearest (replicate border) | constant | reflect
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "AugmentConfig":
+        """The fields of the same name from a TrainConfig (or anything with those attributes)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
 
-_PADDING = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
+_PADDING = dict(zip(FILL_MODES, ("border", "zeros", "reflection")))  # kornia's names for them
 
 
 class KerasAugment(nn.Module):

@@ -16,9 +16,12 @@ import yaml
 
 from wastenet.decision import DEFAULT_THRESHOLD, check_threshold
 from wastenet.errors import ConfigError
-from wastenet.training.recipes import RECIPES
 
-LOSSES = ("ce", "focal")  # torch-free here: the CLI builds every parser, also on the edge
+# torch-free here: the CLI builds every parser, also on the edge
+RECIPES = ("wastenet", "finetune", "linear")
+LOSSES = ("ce", "focal")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+FILL_MODES = ("nearest", "constant", "reflect")  # Keras fill_mode names
 
 BUILTIN_DATASETS = ("trashnet", "kaggle-household")
 
@@ -68,29 +71,47 @@ class TrainConfig:
     extra_data: list[str] = field(default_factory=list)  # more class folders added to train
 
     def validate(self) -> "TrainConfig":
-        """Fail fast with one clear message; touches only the file system, never pixels."""
+        """Fail fast with one clear message; touches only the file system, never pixels.
+
+        Every field is checked here, its type first (a config.yaml may hold anything), so a
+        bad value never surfaces as a traceback after the images are decoded.
+        """
+        self._check_types()
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
+        if self.amp not in AMP_MODES:
             raise ConfigError(f"--amp must be auto, bf16, fp16 or off, not {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu or cuda, not {self.device!r}")
         for name in ("epochs", "batch_size", "head_epochs", "step_epochs", "unfreeze_groups"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.head_views < 0 or self.patience < 1:
-            raise ConfigError("--head-views must be >= 0 and --patience >= 1")
+        if self.head_views < 0 or self.patience < 1 or self.head_patience < 1:
+            raise ConfigError("--head-views must be >= 0, --patience and head_patience >= 1")
+        if self.workers < 0 or (self.threads is not None and self.threads < 1):
+            raise ConfigError("--workers must be >= 0 and --threads >= 1")
+        if self.limit_per_class is not None and self.limit_per_class < 1:
+            raise ConfigError("--limit-per-class must be at least 1")
         if not 0 < self.lr < 1 or (self.head_lr is not None and not 0 < self.head_lr < 1):
             raise ConfigError("learning rates must be in (0, 1)")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("--lr-decay must be in (0, 1]")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("--label-smoothing must be in [0, 1)")
+        if self.weight_decay < 0 or self.focal_gamma < 0:
+            raise ConfigError("--weight-decay and --focal-gamma must be >= 0")
+        self.alpha_weights()
+        if not (0 <= self.zoom < 1 and 0 <= self.shift < 1 and 0 <= self.rotation <= 180):
+            raise ConfigError("--zoom and --shift must be in [0, 1), --rotation in [0, 180] degrees")
+        if self.fill not in FILL_MODES:
+            raise ConfigError(f"--fill must be one of {', '.join(FILL_MODES)}, not {self.fill!r}")
         self.threshold = check_threshold(self.threshold, name="--threshold")
         if self.img_size is not None and self.img_size < 32:
             raise ConfigError("--img-size must be at least 32")
+        if self.taxonomy is not None:
+            _check_taxonomy_name(self.taxonomy)
         if self.data not in BUILTIN_DATASETS and not Path(self.data).is_dir():
             raise ConfigError(f"dataset folder not found: {self.data}")
         if self.split_file and not Path(self.split_file).is_file():
@@ -102,6 +123,40 @@ class TrainConfig:
                 raise ConfigError(f"extra data folder not found: {extra}")
         _check_model_name(self.model)
         return self
+
+    def alpha_weights(self) -> str | list[float] | None:
+        """``--alpha`` parsed: None, ``"balanced"`` or the per-class weights (ConfigError if unreadable).
+
+        >>> TrainConfig(alpha="1,2.5").alpha_weights()
+        [1.0, 2.5]
+        """
+        if self.alpha in (None, "", "none"):
+            return None
+        if self.alpha == "balanced":
+            return "balanced"
+        try:
+            weights = [float(a) for a in str(self.alpha).split(",")]
+        except ValueError:
+            raise ConfigError(f"--alpha must be 'balanced' or comma-separated numbers, got {self.alpha!r}") from None
+        if any(not w >= 0 for w in weights):  # also refuses NaN
+            raise ConfigError(f"--alpha weights must be >= 0, got {self.alpha!r}")
+        return weights
+
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type).replace(" | None", "")
+            if value is None and str(f.type).endswith("| None"):
+                continue
+            ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+                  "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                  "bool": isinstance(value, bool),
+                  "str": isinstance(value, str),
+                  "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+            if not ok:
+                raise ConfigError(f"{f.name} must be {kind}, got {value!r}")
+            if kind == "float":
+                setattr(self, f.name, float(value))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +178,13 @@ class TrainConfig:
             return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse {path}: {exc}") from exc
+
+
+def _check_taxonomy_name(spec: str) -> None:
+    from wastenet.taxonomy import BUILTIN_TAXONOMIES
+
+    if spec not in BUILTIN_TAXONOMIES and not Path(spec).is_file():
+        raise ConfigError(f"--taxonomy must be {' or '.join(BUILTIN_TAXONOMIES)} or a YAML file; not found: {spec}")
 
 
 def _check_model_name(name: str) -> None:

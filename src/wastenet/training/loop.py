@@ -43,7 +43,7 @@ from wastenet.models import BuiltModel, count_parameters, create_model, extract_
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig
 from wastenet.training.losses import build_loss
-from wastenet.training.recipes import Stage, make_plan
+from wastenet.training.recipes import Stage, plan_for
 
 HISTORY_FIELDS = ["epoch", "stage", "stage_epoch", "trainable_params", "lr", "group_lrs",
                   "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -267,13 +267,11 @@ class Trainer:
         self.taxonomy = taxonomy
         self.groups = merge_groups(built.groups, cfg.unfreeze_groups)
         counts = np.bincount(data.train.labels, minlength=len(data.classes))
-        alpha = [float(a) for a in cfg.alpha.split(",")] if cfg.alpha and cfg.alpha != "balanced" else cfg.alpha
         self.criterion = build_loss(cfg.loss, len(data.classes), label_smoothing=cfg.label_smoothing,
-                                    gamma=cfg.focal_gamma, alpha=alpha, class_counts=counts.tolist()).to(device)
-        self.augment = KerasAugment(AugmentConfig(cfg.zoom, cfg.rotation, cfg.shift, cfg.hflip, cfg.vflip, cfg.fill))
-        self.plan = make_plan(cfg.recipe, n_backbone_groups=len(self.groups) - 1, lr=cfg.lr, head_lr=cfg.head_lr,
-                              decay=cfg.lr_decay, epochs=cfg.epochs, head_epochs=cfg.head_epochs,
-                              step_epochs=cfg.step_epochs, patience=cfg.patience, head_patience=cfg.head_patience)
+                                    gamma=cfg.focal_gamma, alpha=cfg.alpha_weights(),
+                                    class_counts=counts.tolist()).to(device)
+        self.augment = KerasAugment(AugmentConfig.from_config(cfg))
+        self.plan = plan_for(cfg, n_backbone_groups=len(self.groups) - 1)
         self.state = RunState()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.val_labels = torch.from_numpy(data.val.labels)
@@ -578,6 +576,9 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     with distributed.main_first():  # a download happens once
         root = resolve_dataset(cfg.data)
     rows, classes = prepare_rows(cfg, root, out)
+    alpha = cfg.alpha_weights()
+    if isinstance(alpha, list) and len(alpha) not in (1, len(classes)):  # before decoding a pixel
+        raise ConfigError(f"--alpha needs 1 or {len(classes)} values (one per class), got {len(alpha)}")
     taxonomy = (load_taxonomy(cfg.taxonomy, classes) if cfg.taxonomy
                 else default_taxonomy_for(classes) or identity_taxonomy(classes))
     weights = resolve_weights_arg(cfg.weights, pretrained=True)

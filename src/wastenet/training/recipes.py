@@ -18,11 +18,13 @@ Group indices count from the bottom: 0 = stem ... n-1 = top backbone group, n = 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wastenet.errors import ConfigError
+from wastenet.training.config import RECIPES, TrainConfig
 
-RECIPES = ("wastenet", "finetune", "linear")
+# the defaults below are TrainConfig's: one place to change a recipe default
+_D = TrainConfig
 
 
 @dataclass
@@ -32,7 +34,6 @@ class Stage:
     epochs: int                           # at most; early stopping may end it sooner
     cached_features: bool = False         # head-only stage trained on cached backbone features
     patience: int = 3
-    meta: dict = field(default_factory=dict)
 
     @property
     def trainable_groups(self) -> list[int]:
@@ -51,13 +52,14 @@ def make_plan(
     n_backbone_groups: int,
     lr: float,
     head_lr: float | None = None,
-    decay: float = 0.7,
-    epochs: int = 8,
-    head_epochs: int = 60,
-    step_epochs: int = 2,
-    patience: int = 3,
-    head_patience: int = 8,
+    decay: float = _D.lr_decay,
+    epochs: int = _D.epochs,
+    head_epochs: int = _D.head_epochs,
+    step_epochs: int = _D.step_epochs,
+    patience: int = _D.patience,
+    head_patience: int = _D.head_patience,
 ) -> list[Stage]:
+    """The stages of ``recipe`` over ``n_backbone_groups`` backbone groups (see the module text)."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose from {RECIPES}")
     n = n_backbone_groups
@@ -76,3 +78,14 @@ def make_plan(
             patience=patience,
         ))
     return plan
+
+
+def plan_for(cfg: TrainConfig, n_backbone_groups: int) -> list[Stage]:
+    """The plan a training config asks for: ``make_plan`` with the config's fields of the same meaning.
+
+    >>> [s.name for s in plan_for(TrainConfig(recipe="linear"), 4)]
+    ['head']
+    """
+    return make_plan(cfg.recipe, n_backbone_groups=n_backbone_groups, lr=cfg.lr, head_lr=cfg.head_lr,
+                     decay=cfg.lr_decay, epochs=cfg.epochs, head_epochs=cfg.head_epochs,
+                     step_epochs=cfg.step_epochs, patience=cfg.patience, head_patience=cfg.head_patience)
