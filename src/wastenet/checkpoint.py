@@ -11,7 +11,6 @@ A checkpoint is a ``torch.save``d dict (see docs/ARCHITECTURE.md)::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from wastenet.decision import DEFAULT_THRESHOLD
 from wastenet.errors import ConfigError
+from wastenet.files import write_atomic
 
 FORMAT = "wastenet-checkpoint"
 VERSION = 1
@@ -58,19 +58,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: torch.save(ckpt, f))
 
 
 def load(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:

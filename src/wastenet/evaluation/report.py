@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from wastenet.decision import DEFAULT_THRESHOLD
+from wastenet.files import write_atomic
 
 __all__ = ["plot_confusion_matrix", "plot_curves", "plot_reliability", "plot_coverage", "write_report"]
 
@@ -465,9 +466,4 @@ def write_report(
     for heading, body in (extra_sections or {}).items():
         out += [f"## {heading}", "", body.rstrip(), ""]
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a half-written report never replaces a good one
-    return path
+    return write_atomic(path, "\n".join(out).rstrip() + "\n")  # a half-written report never replaces a good one

@@ -16,7 +16,6 @@ gallery of worst mistakes uses it).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +25,7 @@ import torch.nn as nn
 from PIL import Image
 
 from wastenet.errors import ConfigError
+from wastenet.files import write_atomic
 from wastenet.inference.predictor import Classifier, ImageInput, Prediction, _display_name, _to_pil
 from wastenet.preprocessing import model_input_uint8, normalize
 
@@ -187,13 +187,4 @@ def save_overlay(overlay: Image.Image, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ext = path.suffix.lower()
     fmt = Image.registered_extensions().get(ext, "PNG") if ext else "PNG"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            overlay.save(f, format=fmt)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: overlay.save(f, format=fmt))

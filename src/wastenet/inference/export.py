@@ -36,6 +36,7 @@ from PIL import Image
 
 from wastenet import __version__
 from wastenet.errors import ConfigError, WastenetError
+from wastenet.files import atomic_path
 from wastenet.preprocessing import Preprocessing, preprocess_images
 
 __all__ = [
@@ -343,17 +344,6 @@ def _save_checked(model: Any, path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
-def _atomic_target(out_path: Path) -> Path:
-    """A temp file beside ``out_path`` (same file system, so ``os.replace`` is atomic)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is normally shared
-    return Path(tmp)
-
-
 def export_onnx(
     checkpoint_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -391,8 +381,7 @@ def export_onnx(
         raise ConfigError("parity check: none of the check images could be read"
                           + (f" ({skipped[0]})" if skipped else ""))
 
-    tmp = _atomic_target(out_path)
-    try:
+    with atomic_path(out_path) as tmp:  # renamed over out_path only if every check passes
         try:
             _torch_export(_static_same_padding(model, prep.input_size), tmp, prep.input_size, opset)
         except WastenetError:
@@ -428,9 +417,6 @@ def export_onnx(
         if not diff <= tolerance:  # also catches NaN
             raise WastenetError(f"parity check failed: max |Δlogit| = {diff:.3g} > tolerance {tolerance:g} "
                                 f"over {len(x)} images (ONNX disagrees with PyTorch; file not written)")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path=out_path, size_bytes=out_path.stat().st_size, opset=opset, max_abs_diff=diff,
                         n_images=len(x), precision="fp32",
                         details={"skipped_check_images": skipped, "generated_check_images": check_images is None})
@@ -607,8 +593,7 @@ def quantize_int8(
         raise ConfigError("INT8 calibration needs images: none were given")
     reader = _CalibrationReader(paths, prep)
 
-    tmp = _atomic_target(out_path)
-    try:
+    with atomic_path(out_path) as tmp:  # renamed over out_path only if every check passes
         with tempfile.TemporaryDirectory(prefix="wastenet-quant-") as work:
             pre = Path(work) / "pre.onnx"
             quant_pre_process(str(fp32_onnx), str(pre))  # shape inference + BN/const folding
@@ -657,9 +642,6 @@ def quantize_int8(
         got = _run_session(onnx_session(tmp), x)
         diff = float(np.max(np.abs(ref - got))) if len(x) else float("nan")
         agree = float(np.mean(ref.argmax(1) == got.argmax(1))) if len(x) else None
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path=out_path, size_bytes=out_path.stat().st_size, opset=qmeta["opset"],
                         max_abs_diff=diff, n_images=len(x), precision="int8", agreement=agree,
                         details={"calibration_images": reader.used, "skipped": reader.skipped,

@@ -18,7 +18,6 @@ while the model works on the current one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections import deque

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from wastenet.errors import ConfigError, WastenetError
+from wastenet.files import write_atomic
 
 __all__ = ["DecisionLog", "default_log_path", "image_media_type", "LOG_FILENAME"]
 
@@ -303,9 +304,7 @@ class DecisionLog:
             folder.mkdir(parents=True, exist_ok=True)
             data, ext = _as_jpeg_or_png(data)
             target = folder / f"{row['id']}_{_safe_stem(row['image_name'])}{ext}"
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)  # never a half-written image in the dataset
+            write_atomic(target, data)  # never a half-written image in the dataset
             counts[label] = counts.get(label, 0) + 1
         return dict(sorted(counts.items()))
 

@@ -18,7 +18,6 @@ every call into ``distributed`` below is a no-op in a single process.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
