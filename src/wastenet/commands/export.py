@@ -13,7 +13,6 @@ Heavy libraries are imported inside ``run`` only.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -98,15 +97,10 @@ def calibration_images(data: str, split_file: str | None) -> list[Path]:
     if split_file is None:
         paths = iter_image_files(root)
     else:
-        sf = Path(split_file)
-        if not sf.is_file():
-            raise ConfigError(f"--calib-split-file: not found: {sf}")
-        with sf.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"path", "split"} <= set(reader.fieldnames):
-                raise ConfigError(f"{sf}: a split file needs the columns path,label,split")
-            # never calibrate on test (or val) images: the INT8 model would have seen them
-            paths = [root / row["path"] for row in reader if (row.get("split") or "").strip() == "train"]
+        from wastenet.data.datasets import read_split_file
+
+        # never calibrate on test (or val) images: the INT8 model would have seen them
+        paths = [root / r.path for r in read_split_file(split_file, root) if r.split == "train"]
         paths = [p for p in paths if p.is_file()]
     if not paths:
         where = f" for the train rows of {split_file}" if split_file else ""

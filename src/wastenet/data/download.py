@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from wastenet.data.images import IMAGE_EXTENSIONS
+from wastenet.data.images import IMAGE_EXTENSIONS, sniff_format
 from wastenet.errors import ConfigError
 
 __all__ = [
@@ -228,9 +228,7 @@ def _label_names(metadata: dict[bytes, bytes] | None) -> list[str] | None:
 
 
 def _suffix_for(data: bytes) -> str:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return ".png"
-    return ".jpg"
+    return ".png" if sniff_format(data) == "PNG" else ".jpg"
 
 
 # --------------------------------------------------------------------- Kaggle household

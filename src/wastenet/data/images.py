@@ -38,8 +38,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDecodeError",
     "ImageSource",
+    "composite_on_white",
     "iter_image_files",
     "load_image",
+    "sniff_format",
 ]
 
 #: Suffixes (lower case) that folder scans pick up.
@@ -103,13 +105,13 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise ImageDecodeError(_bomb_reason(str(err), max_pixels), path) from None
     except UnidentifiedImageError:
         # A known signature that Pillow still rejects is a damaged header, not a stray file.
-        kind = _sniff_format(data)
+        kind = sniff_format(data)
         reason = f"corrupt {kind} header" if kind else "not an image"
         raise ImageDecodeError(reason, path) from None
     except MemoryError:
         raise ImageDecodeError("not enough memory to decode", path) from None
     except Exception as err:  # noqa: BLE001 - Pillow plugins raise many kinds of errors
-        reason = _failure_reason(err, fmt or _sniff_format(data))
+        reason = _failure_reason(err, fmt or sniff_format(data))
         raise ImageDecodeError(reason, path) from None
 
 
@@ -220,7 +222,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
         mode in ("P", "L", "RGB", "1") and "transparency" in img.info
     ):
-        return _composite_on_white(img.convert("RGBA"))
+        return composite_on_white(img)
     if mode.startswith("I;16") or mode in ("I", "F"):
         return Image.fromarray(_scale_high_depth(img), "L").convert("RGB")
     try:
@@ -229,8 +231,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         raise ValueError(f"unsupported colour mode {mode}") from None
 
 
-def _composite_on_white(rgba: Image.Image) -> Image.Image:
-    # .convert("RGB") would keep the hidden colour under transparent pixels (often black).
+def composite_on_white(img: Image.Image) -> Image.Image:
+    """An image with transparency as a person sees it: composited onto white, as RGB.
+
+    ``.convert("RGB")`` would keep the hidden colour under transparent pixels (often black).
+    """
+    rgba = img.convert("RGBA")
     background = Image.new("RGBA", rgba.size, _WHITE + (255,))
     background.alpha_composite(rgba)
     return background.convert("RGB")
@@ -261,10 +267,16 @@ _SIGNATURES = (
     (b"GIF89a", "GIF"),
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
 )
 
 
-def _sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the first bytes (Pillow's names: PNG, JPEG, GIF, TIFF, BMP, WEBP), or None.
+
+    >>> sniff_format(b"\x89PNG\r\n\x1a\n...")
+    'PNG'
+    """
     for magic, name in _SIGNATURES:
         if data.startswith(magic):
             return name

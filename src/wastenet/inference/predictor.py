@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from wastenet.data.images import ImageDecodeError, load_image
+from wastenet.data.images import ImageDecodeError, composite_on_white, load_image
 from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, check_threshold
 from wastenet.decision import decide as decide_bins
 from wastenet.errors import ConfigError
@@ -486,11 +486,7 @@ def _to_pil(item: ImageInput) -> Image.Image:
         if item.mode == "RGB":
             return item
         if item.mode in ("RGBA", "LA", "PA", "P"):
-            # composite transparency onto white like load_image does (not the hidden colour)
-            rgba = item.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            bg.alpha_composite(rgba)
-            return bg.convert("RGB")
+            return composite_on_white(item)  # like load_image does (not the hidden colour)
         return item.convert("RGB")
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:

@@ -79,19 +79,10 @@ def default_log_path(checkpoint: str | os.PathLike | None) -> Path:
 
 def image_media_type(data: bytes) -> str:
     """The MIME type of encoded image bytes, from their signature (for HTTP responses)."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:2] == b"BM":
-        return "image/bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    return "application/octet-stream"
+    from wastenet.data.images import sniff_format
+
+    kind = sniff_format(data)
+    return f"image/{kind.lower()}" if kind else "application/octet-stream"
 
 
 def _now() -> str:
