@@ -76,13 +76,14 @@ def worker(a: argparse.Namespace) -> None:
     from wastenet.data.datasets import ImageCache
     from wastenet.models import create_model, resolve_weights_arg
     from wastenet.taxonomy import identity_taxonomy
+    from wastenet.inference import runtime
     from wastenet.training import distributed, loop
     from wastenet.training.config import TrainConfig
     from wastenet.training.recipes import Stage
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = distributed.setup(loop.resolve_device(a.device))
+    device = distributed.setup(runtime.resolve_device(a.device))
     try:
         n_train = a.steps * a.batch_size
         cfg = TrainConfig(data=a.data, split_file=a.split_file, model=a.model, weights=a.weights, recipe="finetune",
@@ -105,7 +106,7 @@ def worker(a: argparse.Namespace) -> None:
             pick = np.random.default_rng(0).permutation(len(data.train))[:n_train]
             data.train = ImageCache(data.train.images[pick], data.train.labels[pick], [data.train.rows[i] for i in pick])
             trainer = loop.Trainer(cfg, built, data, out, identity_taxonomy(classes).to_dict(), device,
-                                   loop.autocast_for(device, cfg.amp))
+                                   runtime.autocast_for(device, cfg.amp))
             trainer.validate = lambda: (float("nan"), float("nan"))   # time training only
             trainer.save_last = lambda *args, **kw: None
             n_groups = len(trainer.groups)

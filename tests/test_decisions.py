@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from wastenet.evaluation.decisions import coverage_curve, decision_analysis, suggest_threshold
 from wastenet.inference.predictor import decide as decide_one
@@ -61,3 +62,26 @@ def test_predictions_say_why_they_went_to_manual_sort(tiny_checkpoint, image_fol
     assert low.to_row()["reason"] == "low_confidence" and low.to_dict()["reason"] == "low_confidence"
     ok = clf.predict([img], threshold=0.0)[0]
     assert ok.decision == "recyclable" and ok.reason == ""
+
+
+def test_eval_and_predict_apply_the_same_tta(tiny_checkpoint, image_folder):
+    """runtime.predict_logits(tta=True) (eval, train) and Classifier.probabilities(tta=True) (predict,
+    serve) combine the image and its mirror the same way, at any temperature."""
+    from wastenet import checkpoint
+    from wastenet.data.augment import to_model_batch
+    from wastenet.data.datasets import build_cache, scan_folder
+    from wastenet.evaluation.calibration import softmax
+    from wastenet.inference.predictor import Classifier
+    from wastenet.inference.runtime import predict_logits
+    from wastenet.models import model_from_checkpoint
+    from wastenet.preprocessing import Preprocessing
+
+    ckpt = checkpoint.load(tiny_checkpoint)
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    cache = build_cache(image_folder, scan_folder(image_folder)[0][:4], ckpt["classes"], prep.resize_size,
+                        prep.interpolation)
+    clf = Classifier.load(tiny_checkpoint)
+    clf.temperature = 0.05  # sharp: logit- and probability-averaging differ clearly here
+    x = to_model_batch(torch.from_numpy(cache.images), prep).numpy()
+    logits = predict_logits(model_from_checkpoint(ckpt), cache.images, prep, "cpu", None, tta=True).numpy()
+    assert softmax(logits, 0.05) == pytest.approx(clf.probabilities(x, tta=True), abs=1e-5)

@@ -119,17 +119,17 @@ def test_history_records_stage_trainable_count_and_each_groups_rate(tmp_path, im
 
 def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16_and_fp32_without(monkeypatch):
     from wastenet.errors import ConfigError
-    from wastenet.training import loop
+    from wastenet.inference import runtime
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
-    assert loop.autocast_for(cpu, "auto") is torch.bfloat16
-    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)  # no native bf16: stay in fp32
-    assert loop.autocast_for(cpu, "auto") is None
-    assert loop.autocast_for(cpu, "bf16") is torch.bfloat16       # asked for explicitly: honoured
-    assert loop.autocast_for(cpu, "off") is None
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.autocast_for(cpu, "auto") is torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)  # no native bf16: stay in fp32
+    assert runtime.autocast_for(cpu, "auto") is None
+    assert runtime.autocast_for(cpu, "bf16") is torch.bfloat16       # asked for explicitly: honoured
+    assert runtime.autocast_for(cpu, "off") is None
     with pytest.raises(ConfigError, match="CUDA"):
-        loop.autocast_for(cpu, "fp16")
+        runtime.autocast_for(cpu, "fp16")
 
 
 def test_channels_last_is_the_default_and_the_model_is_converted_to_it(image_folder, tmp_path):

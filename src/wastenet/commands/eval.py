@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
     from wastenet.taxonomy import default_taxonomy_for, identity_taxonomy, load_taxonomy
-    from wastenet.training.loop import predict_logits, resolve_device
+    from wastenet.inference.runtime import predict_logits, resolve_device
 
     ckpt = checkpoint.load(ckpt_path)
     classes = ckpt["classes"]

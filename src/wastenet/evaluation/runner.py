@@ -92,7 +92,7 @@ def evaluate(
     tta: bool = False,
 ) -> dict[str, Any]:
     """Metrics, calibration and decision analysis for one split; writes metrics.json, PNGs, report.md."""
-    from wastenet.training.loop import predict_logits
+    from wastenet.inference.runtime import predict_logits
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def evaluate_after_training(trainer, train_seconds: float) -> dict[str, Any]:
     """Best weights -> temperature fitted on val -> test report in the run folder; updates best.pt."""
     from wastenet import checkpoint
     from wastenet.taxonomy import Taxonomy
-    from wastenet.training.loop import predict_logits
+    from wastenet.inference.runtime import predict_logits
 
     cfg, d, out = trainer.cfg, trainer.data, trainer.out
     model = trainer.model

@@ -33,6 +33,7 @@ from wastenet.data.images import ImageDecodeError, composite_on_white, load_imag
 from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, check_threshold
 from wastenet.decision import decide as decide_bins
 from wastenet.errors import ConfigError
+from wastenet.inference.tta import tta_logits
 from wastenet.preprocessing import Preprocessing, preprocess_images
 from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
 
@@ -168,8 +169,10 @@ class TorchBackend:
     def __init__(self, model: Any, device: str = "cpu", channels_last: bool = False) -> None:
         import torch
 
+        from wastenet.inference.runtime import resolve_device
+
         self._torch = torch
-        self.device = _torch_device(device)
+        self.device = resolve_device(device)
         self.channels_last = channels_last
         self.model = model.to(self.device).eval()
         if channels_last:
@@ -182,20 +185,6 @@ class TorchBackend:
             t = t.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return self.model(t).float().cpu().numpy()
-
-
-def _torch_device(device: str) -> Any:
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r} (use cpu, cuda or auto)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available")
-    return dev
 
 
 class OnnxBackend:
@@ -353,12 +342,13 @@ class Classifier:
         return self.backend.predict_arrays(x)
 
     def probabilities(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Calibrated class probabilities ``softmax(logits / T)``; ``tta`` averages with the mirror image."""
-        probs = softmax(self.predict_arrays(x), self.temperature)
+        """Calibrated class probabilities ``softmax(logits / T)``; ``tta`` adds the mirror image
+        as :mod:`wastenet.inference.tta` defines (probabilities averaged, then the temperature)."""
+        logits = self.predict_arrays(x)
         if tta:
-            flipped = np.ascontiguousarray(x[..., ::-1])
-            probs = (probs + softmax(self.predict_arrays(flipped), self.temperature)) / 2.0
-        return probs
+            mirrored = self.predict_arrays(np.ascontiguousarray(x[..., ::-1]))
+            logits = tta_logits(np.stack([logits, mirrored]))
+        return softmax(logits, self.temperature)
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images -> the model's normalised float32 input (same code for every backend)."""

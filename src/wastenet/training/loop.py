@@ -23,7 +23,6 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from wastenet import checkpoint
 from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
 from wastenet.data.datasets import ImageCache, Row, build_cache, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
+from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
 from wastenet.models import BuiltModel, count_parameters, create_model, extract_features, group_modules, merge_groups, resolve_weights_arg, safe_name
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig
@@ -51,46 +51,6 @@ HISTORY_FIELDS = ["epoch", "stage", "stage_epoch", "trainable_params", "lr", "gr
 def log(msg: str) -> None:
     if distributed.is_main():  # one log, not one per rank
         print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- devices and precision
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 / AMX); without them bf16 is emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_for(device: torch.device, amp: str):
-    """The autocast dtype for ``--amp`` (None = full fp32).
-
-    On a CPU with native bf16 (AMX here), bf16 with channels-last trains DenseNet121 2.4x and
-    MobileNetV2 1.3x faster than fp32 NCHW, and runs their inference 2.8x / 1.9x faster
-    (BENCHMARKS.md, "Precision and memory layout"); without native bf16, ``auto`` stays in
-    fp32. fp16 needs a GradScaler and CUDA.
-    """
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if device.type == "cpu":
-            if not cpu_has_fast_bf16():
-                return None
-            amp = "bf16"
-        else:
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs a CUDA device; use bf16 on CPU")
-    return dtype
 
 
 # ---------------------------------------------------------------- prepared data
@@ -210,29 +170,6 @@ def patience_applies(step: int, total_steps: int) -> bool:
 
 def group_lr_summary(optimizer: torch.optim.Optimizer) -> dict[int, float]:
     return {g["layer_group"]: g["lr"] for g in optimizer.param_groups}
-
-
-# ---------------------------------------------------------------- evaluation helpers
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, prep, device, dtype, batch_size: int = 64,
-                   tta: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Logits (float32, CPU) for cached uint8 squares, optionally averaged with a flipped view."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        u8 = torch.from_numpy(images[i : i + batch_size])
-        views = [False, True] if tta else [False]
-        acc = 0
-        for flip in views:
-            x = to_model_batch(u8, prep, device=device, hflip=flip, channels_last=channels_last)
-            with _autocast(device, dtype):
-                acc = acc + model(x).float()
-        out.append((acc / len(views)).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def _autocast(device: torch.device, dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def loss_and_acc(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -381,7 +318,7 @@ class Trainer:
             x = to_model_batch(torch.from_numpy(images[i : i + 64]), self.prep,
                                augment=self.augment if augment else None, device=self.device,
                                channels_last=self.cfg.channels_last)
-            with _autocast(self.device, self.dtype):
+            with autocast(self.device, self.dtype):
                 feats.append(extract_features(self.model, x).float())
         return distributed.all_gather_tensor(torch.cat(feats) if feats else torch.zeros(0, device=self.device))
 
@@ -470,7 +407,7 @@ class Trainer:
                 x = to_model_batch(torch.from_numpy(d.train.images[idx.numpy()]), self.prep,
                                    augment=self.augment, device=self.device, channels_last=cfg.channels_last)
                 y = labels_all[idx].to(self.device)
-                with _autocast(self.device, self.dtype):
+                with autocast(self.device, self.dtype):
                     logits = net(x)
                 loss = self.criterion(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
