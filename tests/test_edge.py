@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wastenet.inference import export as ex
+from wastenet.export import onnx as ex
 from wastenet.preprocessing import Preprocessing, preprocess_images
 
 from conftest import make_image

@@ -11,7 +11,7 @@ import pytest
 
 from wastenet.cli import main
 from wastenet.errors import ConfigError, WastenetError
-from wastenet.inference import export as ex
+from wastenet.export import onnx as ex
 
 
 @pytest.fixture(scope="module")

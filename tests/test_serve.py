@@ -270,7 +270,7 @@ def test_explain_returns_png_overlay(client):
 def tiny_onnx(tiny_checkpoint, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     try:
-        from wastenet.inference.export import export_onnx
+        from wastenet.export.onnx import export_onnx
 
         return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx", opset=13).path
     except Exception as exc:  # noqa: BLE001 - the exporter is tested elsewhere
@@ -481,7 +481,7 @@ print("ok")
 
 def test_served_onnx_model_lets_idle_threads_sleep_unless_told_to_spin(tiny_checkpoint, tmp_path, monkeypatch):
     # spinning onnxruntime threads starve request decoding on a small machine (BENCHMARKS.md)
-    from wastenet.inference import export as ex
+    from wastenet.export import onnx as ex
     from wastenet.inference.predictor import Classifier
 
     onnx_path = tmp_path / "model.onnx"

@@ -69,7 +69,7 @@ def _int8_paths(ckpt: Path, out: str | None) -> tuple[Path, Path]:
 
 def _check_images(specs: list[str] | None, count: int) -> list[Path] | None:
     from wastenet.data.images import iter_image_files
-    from wastenet.inference.export import spread
+    from wastenet.export.onnx import spread
 
     if specs is None:
         return None
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     calib = calibration_images(args.calib_data, args.calib_split_file) if args.int8 else []
     checks = _check_images(args.check_data, args.check_count)
 
-    from wastenet.inference.export import export_onnx, quantize_int8
+    from wastenet.export.onnx import export_onnx, quantize_int8
 
     if args.int8:
         fp32_path, int8_path = _int8_paths(ckpt, args.out)
