@@ -100,7 +100,8 @@ def bench_checkpoint(ckpt_path: Path, args: argparse.Namespace, work: Path) -> d
 
     from wastenet import checkpoint
     from wastenet.commands.export import parse_exclude
-    from wastenet.export.onnx import default_exclude, export_onnx, onnx_session, quantize_int8, spread
+    from wastenet.export.int8 import default_exclude, quantize_int8
+    from wastenet.export.onnx import export_onnx, onnx_session, spread
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
 

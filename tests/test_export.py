@@ -11,6 +11,7 @@ import pytest
 
 from wastenet.cli import main
 from wastenet.errors import ConfigError, WastenetError
+from wastenet.export import int8
 from wastenet.export import onnx as ex
 
 
@@ -102,7 +103,7 @@ def test_int8_quantisation_is_qdq_and_smaller(tmp_path, tiny_onnx, image_folder)
     import onnx
 
     out = tmp_path / "tiny.int8.onnx"
-    r = ex.quantize_int8(tiny_onnx, out, _images(image_folder), n_calib=12, check_count=6)
+    r = int8.quantize_int8(tiny_onnx, out, _images(image_folder), n_calib=12, check_count=6)
     model = onnx.load(str(out))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -121,7 +122,7 @@ def test_int8_exclude_keeps_classifier_in_float(tmp_path, tiny_onnx, image_folde
     import onnx
 
     out = tmp_path / "q.onnx"
-    r = ex.quantize_int8(tiny_onnx, out, _images(image_folder), n_calib=8, exclude=("classifier", "first_conv"))
+    r = int8.quantize_int8(tiny_onnx, out, _images(image_folder), n_calib=8, exclude=("classifier", "first_conv"))
     assert len(r.details["excluded_nodes"]) == 2
     model = onnx.load(str(out))
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
@@ -129,7 +130,7 @@ def test_int8_exclude_keeps_classifier_in_float(tmp_path, tiny_onnx, image_folde
     # a float Gemm reads float weights (an initializer), not a DequantizeLinear output
     assert producers.get(gemm.input[1]) != "DequantizeLinear"
     with pytest.raises(ConfigError, match="matches no node"):
-        ex.quantize_int8(tiny_onnx, tmp_path / "z.onnx", _images(image_folder), n_calib=4, exclude=("nope.9",))
+        int8.quantize_int8(tiny_onnx, tmp_path / "z.onnx", _images(image_folder), n_calib=4, exclude=("nope.9",))
 
 
 def test_cli_int8_calibrates_on_train_rows_only(tmp_path, tiny_checkpoint, image_folder, capsys):

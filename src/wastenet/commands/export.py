@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     calib = calibration_images(args.calib_data, args.calib_split_file) if args.int8 else []
     checks = _check_images(args.check_data, args.check_count)
 
-    from wastenet.export.onnx import export_onnx, quantize_int8
+    from wastenet.export.int8 import quantize_int8
+    from wastenet.export.onnx import export_onnx
 
     if args.int8:
         fp32_path, int8_path = _int8_paths(ckpt, args.out)

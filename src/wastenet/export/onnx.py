@@ -1,4 +1,4 @@
-"""ONNX export, INT8 quantisation and the parity check: a checkpoint as one deployable file.
+"""ONNX export and the parity check: a checkpoint as one self-contained, deployable file.
 
 The exported file is self-contained (no ``.onnx.data`` side file) and carries everything
 ``wastenet predict`` needs in ``metadata_props["wastenet"]`` (JSON: arch, classes, taxonomy,
@@ -6,30 +6,26 @@ preprocessing, temperature, threshold, opset, exported_from). Input ``input`` fl
 ``[N,3,S,S]`` (normalised, dynamic batch), output ``logits`` ``[N,C]``; softmax and argmax
 stay outside the graph, so TensorRT engines and the Python runtime share one file::
 
-    from wastenet.inference.export import export_onnx, quantize_int8, onnx_session
+    from wastenet.export.onnx import export_onnx
+    from wastenet.export.int8 import quantize_int8
 
     fp32 = export_onnx("runs/x/best.pt", "runs/x/best.onnx", opset=13,
                        check_images=["bottle.jpg"])        # raises if ORT != PyTorch
     print(fp32.size_bytes, fp32.max_abs_diff)
     int8 = quantize_int8(fp32.path, "runs/x/best.int8.onnx", calib_images=train_paths)
-    sess = onnx_session(int8.path, threads=2)
 
-This module imports torch and onnx only inside the functions that need them, so
-``onnx_session`` and ``read_metadata`` work on the torch-free edge install.
+Sessions and metadata reading live in :mod:`wastenet.inference.onnx_runtime` (torch-free);
+torch and onnx are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,37 +33,22 @@ from PIL import Image
 from wastenet import __version__
 from wastenet.errors import ConfigError, WastenetError
 from wastenet.files import atomic_path
+from wastenet.inference.onnx_runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, onnx_session, read_metadata
 from wastenet.preprocessing import Preprocessing, preprocess_images
 
 __all__ = [
-    "CALIBRATION_METHODS",
-    "EXCLUDE_CHOICES",
     "ExportResult",
-    "DEFAULT_EXCLUDE",
-    "METADATA_KEY",
-    "default_exclude",
+    "MAX_OPSET",
+    "MIN_OPSET",
     "export_onnx",
     "generated_images",
     "onnx_session",
-    "quantize_int8",
     "read_metadata",
     "spread",
 ]
 
-METADATA_KEY = "wastenet"
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 MIN_OPSET = 13  # per-channel QDQ and TensorRT 8.2 (Jetson Nano) both want >= 13
 MAX_OPSET = 20  # the TorchScript exporter's limit
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-EXCLUDE_CHOICES = ("first_conv", "classifier")
-#: Parts kept in float by default, per architecture prefix. Measured on mobilenetv2_100
-#: (ImageNet weights + a linear-probe head, TrashNet test split): quantised alone, the first
-#: inverted-residual block moved the logits more than any other block; keeping it in float
-#: raised top-1 agreement with fp32 from 95.1% to 97.3% for +0.4 ms at batch 1 (3.3 -> 3.7 ms,
-#: 1 thread). Percentile/entropy calibration and keeping the stem or classifier in float did
-#: not help there.
-DEFAULT_EXCLUDE: dict[str, tuple[str, ...]] = {"mobilenetv2": ("blocks.0",)}
 
 
 @dataclass
@@ -102,42 +83,9 @@ class ExportResult:
         return text
 
 
-# --------------------------------------------------------------------------- runtime helpers
-def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with all graph optimisations; ``threads`` = intra-op threads.
-
-    >>> sess = onnx_session("best.int8.onnx", threads=1)     # doctest: +SKIP
-    >>> sess.run(["logits"], {"input": x})[0].shape          # doctest: +SKIP
-    (1, 6)
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ConfigError("onnxruntime is not installed: pip install 'wastenet[edge]'") from exc
-    if not Path(path).is_file():
-        raise ConfigError(f"ONNX model not found: {path}")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1  # one sequential graph: extra inter-op threads only spin
-    so.log_severity_level = 3  # keep ORT's own warnings off the user's terminal
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``wastenet`` metadata of an exported file (ConfigError if absent or unreadable)."""
-    sess = onnx_session(path, threads=1)
-    raw = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise ConfigError(f"{path} has no wastenet metadata: export it with `wastenet export`")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: unreadable wastenet metadata ({exc})") from exc
-
-
-def _run_session(sess: Any, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
+# --------------------------------------------------------------------------- helpers
+def run_session(sess: Any, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Logits of ``x`` through an onnxruntime session, ``batch_size`` images at a time."""
     outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
@@ -158,7 +106,7 @@ def generated_images(n: int = 4, seed: int = 0) -> list[Image.Image]:
     return images
 
 
-def _load_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Image.Image], list[str]]:
+def load_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Image.Image], list[str]]:
     """Decode ``paths``; unreadable files are skipped and reported in the second list."""
     from wastenet.data.images import ImageDecodeError, load_image
 
@@ -321,7 +269,7 @@ def _fold_constants(model: Any) -> Any:
     return model
 
 
-def _set_metadata(model: Any, meta: dict[str, Any]) -> None:
+def set_metadata(model: Any, meta: dict[str, Any]) -> None:
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)
@@ -329,11 +277,11 @@ def _set_metadata(model: Any, meta: dict[str, Any]) -> None:
     entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
 
 
-def _model_opset(model: Any) -> int:
+def model_opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _save_checked(model: Any, path: Path) -> None:
+def save_checked(model: Any, path: Path) -> None:
     """Check, then write ``model`` as one file (never external data)."""
     import onnx
 
@@ -376,7 +324,7 @@ def export_onnx(
     model = model_from_checkpoint(ckpt)
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
 
-    images, skipped = (_load_images(check_images) if check_images is not None else (generated_images(), []))
+    images, skipped = (load_images(check_images) if check_images is not None else (generated_images(), []))
     if not images:
         raise ConfigError("parity check: none of the check images could be read"
                           + (f" ({skipped[0]})" if skipped else ""))
@@ -403,16 +351,16 @@ def export_onnx(
             "exported_from": str(Path(checkpoint_path).resolve()),
             "wastenet_version": __version__,
         }
-        _set_metadata(proto, meta)
+        set_metadata(proto, meta)
         proto.producer_name, proto.producer_version = "wastenet", __version__
         proto.doc_string = f"wastenet {ckpt['arch']} classifier ({len(ckpt['classes'])} classes)"
-        _save_checked(proto, tmp)
+        save_checked(proto, tmp)
 
         # parity: the same preprocessed batch through both runtimes
         x = preprocess_images(images, prep)
         with torch.no_grad():
             ref = np.concatenate([model(torch.from_numpy(x[i : i + 8])).numpy() for i in range(0, len(x), 8)])
-        got = _run_session(onnx_session(tmp), x)
+        got = run_session(onnx_session(tmp), x)
         diff = float(np.max(np.abs(ref - got)))
         if not diff <= tolerance:  # also catches NaN
             raise WastenetError(f"parity check failed: max |Δlogit| = {diff:.3g} > tolerance {tolerance:g} "
@@ -420,230 +368,3 @@ def export_onnx(
     return ExportResult(path=out_path, size_bytes=out_path.stat().st_size, opset=opset, max_abs_diff=diff,
                         n_images=len(x), precision="fp32",
                         details={"skipped_check_images": skipped, "generated_check_images": check_images is None})
-
-
-# --------------------------------------------------------------------------- INT8
-class _CalibrationReader:
-    """Feeds preprocessed calibration batches to onnxruntime's calibrator, decoding lazily.
-
-    ``__len__`` and ``set_range`` let ``quantize_static(extra_options={"CalibStridedMinMax": k})``
-    calibrate ``k`` batches at a time, merging ranges/histograms as it goes, so memory holds
-    one chunk of activations instead of all of them.
-    """
-
-    def __init__(self, paths: Sequence[Path], prep: Preprocessing, batch_size: int = 8) -> None:
-        self.batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-        self.prep = prep
-        self.pos, self.end = 0, len(self.batches)
-        self.used = 0
-        self.skipped: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.pos, self.end = start_index, min(end_index, len(self.batches))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        while self.pos < self.end:
-            images, skipped = _load_images(self.batches[self.pos])
-            self.pos += 1
-            self.skipped += skipped
-            if images:
-                self.used += len(images)
-                return {INPUT_NAME: preprocess_images(images, self.prep)}
-        return None
-
-    # onnxruntime's CalibrationDataReader protocol also allows iteration
-    def __iter__(self) -> "_CalibrationReader":
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.get_next()
-        if batch is None:
-            raise StopIteration
-        return batch
-
-
-def _module_prefix(module: str) -> str:
-    # the TorchScript exporter names nodes by module path: blocks.0.1 -> /blocks/blocks.0/blocks.0.1/...
-    parts = module.split(".")
-    return "/" + "/".join(".".join(parts[: i + 1]) for i in range(len(parts))) + "/"
-
-
-def _exclude_nodes(model: Any, exclude: Sequence[str]) -> list[str]:
-    """Node names to keep in float for each ``exclude`` entry: the keywords ``first_conv``
-    (the Conv fed by the input, through any Pad) and ``classifier`` (the Gemm/MatMul making
-    the logits), a PyTorch module name (``blocks.0``: every node exported from it), or a
-    node name of the pre-processed graph (``/conv_head/Conv``)."""
-    node_names = [n.name for n in model.graph.node]
-    names: list[str] = []
-    for e in exclude:
-        if e in EXCLUDE_CHOICES:
-            continue
-        hits = [n for n in node_names if n == e or n.startswith(_module_prefix(e))]
-        if not hits:
-            raise ConfigError(f"INT8 exclude {e!r} matches no node: use {', '.join(EXCLUDE_CHOICES)}, "
-                              "a module name (e.g. blocks.0) or a node name")
-        names += [n for n in hits if n not in names]
-    nodes = list(model.graph.node)
-    consumers: dict[str, list[Any]] = {}
-    producer: dict[str, Any] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-        for o in n.output:
-            producer[o] = n
-    if "first_conv" in exclude:
-        frontier = [model.graph.input[0].name]
-        seen: set[str] = set()
-        while frontier:  # breadth-first from the input until the first Conv
-            t = frontier.pop(0)
-            hit = [n for n in consumers.get(t, []) if n.op_type == "Conv"]
-            if hit:
-                names.append(hit[0].name)
-                break
-            for n in consumers.get(t, []):
-                if n.name not in seen:
-                    seen.add(n.name)
-                    frontier += list(n.output)
-    if "classifier" in exclude:
-        t = model.graph.output[0].name
-        for _ in range(8):  # walk back through Reshape/Flatten/Add until the matmul
-            n = producer.get(t)
-            if n is None:
-                break
-            if n.op_type in ("Gemm", "MatMul"):
-                names.append(n.name)
-                break
-            t = n.input[0]
-    return names
-
-
-def default_exclude(arch: str) -> tuple[str, ...]:
-    """The measured per-architecture parts to keep in float (see :data:`DEFAULT_EXCLUDE`)."""
-    for prefix, parts in DEFAULT_EXCLUDE.items():
-        if arch.startswith(prefix):
-            return parts
-    return ()
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # onnxruntime.quantization logs advice to the root logger and prints calibration progress
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def quantize_int8(
-    fp32_onnx: str | os.PathLike,
-    out_path: str | os.PathLike,
-    calib_images: Sequence[str | os.PathLike],
-    *,
-    per_channel: bool = True,
-    n_calib: int = 200,
-    method: str = "minmax",
-    exclude: Sequence[str] | None = None,
-    activation_type: str = "quint8",
-    check_count: int = 16,
-    extra_options: dict[str, Any] | None = None,
-) -> ExportResult:
-    """Static INT8 (QDQ) quantisation of an exported fp32 file, calibrated on real images.
-
-    ``calib_images`` should be *training* images (never the test split); ``n_calib`` of them,
-    evenly spread over the list, are preprocessed with the model's own preprocessing (from
-    the fp32 file's metadata). ``method`` is the activation-range calibration (``minmax``,
-    ``percentile``, ``entropy``). ``exclude`` keeps parts in float: ``first_conv``,
-    ``classifier``, PyTorch module names (``blocks.0``) or node names; ``None`` uses the
-    measured per-architecture default (:data:`DEFAULT_EXCLUDE`), ``()`` quantises everything.
-    Activations are ``quint8`` (u8s8 kernels; ``qint8`` ran 2-3x slower on x86 here), weights
-    ``qint8`` per channel. The result keeps the metadata and is compared with the fp32 file
-    on up to ``check_count`` calibration images::
-
-        r = quantize_int8("best.onnx", "best.int8.onnx", train_paths, n_calib=200)
-        r.size_bytes, r.agreement
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
-    if not fp32_onnx.is_file():
-        raise ConfigError(f"ONNX model not found: {fp32_onnx}")
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
-    if method not in methods:
-        raise ConfigError(f"unknown calibration method {method!r}: choose from {', '.join(CALIBRATION_METHODS)}")
-    act_types = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}
-    if activation_type not in act_types:
-        raise ConfigError(f"activation type must be quint8 or qint8, got {activation_type!r}")
-    meta = read_metadata(fp32_onnx)
-    if meta.get("precision", "fp32") != "fp32":
-        raise ConfigError(f"{fp32_onnx} is already quantised ({meta.get('precision')})")
-    prep = Preprocessing.from_dict(meta["preprocessing"])
-    if exclude is None:
-        exclude = default_exclude(str(meta.get("arch", "")))
-    exclude = tuple(exclude)
-    paths = spread(sorted(Path(p) for p in calib_images), int(n_calib))
-    if not paths:
-        raise ConfigError("INT8 calibration needs images: none were given")
-    reader = _CalibrationReader(paths, prep)
-
-    with atomic_path(out_path) as tmp:  # renamed over out_path only if every check passes
-        with tempfile.TemporaryDirectory(prefix="wastenet-quant-") as work:
-            pre = Path(work) / "pre.onnx"
-            quant_pre_process(str(fp32_onnx), str(pre))  # shape inference + BN/const folding
-            excluded = _exclude_nodes(onnx.load(str(pre)), exclude)
-            extra = {
-                # one batch at a time, merged: memory for 8 images' activations instead of all
-                # (~14 GB for 200 images on mobilenetv2). Not CalibMaxIntermediateOutputs: in
-                # onnxruntime 1.31 it discards each full chunk without computing its ranges.
-                "CalibStridedMinMax": 1,
-                # Percentile: the 99.999th percentile clips rare outliers without crushing ranges
-                "CalibPercentile": 99.999,
-                **(extra_options or {}),
-            }
-            try:
-                with _quiet():
-                    quantize_static(
-                        str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=act_types[activation_type], weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=excluded or None,
-                        extra_options=extra,
-                    )
-            except ValueError as exc:  # e.g. "No data is collected."
-                if reader.used == 0:
-                    raise ConfigError("INT8 calibration: none of the calibration images could be read"
-                                      + (f" ({reader.skipped[0]})" if reader.skipped else "")) from exc
-                raise WastenetError(f"INT8 calibration failed: {exc}") from exc
-        proto = onnx.load(str(tmp))
-        n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
-        qmeta = dict(meta)
-        qmeta.update({
-            "precision": "int8",
-            "opset": _model_opset(proto),
-            "quantization": {"format": "QDQ", "per_channel": bool(per_channel), "method": method,
-                             "activation_type": activation_type, "weight_type": "qint8",
-                             "calibration_images": reader.used, "excluded": list(exclude)},
-            "quantized_from": str(fp32_onnx.resolve()),
-        })
-        _set_metadata(proto, qmeta)
-        proto.producer_name, proto.producer_version = "wastenet", __version__
-        _save_checked(proto, tmp)
-
-        # how far INT8 moved the logits, on calibration images (the test split stays unseen)
-        check, _ = _load_images(spread(paths, check_count))
-        x = preprocess_images(check, prep)
-        ref = _run_session(onnx_session(fp32_onnx), x)
-        got = _run_session(onnx_session(tmp), x)
-        diff = float(np.max(np.abs(ref - got))) if len(x) else float("nan")
-        agree = float(np.mean(ref.argmax(1) == got.argmax(1))) if len(x) else None
-    return ExportResult(path=out_path, size_bytes=out_path.stat().st_size, opset=qmeta["opset"],
-                        max_abs_diff=diff, n_images=len(x), precision="int8", agreement=agree,
-                        details={"calibration_images": reader.used, "skipped": reader.skipped,
-                                 "quantize_linear_nodes": n_q, "excluded": list(exclude),
-                                 "excluded_nodes": excluded, "method": method})

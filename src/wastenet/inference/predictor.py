@@ -17,7 +17,6 @@ while the model works on the current one.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import deque
@@ -33,6 +32,7 @@ from wastenet.data.images import ImageDecodeError, composite_on_white, load_imag
 from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, check_threshold
 from wastenet.decision import decide as decide_bins
 from wastenet.errors import ConfigError
+from wastenet.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session, read_metadata
 from wastenet.inference.tta import tta_logits
 from wastenet.preprocessing import Preprocessing, preprocess_images
 from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
@@ -193,33 +193,16 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", spin_wait: bool = True) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ConfigError("onnxruntime is not installed: pip install 'wastenet[edge]'") from exc
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
-        elif device == "cuda":
-            raise ConfigError("device cuda requested but onnxruntime has no CUDA provider")
-        options = ort.SessionOptions()
-        if not spin_wait:
-            # idle intra-op threads sleep instead of spinning: the CPU they would burn goes
-            # to the threads decoding the next request (a server on a small machine)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - any unreadable model is the user's input problem
-            raise ConfigError(f"cannot read ONNX model {path}: {' '.join(str(exc).split())[:200]}") from exc
+        self.path = Path(path)
+        self.session = onnx_session(path, device=device, spin_wait=spin_wait)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        self.input_name = "input" if "input" in inputs else inputs[0]
-        self.output_name = "logits" if "logits" in outputs else outputs[0]
+        self.input_name = INPUT_NAME if INPUT_NAME in inputs else inputs[0]
+        self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
 
-    @property
-    def metadata(self) -> dict[str, str]:
-        return dict(self.session.get_modelmeta().custom_metadata_map)
+    def metadata(self) -> dict[str, Any]:
+        """The file's ``wastenet`` metadata (ConfigError if it has none)."""
+        return read_metadata(self.session, self.path)
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -290,11 +273,8 @@ class Classifier:
     @classmethod
     def _load_onnx(cls, path: Path, device: str, spin_wait: bool = True) -> "Classifier":
         backend = OnnxBackend(path, device, spin_wait)
-        raw = backend.metadata.get("wastenet")
-        if raw is None:
-            raise ConfigError(f"{path} has no wastenet metadata: export it with `wastenet export`")
+        meta = backend.metadata()
         try:
-            meta = json.loads(raw)
             prep = Preprocessing.from_dict(meta["preprocessing"])
             classes = meta["classes"]
         except (ValueError, KeyError, TypeError) as exc:
