@@ -18,7 +18,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import make_image  # noqa: E402
-from wastenet.serve.app import BodyLimitMiddleware, create_app  # noqa: E402
+from wastenet.serve.app import create_app  # noqa: E402
+from wastenet.serve.body_limit import BodyLimitMiddleware  # noqa: E402
 
 STATIC = Path(__file__).resolve().parents[1] / "src" / "wastenet" / "serve" / "static"
 DESIGN_FIELDS = ("path", "label", "confidence", "bin", "decision", "error")
@@ -494,9 +495,24 @@ def test_served_onnx_model_lets_idle_threads_sleep_unless_told_to_spin(tiny_chec
         except RuntimeError:  # not set: onnxruntime's default (spin)
             return "default"
 
-    monkeypatch.delenv("WASTENET_ORT_SPIN", raising=False)
     served = create_app(onnx_path, log_path=tmp_path / "a.sqlite").state.classifier
     assert spinning(served) == "0"
     assert spinning(Classifier.load(onnx_path)) == "default"  # a plain load keeps onnxruntime's choice
-    monkeypatch.setenv("WASTENET_ORT_SPIN", "1")
-    assert spinning(create_app(onnx_path, log_path=tmp_path / "b.sqlite").state.classifier) == "default"
+    assert spinning(create_app(onnx_path, log_path=tmp_path / "b.sqlite", onnx_spin=True).state.classifier) == "default"
+
+
+def test_worker_settings_cross_as_one_json_variable(tiny_checkpoint, tmp_path, monkeypatch):
+    from wastenet.errors import ConfigError
+    from wastenet.serve.app import app_from_env
+    from wastenet.serve.settings import ENV_VAR, ServeSettings
+
+    s = ServeSettings(checkpoint=str(tiny_checkpoint), log_path=str(tmp_path / "w.sqlite"), threshold=0.75,
+                      max_batch=3, max_upload_bytes=50_000)
+    assert ServeSettings.from_json(s.to_json()) == s
+    monkeypatch.setenv(ENV_VAR, s.to_json())
+    app = app_from_env()
+    assert app.state.threshold == 0.75 and app.state.batcher.max_batch == 3
+    assert str(app.state.decision_log.path) == str(tmp_path / "w.sqlite")
+    monkeypatch.setenv(ENV_VAR, "{not json")
+    with pytest.raises(ConfigError, match=ENV_VAR):
+        app_from_env()

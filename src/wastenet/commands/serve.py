@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PyTorch CPU threads per process (None = cores / workers)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run a .pt model in channels-last (NHWC) memory layout, often faster on CPU")
+    parser.add_argument("--onnx-spin", action="store_true",
+                        help="let an .onnx model's idle onnxruntime threads spin between batches (default: they "
+                             "sleep, leaving the cores to request decoding: faster under load on a small machine)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"), help="server log level")
 
@@ -85,27 +88,21 @@ def run(args: argparse.Namespace) -> int:
     log_db = str(Path(args.log_db).expanduser()) if args.log_db else None
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
 
+    from wastenet.serve.settings import ENV_VAR, ServeSettings
+
+    settings = ServeSettings(checkpoint=str(ckpt.resolve()), log_path=log_db, max_upload_bytes=max_bytes,
+                             threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
+                             channels_last=args.channels_last, onnx_spin=args.onnx_spin)
     if args.workers == 1:
         from wastenet.serve.app import create_app
 
-        app = create_app(ckpt, log_path=log_db, max_upload_bytes=max_bytes, threshold=args.threshold,
-                         max_batch=args.max_batch, torch_threads=threads, channels_last=args.channels_last)
+        app = create_app(settings.checkpoint, **settings.app_options())
         print(f"wastenet serve: {url}  (decision log: {app.state.decision_log.path})", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
         return 0
 
-    # several processes: uvicorn imports the app factory in each one; settings go by env
-    os.environ["WASTENET_CHECKPOINT"] = str(ckpt.resolve())
-    os.environ["WASTENET_MAX_UPLOAD_BYTES"] = str(max_bytes)
-    os.environ["WASTENET_MAX_BATCH"] = str(args.max_batch)
-    if log_db:
-        os.environ["WASTENET_LOG_DB"] = log_db
-    if args.threshold is not None:
-        os.environ["WASTENET_THRESHOLD"] = str(args.threshold)
-    if threads:
-        os.environ["WASTENET_TORCH_THREADS"] = str(threads)
-    if args.channels_last:
-        os.environ["WASTENET_CHANNELS_LAST"] = "1"
+    # several processes: uvicorn imports the app factory in each one; the settings go as one JSON variable
+    os.environ[ENV_VAR] = settings.to_json()
     print(f"wastenet serve: {url}  ({args.workers} workers)", file=sys.stderr)
     uvicorn.run("wastenet.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)

@@ -22,7 +22,7 @@ Endpoints
 Every client mistake is a 4xx with ``{"error": "..."}``; a 500 is a bug.
 
 Concurrency: requests decode and resize their image in the thread pool (Pillow releases
-the GIL), then hand it to one model thread. Requests that arrive while the model is busy
+the GIL), then hand it to one model thread (:mod:`wastenet.serve.batcher`). Requests that arrive while the model is busy
 share the next forward pass (micro-batching): under load the model runs fewer, larger
 batches, which is where a CPU gains throughput. Only that thread (and Grad-CAM, under the
 same lock) touches the model, so no backend has to be thread-safe. ``/api/health`` shows
@@ -36,11 +36,9 @@ import io
 import logging
 import math
 import os
-import queue
 import re
 import sqlite3
 import threading
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -52,21 +50,22 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wastenet.data.images import ImageDecodeError, load_image
+from wastenet import __version__
 from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError, WastenetError
+from wastenet.serve.batcher import Batcher
+from wastenet.serve.body_limit import MULTIPART_MARGIN, BodyLimitMiddleware
+from wastenet.serve.body_limit import json_error as _error
 from wastenet.serve.decision_log import DecisionLog, default_log_path, image_media_type
+from wastenet.serve.settings import DEFAULT_MAX_UPLOAD_BYTES, ServeSettings
 
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES"]
 
 logger = logging.getLogger("wastenet.serve")
 
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-# Room for the multipart boundary and part headers around the file itself.
-_MULTIPART_MARGIN = 64 * 1024
 # The page may only talk to this server: no CDN, no external fonts, no trackers.
 _PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
              "connect-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
@@ -81,178 +80,6 @@ class _ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-# --------------------------------------------------------------------------- upload limit
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes with 413, before anything parses them.
-
-    Checks ``Content-Length`` first (no body is read at all), then counts the bytes as they
-    arrive, so a missing or lying header (chunked uploads) cannot get past the limit
-    either. The counted body is replayed to the app, which then parses it as usual.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = int(limit)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        declared = None
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _error(400, "invalid Content-Length header")(scope, receive, send)
-                    return
-        if declared is not None and declared > self.limit:
-            await self._too_large(scope, receive, send)
-            return
-
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client went away: nobody to answer
-            body = message.get("body", b"")
-            total += len(body)
-            if total > self.limit:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for the disconnect as usual
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit_mb = (self.limit - _MULTIPART_MARGIN) / 2**20
-        await _error(413, f"upload too large: the limit is {limit_mb:g} MB",
-                     headers={"Connection": "close"})(scope, receive, send)
-
-
-# --------------------------------------------------------------------------- the model
-
-
-class _Batcher:
-    """One thread runs every forward pass; concurrent requests share a batch.
-
-    A batch takes whatever queued up while the previous one ran, without waiting for more:
-    a lone request never pays for batching. (Waiting up to 15 ms for requests still being
-    uploaded or decoded was tried: batches did not grow under 8 clients, so it went.)
-
-    >>> # batcher.predict(image, threshold) -> Prediction   (blocks the calling worker thread)
-    """
-
-    def __init__(self, classifier: Any, lock: threading.Lock, max_batch: int = 8) -> None:
-        self.classifier = classifier
-        self.lock = lock
-        self.max_batch = max(1, int(max_batch))
-        self.images = 0  # totals, for /api/health
-        self.batches = 0
-        self._queue: queue.SimpleQueue[tuple[Any, float, Future] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="wastenet-model", daemon=True)
-        self._thread.start()
-
-    def predict(self, image: Any, threshold: float) -> Any:
-        if not self._thread.is_alive():
-            raise RuntimeError("the model thread has stopped")
-        future: Future = Future()
-        self._queue.put((image, threshold, future))
-        return future.result()
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run(batch)
-            if stop:
-                return
-
-    def stats(self) -> dict[str, Any]:
-        return {"max_batch": self.max_batch, "images": self.images, "batches": self.batches,
-                "mean_batch": round(self.images / self.batches, 2) if self.batches else None}
-
-    def _run(self, batch: list[tuple[Any, float, Future]]) -> None:
-        self.images += len(batch)
-        self.batches += 1
-        by_threshold: dict[float, list[tuple[Any, float, Future]]] = {}
-        for item in batch:
-            by_threshold.setdefault(item[1], []).append(item)
-        for threshold, items in by_threshold.items():
-            if len(items) == 1:
-                self._run_one(items[0], threshold)
-                continue
-            try:
-                preds = self._predict(items, threshold)
-            except BaseException:  # noqa: BLE001
-                # one bad input must not fail its batch-mates: retry them one by one
-                for it in items:
-                    self._run_one(it, threshold)
-                continue
-            for it, pred in zip(items, preds):
-                it[2].set_result(pred)
-
-    def _predict(self, items: list[tuple[Any, float, Future]], threshold: float) -> list[Any]:
-        with self.lock:
-            preds = self.classifier.predict([it[0] for it in items], threshold=threshold,
-                                            batch_size=len(items))
-        if len(preds) != len(items):
-            raise RuntimeError(f"classifier returned {len(preds)} predictions for {len(items)} images")
-        return preds
-
-    def _run_one(self, item: tuple[Any, float, Future], threshold: float) -> None:
-        try:
-            item[2].set_result(self._predict([item], threshold)[0])
-        except BaseException as exc:  # noqa: BLE001 - hand the failure to the waiting request
-            item[2].set_exception(exc)
-
-
-def _backend_of(classifier: Any, source: Any) -> str:
-    backend = getattr(classifier, "backend_name", None) or getattr(getattr(classifier, "backend", None), "name", None)
-    if isinstance(backend, str) and backend:
-        return "onnx" if "onnx" in backend.lower() else backend.lower()
-    if source is not None and str(source).lower().endswith(".onnx"):
-        return "onnx"
-    module = type(classifier).__module__ + type(classifier).__name__
-    return "onnx" if "onnx" in module.lower() else "torch"
 
 
 def _plain(value: Any) -> Any:
@@ -310,6 +137,7 @@ def create_app(
     max_batch: int = 8,
     torch_threads: int | None = None,
     channels_last: bool = False,
+    onnx_spin: bool = False,
 ) -> FastAPI:
     """Build the service around one classifier (a checkpoint/ONNX path or a ``Classifier``).
 
@@ -318,7 +146,8 @@ def create_app(
     overrides the model's default decision threshold. ``max_batch`` caps micro-batches
     (1 disables batching); ``torch_threads`` sets ``torch.set_num_threads`` for the
     PyTorch backend (default: leave PyTorch's choice, one thread per core);
-    ``channels_last`` runs a ``.pt`` model in NHWC memory layout (often faster on CPU).
+    ``channels_last`` runs a ``.pt`` model in NHWC memory layout (often faster on CPU);
+    ``onnx_spin`` lets an ``.onnx`` model's idle onnxruntime threads spin (see ServeSettings).
 
     >>> from fastapi.testclient import TestClient        # doctest: +SKIP
     >>> client = TestClient(create_app("best.pt", log_path="d.sqlite"))
@@ -333,9 +162,9 @@ def create_app(
         if not source.is_file():
             raise ConfigError(f"model file not found: {source}")
         # onnxruntime threads that sleep between batches leave the CPU to request decoding:
-        # +17% requests/s under 8 clients on 2 cores (BENCHMARKS.md); WASTENET_ORT_SPIN=1 undoes it
+        # +17% requests/s under 8 clients on 2 cores (BENCHMARKS.md); onnx_spin=True undoes it
         classifier = Classifier.load(source, channels_last=channels_last and source.suffix == ".pt",
-                                     onnx_spin_wait=os.environ.get("WASTENET_ORT_SPIN") == "1")
+                                     onnx_spin_wait=onnx_spin)
     else:
         classifier = checkpoint_path_or_classifier
         source = getattr(classifier, "source", None)
@@ -344,7 +173,7 @@ def create_app(
         raise ConfigError("max_upload_bytes must be positive")
     default_threshold = check_threshold(threshold if threshold is not None else classifier.threshold)
 
-    backend = _backend_of(classifier, source)
+    backend = classifier.backend_name
     if backend == "torch" and torch_threads:
         import torch
 
@@ -364,7 +193,7 @@ def create_app(
     decision_log = DecisionLog(log_path if log_path is not None else default_log_path(source))
     decision_log.set_classes(classes)
     model_lock = threading.Lock()
-    batcher = _Batcher(classifier, model_lock, max_batch=max_batch)
+    batcher = Batcher(classifier, model_lock, max_batch=max_batch)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -377,7 +206,7 @@ def create_app(
     app = FastAPI(
         title="wastenet",
         summary="Which bin does this go in? Photo in, bin decision out.",
-        version=_version(),
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.classifier = classifier
@@ -385,7 +214,7 @@ def create_app(
     app.state.batcher = batcher
     app.state.threshold = default_threshold
     app.state.backend = backend
-    app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + _MULTIPART_MARGIN)
+    app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + MULTIPART_MARGIN)
 
     # ------------------------------------------------------------ error handlers
     @app.exception_handler(_ApiError)
@@ -551,32 +380,8 @@ def create_app(
     return app
 
 
-def _version() -> str:
-    try:
-        from wastenet import __version__
-
-        return str(__version__)
-    except Exception:  # noqa: BLE001
-        return "0"
-
-
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` / multi-worker ``wastenet serve`` (settings in env vars).
-
-    ``WASTENET_CHECKPOINT`` (required), ``WASTENET_LOG_DB``, ``WASTENET_THRESHOLD``,
-    ``WASTENET_MAX_UPLOAD_BYTES``, ``WASTENET_MAX_BATCH``, ``WASTENET_TORCH_THREADS``,
-    ``WASTENET_CHANNELS_LAST=1``.
-    """
-    ckpt = os.environ.get("WASTENET_CHECKPOINT")
-    if not ckpt:
-        raise ConfigError("WASTENET_CHECKPOINT is not set")
-    thr = os.environ.get("WASTENET_THRESHOLD")
-    return create_app(
-        ckpt,
-        log_path=os.environ.get("WASTENET_LOG_DB") or None,
-        max_upload_bytes=int(os.environ.get("WASTENET_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD_BYTES),
-        threshold=float(thr) if thr else None,
-        max_batch=int(os.environ.get("WASTENET_MAX_BATCH") or 8),
-        torch_threads=int(os.environ.get("WASTENET_TORCH_THREADS") or 0) or None,
-        channels_last=os.environ.get("WASTENET_CHANNELS_LAST") == "1",
-    )
+    """Factory for ``uvicorn --factory`` / multi-worker ``wastenet serve``: the settings come as
+    one JSON environment variable (:class:`~wastenet.serve.settings.ServeSettings`)."""
+    settings = ServeSettings.from_env()
+    return create_app(settings.checkpoint, **settings.app_options())
