@@ -129,7 +129,7 @@ def test_runner_report_files_the_confusion_matrix_in_its_own_section(tmp_path, t
     """The runner -> report path: every figure the runner draws lands in its section, none under Figures."""
     from wastenet import checkpoint
     from wastenet.data.datasets import build_cache, scan_folder
-    from wastenet.evaluation.runner import evaluate
+    from wastenet.evaluation.runner import Subject, evaluate
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
     from wastenet.taxonomy import load_taxonomy
@@ -138,8 +138,8 @@ def test_runner_report_files_the_confusion_matrix_in_its_own_section(tmp_path, t
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     rows = scan_folder(image_folder)[0][:9]
     cache = build_cache(image_folder, rows, ckpt["classes"], prep.resize_size, prep.interpolation)
-    evaluate(model_from_checkpoint(ckpt), prep, ckpt["classes"], load_taxonomy(ckpt["taxonomy"], ckpt["classes"]),
-             cache.images, cache.labels, tmp_path)
+    subject = Subject(model_from_checkpoint(ckpt), prep, ckpt["classes"], load_taxonomy(ckpt["taxonomy"], ckpt["classes"]))
+    evaluate(subject, cache, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "## Confusion matrix" in text and "](confusion_matrix.png)" in text
     assert "## Figures" not in text

@@ -230,7 +230,7 @@ def plot_reliability(
     return _save(fig, path)
 
 
-def plot_coverage(curve: Mapping[str, Any], path: str | os.PathLike[str], threshold: float = DEFAULT_THRESHOLD) -> Path:
+def plot_coverage(curve: Mapping[str, Any], path: str | os.PathLike[str], threshold: Any = DEFAULT_THRESHOLD) -> Path:
     """Save coverage and accepted accuracy against the decision threshold (bin and class level).
 
     ``curve`` is :func:`wastenet.evaluation.decisions.coverage_curve`'s result.
@@ -251,7 +251,11 @@ def plot_coverage(curve: Mapping[str, Any], path: str | os.PathLike[str], thresh
     for key, label, color, style in lines:
         if key in curve:
             ax.plot(t, np.asarray(curve[key], dtype=np.float64), color=color, linestyle=style, label=label)
-    ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    # one line per distinct threshold (per-bin thresholds may differ)
+    values = sorted(set(threshold.values())) if isinstance(threshold, Mapping) else [threshold]
+    for k, t in enumerate(values):
+        ax.axvline(float(t), color="tab:red", linestyle="--", linewidth=1,
+                   label=f"threshold {_threshold(threshold)}" if k == 0 else None)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("Decision threshold")

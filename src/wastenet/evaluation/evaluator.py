@@ -1,0 +1,175 @@
+"""The Python API of ``wastenet eval``: a checkpoint judged on a split of a dataset, report written.
+
+It mirrors the command line as :class:`~wastenet.inference.predictor.Classifier` mirrors
+``predict``::
+
+    ev = Evaluator.load("runs/densenet121/best.pt", device="auto")
+    report = ev.evaluate("data/trashnet", split="test", target_contamination=0.01)
+    report.metrics["accuracy"], report.decision["coverage"], report.out / "report.md"
+    print(report.summary())          # the lines `wastenet eval` prints
+
+    wastenet eval --checkpoint runs/densenet121/best.pt --data data/trashnet --target-contamination 0.01
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wastenet.decision import Threshold, check_threshold
+from wastenet.errors import ConfigError
+
+__all__ = ["EvalReport", "Evaluator", "SPLITS"]
+
+SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass
+class EvalReport:
+    """What one evaluation found (``result`` is metrics.json's content) and where its report is."""
+
+    split: str
+    out: Path
+    threshold: Threshold
+    result: dict[str, Any]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.result["metrics"]
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        return self.result["calibration"]
+
+    @property
+    def decision(self) -> dict[str, Any]:
+        return self.result["decision"]
+
+    @property
+    def suggestion(self) -> dict[str, Any] | None:
+        return self.result.get("suggested_threshold")
+
+    def summary(self) -> str:
+        """The lines ``wastenet eval`` prints."""
+        m, c, dec, s = self.metrics, self.calibration, self.decision, self.suggestion
+        lines = [f"{self.split}: {m['n']} images  accuracy {m['accuracy']:.4f}  macro F1 {m['f1_macro']:.4f}  "
+                 f"weighted F1 {m['f1_weighted']:.4f}",
+                 f"calibration: T={c['temperature']:.3f}  ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}",
+                 f"threshold {self.threshold}: coverage {dec['coverage']:.4f}  accepted bin accuracy "
+                 f"{dec['accepted_bin_accuracy']}"]
+        if s:
+            lines.append(f"suggested threshold for contamination <= {s['target']}: {s['threshold']:.4f} "
+                         f"(val coverage {s['coverage']:.4f}, achievable {s['achievable']})")
+        lines.append(f"report: {self.out / 'report.md'}")
+        return "\n".join(lines)
+
+
+class Evaluator:
+    """A checkpoint to evaluate (``.pt``: eval needs the PyTorch model for Grad-CAM and the gallery)."""
+
+    def __init__(self, ckpt: dict[str, Any], path: Path, device: str = "auto") -> None:
+        from wastenet.inference.runtime import resolve_device
+
+        self.ckpt = ckpt
+        self.path = Path(path)
+        self.device = resolve_device(device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "Evaluator":
+        """Read a checkpoint (ConfigError if missing or not a wastenet checkpoint)."""
+        from wastenet import checkpoint
+
+        return cls(checkpoint.load(path), Path(path), device)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.ckpt["classes"])
+
+    def evaluate(self, data: str | Path, *, split: str = "test", split_file: str | Path | None = None,
+                 threshold: Threshold | None = None, taxonomy: Any = None,
+                 target_contamination: float | None = None, recalibrate: bool = False, tta: bool = False,
+                 out: str | Path | None = None, log: Callable[[str], None] | None = None) -> EvalReport:
+        """Evaluate on ``split`` of ``data`` and write the report into ``out``.
+
+        ``split_file`` defaults to the run's ``split.csv`` beside the checkpoint; without one every
+        image is evaluated (split ``all``). ``threshold``/``taxonomy`` override the checkpoint's;
+        ``target_contamination`` suggests the lowest threshold whose worst-bin contamination on the
+        validation split meets it; ``recalibrate`` refits the temperature on the validation split
+        and stores it in the checkpoint; ``tta`` adds the mirror image as ``predict --tta`` does.
+        ``out`` defaults to ``CHECKPOINT_DIR/eval-SPLIT``; ``log`` receives progress lines.
+        """
+        from wastenet import checkpoint
+        from wastenet.data.datasets import build_cache
+        from wastenet.evaluation import calibration as cal
+        from wastenet.evaluation.runner import Subject, evaluate, suggest_for
+        from wastenet.models import model_from_checkpoint
+        from wastenet.preprocessing import Preprocessing
+        from wastenet.taxonomy import default_taxonomy_for, identity_taxonomy, load_taxonomy
+
+        say = log or (lambda _msg: None)
+        if split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+        if threshold is not None:
+            threshold = check_threshold(threshold, name="--threshold")
+        if target_contamination is not None and not 0 <= target_contamination < 1:
+            raise ConfigError("--target-contamination must be in [0, 1)")
+        if not Path(data).is_dir():
+            raise ConfigError(f"dataset folder not found: {data}")
+        ckpt, classes = self.ckpt, self.classes
+        spec = taxonomy or ckpt.get("taxonomy") or default_taxonomy_for(classes) or identity_taxonomy(classes)
+        tax = load_taxonomy(spec, classes)
+        if threshold is None:
+            threshold = ckpt["threshold"]
+        elif isinstance(threshold, dict):  # bins it does not name keep the checkpoint's threshold
+            threshold = {b: threshold.get(b, ckpt["threshold"]) for b in tax.bin_names}
+        rows, split = self._rows(data, split, split_file, say)
+        wanted = rows if split == "all" else [r for r in rows if r.split == split]
+        if not wanted:
+            raise ConfigError(f"no rows in split {split!r}")
+
+        prep = Preprocessing.from_dict(ckpt["preprocessing"])
+        subject = Subject(model_from_checkpoint(ckpt).to(self.device), prep, classes, tax,
+                          temperature=ckpt["temperature"], threshold=threshold, device=self.device, tta=tta)
+        cache = build_cache(data, wanted, classes, prep.resize_size, prep.interpolation)
+        for path, reason in cache.skipped:
+            say(f"skipped {path}: {reason}")
+        suggestion = None
+        if target_contamination is not None or recalibrate:
+            val_rows = [r for r in rows if r.split == "val"]
+            if not val_rows:
+                raise ConfigError("--target-contamination and --recalibrate need validation rows in the split file")
+            val = build_cache(data, val_rows, classes, prep.resize_size, prep.interpolation)
+            val_logits = subject.logits(val.images)
+            if recalibrate:
+                subject.temperature = ckpt["temperature"] = float(cal.fit_temperature(val_logits, val.labels))
+                checkpoint.save(ckpt, self.path)
+                say(f"temperature {ckpt['temperature']:.3f} fitted on {len(val.labels)} validation images, "
+                    f"saved in {self.path}")
+            if target_contamination is not None:
+                suggestion = suggest_for(subject, val_logits, val.labels, target_contamination)
+        out = Path(out) if out else self.path.parent / f"eval-{split}"
+        result = evaluate(subject, cache, out, title=f"{ckpt['arch']} on {split} ({Path(data).name})", split=split,
+                          suggestion=suggestion)
+        return EvalReport(split=split, out=out, threshold=threshold, result=result, skipped=list(cache.skipped))
+
+    def _rows(self, data: str | Path, split: str, split_file: str | Path | None,
+              say: Callable[[str], None]) -> tuple[list[Any], str]:
+        """The rows to draw splits from, and the split (``all`` when there is no split file)."""
+        from wastenet.data.datasets import Row, read_split_file, scan_folder
+
+        path = Path(split_file) if split_file else self.path.parent / "split.csv"
+        if path.is_file():
+            rows = read_split_file(path, data)
+        elif split == "all" or split_file is None:
+            rows = [Row(r.path, r.label, "test") for r in scan_folder(data)[0]]
+            if split != "all":
+                say(f"no split file: evaluating every image in {data}")
+            split = "all"
+        else:
+            raise ConfigError(f"split file not found: {path}")
+        unknown = sorted({r.label for r in rows} - set(self.classes))
+        if unknown:
+            raise ConfigError(f"the dataset has classes the model does not know: {unknown}")
+        return rows, split
