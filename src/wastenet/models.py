@@ -37,7 +37,6 @@ class BuiltModel:
     model_kwargs: dict[str, Any]
     preprocessing: Preprocessing
     groups: list[list[str]] = field(default_factory=list)  # parameter names, bottom -> top; last = head
-    weights: str | None = None
 
 
 def _is_torchvision(arch: str) -> bool:
@@ -245,7 +244,7 @@ def create_model(
             cfg[key] = tuple(sidecar[key])
     prep = Preprocessing.from_data_config(cfg, input_size=img_size)
     return BuiltModel(model=model, arch=arch, model_kwargs=kwargs, preprocessing=prep,
-                      groups=layer_groups(model), weights=weights)
+                      groups=layer_groups(model))
 
 
 # ---------------------------------------------------------------- layer groups

@@ -29,7 +29,7 @@ from wastenet.files import write_atomic
 
 HELP = "Classify images and decide which bin each goes in (manual_sort when unsure)."
 
-#: Column order of the CSV output (the DESIGN.md contract, then extras).
+#: Column order of the CSV output: the six documented columns first (README), then extras.
 CSV_COLUMNS = ("path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason")
 
 _PROGRESS_MIN_INPUTS = 16

@@ -2,7 +2,8 @@
 
 Built on ``pytorch-grad-cam``. Works on frozen backbones too (all ``requires_grad`` False,
 as after linear probing): the input tensor is made to require grad, so gradients still
-reach the target layer (see PITFALLS.md). The heat map is drawn over the model's own input
+reach the target layer (without it pytorch-grad-cam fails with ``'NoneType' object has no
+attribute 'shape'``). The heat map is drawn over the model's own input
 crop (resize + centre crop), so what you see is exactly what the network saw::
 
     overlay, heatmap, pred = explain("runs/x/best.pt", "bottle.jpg")

@@ -284,14 +284,6 @@ class Classifier:
                    threshold=meta.get("threshold", DEFAULT_THRESHOLD), arch=meta.get("arch", ""),
                    source=str(path))
 
-    @classmethod
-    def from_model(cls, model: Any, *, classes: Sequence[str], preprocessing: Preprocessing,
-                   taxonomy: Any = None, temperature: float = 1.0, threshold: float = DEFAULT_THRESHOLD,
-                   arch: str = "", device: str = "cpu") -> "Classifier":
-        """Wrap an in-memory PyTorch network (e.g. right after training)."""
-        return cls(TorchBackend(model, device), classes=classes, preprocessing=preprocessing,
-                   taxonomy=taxonomy, temperature=temperature, threshold=threshold, arch=arch)
-
     # ---------------------------------------------------------------- properties
     @property
     def backend_name(self) -> str:
@@ -304,13 +296,6 @@ class Classifier:
         if model is None:
             raise ConfigError(f"the {self.backend_name} backend has no PyTorch model: use a .pt checkpoint")
         return model
-
-    def info(self) -> dict[str, Any]:
-        """A JSON-able summary (the service's health endpoint shows it)."""
-        return {"model": self.arch, "backend": self.backend_name, "source": self.source,
-                "classes": list(self.classes), "taxonomy": self.taxonomy.to_dict(),
-                "temperature": self.temperature, "threshold": self.threshold,
-                "input_size": self.preprocessing.input_size}
 
     def __repr__(self) -> str:
         return (f"Classifier(arch={self.arch!r}, backend={self.backend_name!r}, "

@@ -259,11 +259,6 @@ class DecisionLog:
         return [_item(r) for r in self._read(
             f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE reviewed_label IS NOT NULL ORDER BY id")]
 
-    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The latest decisions of any kind, newest first."""
-        return [_item(r) for r in self._read(
-            f"SELECT {_ITEM_COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?", (int(limit),))]
-
     def count(self) -> int:
         """Number of decisions logged."""
         return int(self._read("SELECT COUNT(*) AS n FROM decisions")[0]["n"])
