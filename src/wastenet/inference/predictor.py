@@ -32,7 +32,8 @@ from wastenet.data.images import ImageDecodeError, composite_on_white, load_imag
 from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, check_threshold
 from wastenet.decision import decide as decide_bins
 from wastenet.errors import ConfigError
-from wastenet.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session, read_metadata
+from wastenet.evaluation.calibration import softmax
+from wastenet.inference.backends import OnnxBackend, TorchBackend
 from wastenet.inference.tta import tta_logits
 from wastenet.preprocessing import Preprocessing, preprocess_images
 from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
@@ -150,63 +151,6 @@ def decide(probs: Sequence[float] | np.ndarray, classes: Sequence[str], taxonomy
     d = decide_bins(bp, names, threshold)
     return Decision(str(d.bin[0]), float(d.confidence[0]), str(d.decision[0]),
                     {b: min(float(v), 1.0) for b, v in zip(names, bp[0])})
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` in float64 (calibrated probabilities)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-# --------------------------------------------------------------------------- backends
-class TorchBackend:
-    """A PyTorch network in eval mode: normalised float32 ``[N,3,S,S]`` -> logits ``[N,C]``."""
-
-    name = "torch"
-
-    def __init__(self, model: Any, device: str = "cpu", channels_last: bool = False) -> None:
-        import torch
-
-        from wastenet.inference.runtime import resolve_device
-
-        self._torch = torch
-        self.device = resolve_device(device)
-        self.channels_last = channels_last
-        self.model = model.to(self.device).eval()
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        if self.channels_last:
-            t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return self.model(t).float().cpu().numpy()
-
-
-class OnnxBackend:
-    """An onnxruntime session over a wastenet ONNX file (input ``input``, output ``logits``)."""
-
-    name = "onnx"
-
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", spin_wait: bool = True) -> None:
-        self.path = Path(path)
-        self.session = onnx_session(path, device=device, spin_wait=spin_wait)
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.input_name = INPUT_NAME if INPUT_NAME in inputs else inputs[0]
-        self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
-
-    def metadata(self) -> dict[str, Any]:
-        """The file's ``wastenet`` metadata (ConfigError if it has none)."""
-        return read_metadata(self.session, self.path)
-
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- classifier
