@@ -1,5 +1,9 @@
 """PNG plots (matplotlib, Agg canvas, no pyplot) and a plain-markdown ``report.md`` for a run.
 
+One module (~470 lines) on purpose: the figures and the markdown sections that show them are
+named side by side here, so a figure cannot drift into the wrong section (one did, when the
+runner spelled a figure's key differently).
+
 Inputs are the dicts produced by :mod:`wastenet.evaluation.metrics` and
 :mod:`wastenet.evaluation.calibration` and
 :mod:`wastenet.evaluation.decisions`, so the report reads the same for PyTorch and ONNX.

@@ -7,6 +7,10 @@ run with one peak learning rate per layer group. Every epoch writes ``last.pt`` 
 so ``--resume`` continues where an interrupted run stopped; ``best.pt`` holds the best
 validation weights. The test split is used once, at the end.
 
+Longer than most modules (~550 lines) on purpose: a run is one state machine (stage, epoch,
+best score, patience, resume position in ``RunState``) that reads top to bottom; the device,
+precision and logits helpers it uses live in :mod:`wastenet.inference.runtime`.
+
 Under ``torchrun --nproc_per_node=N`` the same code runs data-parallel (docs/distributed.md):
 every call into ``distributed`` below is a no-op in a single process.
 
