@@ -68,10 +68,11 @@
     opts = opts || {};
     const seq = ++requestSeq;
     const params = new URLSearchParams({
-      threshold: thresholdInput.value,
       source: opts.source || "upload",
       log: opts.log === false ? "false" : "true",
     });
+    // until /api/health has set the slider, the server's own default applies
+    if (health) params.set("threshold", thresholdInput.value);
     if (opts.explain) params.set("explain", "true");
     const form = new FormData();
     form.append("file", blob, name);
