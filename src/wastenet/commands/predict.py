@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wastenet.errors import ConfigError
     from wastenet.decision import check_threshold
+    from wastenet.errors import ConfigError
     from wastenet.inference.predictor import Classifier, Prediction
     from wastenet.taxonomy import load_taxonomy
 
