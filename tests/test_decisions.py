@@ -85,3 +85,18 @@ def test_eval_and_predict_apply_the_same_tta(tiny_checkpoint, image_folder):
     x = to_model_batch(torch.from_numpy(cache.images), prep).numpy()
     logits = predict_logits(model_from_checkpoint(ckpt), cache.images, prep, "cpu", None, tta=True).numpy()
     assert softmax(logits, 0.05) == pytest.approx(clf.probabilities(x, tta=True), abs=1e-5)
+
+
+def test_classifier_takes_per_bin_thresholds_and_keeps_its_own_for_the_rest(tiny_checkpoint, image_folder):
+    from wastenet.errors import ConfigError
+    from wastenet.inference.predictor import Classifier
+
+    clf = Classifier.load(tiny_checkpoint)
+    img = next((image_folder / "paper").rglob("*.jpg"))
+    split = {"bins": {"recyclable": ["glass", "metal"], "compostable": ["paper"], "landfill": []}}
+    p = clf.predict([img], taxonomy=split, threshold={"landfill": 0.0})[0]  # its bin keeps 0.9: ~1/3 fails
+    assert p.decision == "manual_sort" and p.reason == "low_confidence"
+    p = clf.predict([img], taxonomy=split, threshold={p.bin: 0.0})[0]
+    assert p.decision == p.bin and p.reason == ""
+    with pytest.raises(ConfigError, match="unknown bin"):
+        clf.predict([img], threshold={"hazardous": 0.5})

@@ -3,7 +3,8 @@
 ``Classifier`` hides the runtime (PyTorch or onnxruntime, imported only when a file of that
 kind is loaded, so the torch-free edge install can run ONNX files) and turns images into
 ``Prediction`` rows: class, calibrated confidence, bin, and the decision (the bin, or
-``manual_sort`` when the bin's total probability is below the threshold)::
+``manual_sort`` when the bin's total probability is below the threshold, with the ``reason``),
+decided by :func:`wastenet.decision.decide`::
 
     clf = Classifier.load("runs/densenet121/best.pt")        # or "model.onnx"
     preds = clf.predict(["bottle.jpg", "photos/can.png"], threshold=0.85)
@@ -29,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from wastenet.data.images import ImageDecodeError, composite_on_white, load_image
-from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, check_threshold
+from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, Threshold, check_threshold
 from wastenet.decision import decide as decide_bins
 from wastenet.errors import ConfigError
 from wastenet.evaluation.calibration import softmax
@@ -267,12 +268,13 @@ class Classifier:
         """``predict([image])[0]``."""
         return self.predict([image], **kwargs)[0]
 
-    def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: float | None = None,
+    def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: Threshold | None = None,
                 taxonomy: Any = None, batch_size: int = 32, topk: int = 3, progress: bool = False,
                 tta: bool = False, decode_workers: int = 2) -> list[Prediction]:
         """Classify ``images`` and decide a bin for each; results in input order.
 
-        ``threshold`` defaults to the model file's; ``taxonomy`` overrides the model's (a
+        ``threshold`` defaults to the model file's; a ``{bin: threshold}`` mapping sets some bins'
+        thresholds (the others keep the model's); ``taxonomy`` overrides the model's (a
         built-in name, YAML path, dict or Taxonomy; checked against the classes, ConfigError).
         ``decode_workers`` threads decode the next batches while the model runs (0: decode in
         this thread between forward passes; 2 is fastest even on 2 cores, see BENCHMARKS.md).
