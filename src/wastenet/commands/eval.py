@@ -14,10 +14,12 @@ HELP = "Evaluate a checkpoint: accuracy, P/R/F1, confusion matrix, calibration, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from wastenet.evaluation.evaluator import SPLITS  # torch-free
+
     p.add_argument("--checkpoint", required=True, help="a wastenet .pt checkpoint")
     p.add_argument("--data", required=True, help="class-folder dataset")
     p.add_argument("--split-file", help="CSV path,label,split (default: the run's split.csv beside the checkpoint)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     p.add_argument("--taxonomy", help="override the checkpoint's taxonomy")
     p.add_argument("--target-contamination", type=float,
