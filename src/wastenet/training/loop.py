@@ -193,6 +193,7 @@ class RunState:
     stale: int = 0
     stage_best_loss: float = math.inf
     history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0           # global epoch whose weights best.pt holds
 
 
 class Trainer:
@@ -214,6 +215,7 @@ class Trainer:
         self.plan = plan_for(cfg, n_backbone_groups=len(self.groups) - 1)
         self.state = RunState()
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._best_unsaved = False  # best_state is newer than best.pt
         self.val_labels = torch.from_numpy(data.val.labels)
         self.tty = sys.stderr.isatty() and distributed.is_main()
 
@@ -226,13 +228,18 @@ class Trainer:
         return ck
 
     def save_last(self, optimizer=None, scheduler=None) -> None:
+        """Write ``last.pt``; new best weights go to ``best.pt`` first, so whatever best score
+        ``last.pt`` records, ``best.pt`` holds its weights (a kill between the two writes
+        leaves a best.pt newer than last.pt, which :meth:`restore` accepts)."""
         if not distributed.is_main():  # only rank 0 writes files
             return
+        if self._best_unsaved:
+            self.save_best()
         s = self.state
         checkpoint.save(self._ckpt(
             stage_index=s.stage_index, stage_epoch=s.stage_epoch, stage_done=s.stage_done,
             global_epoch=s.global_epoch, best_score=list(s.best_score), stale=s.stale,
-            stage_best_loss=s.stage_best_loss, history=s.history,
+            stage_best_loss=s.stage_best_loss, history=s.history, best_epoch=s.best_epoch,
             optimizer=optimizer.state_dict() if optimizer else None,
             scheduler=scheduler.state_dict() if scheduler else None,
         ), self.out / "last.pt")
@@ -241,7 +248,8 @@ class Trainer:
         if not distributed.is_main():
             return
         checkpoint.save(self._ckpt(self.best_state, best_score=list(self.state.best_score),
-                                   epoch=self.state.global_epoch), self.out / "best.pt")
+                                   epoch=self.state.best_epoch), self.out / "best.pt")
+        self._best_unsaved = False
 
     def restore(self, last: dict[str, Any]) -> tuple[dict | None, dict | None]:
         self.model.load_state_dict(last["state_dict"])
@@ -249,9 +257,20 @@ class Trainer:
         s.stage_index, s.stage_epoch, s.stage_done = last["stage_index"], last["stage_epoch"], last["stage_done"]
         s.global_epoch, s.stale, s.stage_best_loss = last["global_epoch"], last["stale"], last["stage_best_loss"]
         s.best_score, s.history = tuple(last["best_score"]), list(last["history"])
+        s.best_epoch = int(last.get("best_epoch", 0))
         best_path = self.out / "best.pt"
-        if best_path.is_file():
-            self.best_state = checkpoint.load(best_path)["state_dict"]
+        best = checkpoint.load(best_path) if best_path.is_file() else None
+        on_disk = tuple(best["best_score"]) if best is not None and "best_score" in best else RunState().best_score
+        if best is not None:
+            self.best_state = best["state_dict"]
+        if on_disk > s.best_score:  # killed after writing best.pt, before last.pt: best.pt is newer
+            s.best_score, s.best_epoch = on_disk, int(best.get("epoch", s.best_epoch))
+        elif on_disk < s.best_score:
+            # a run written before best.pt was saved with last.pt: those weights are gone;
+            # carry on with what best.pt holds (nothing: the next epoch becomes the best)
+            log(f"warning: {best_path} does not hold the best epoch last.pt records; "
+                "continuing from the best weights on disk")
+            s.best_score = on_disk
         return last.get("optimizer"), last.get("scheduler")
 
     # -------------------------------------------------- bookkeeping per epoch
@@ -278,8 +297,9 @@ class Trainer:
         score = (val_acc, -val_loss)
         improved_best = score > s.best_score
         if improved_best:
-            s.best_score = score
+            s.best_score, s.best_epoch = score, s.global_epoch
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self._best_unsaved = True  # written before the next last.pt
         if val_loss < s.stage_best_loss - 1e-4 or improved_best:
             s.stage_best_loss = min(s.stage_best_loss, val_loss)
             s.stale = 0
@@ -451,7 +471,9 @@ class Trainer:
     # -------------------------------------------------- all stages
     def fit(self, last: dict[str, Any] | None = None) -> None:
         opt_state = sched_state = None
-        if last is not None:
+        if last is None:
+            self.save_last()  # a run killed in its first stage can be resumed too
+        else:
             opt_state, sched_state = self.restore(last)
             log(f"resuming at stage {self.state.stage_index} ({self.plan[self.state.stage_index].name}), "
                 f"epoch {self.state.stage_epoch} of that stage")
