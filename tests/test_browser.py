@@ -28,6 +28,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 # a fake camera that auto-grants permission: the live-camera loop can run headless
 FAKE_CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 BINS = ("recyclable", "compostable", "landfill", "manual_sort")
+REVIEW_TOKEN = "browser-test-token"
 
 
 def _screenshot_dir() -> Path:
@@ -90,7 +91,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def server(unsure_checkpoint, tmp_path_factory):
     """The page's server: 1 MB upload limit, decisions in a temporary log."""
     db = tmp_path_factory.mktemp("serve") / "decisions.sqlite"
-    proc, url = _start_server(unsure_checkpoint, db, "--max-upload-mb", "1")
+    proc, url = _start_server(unsure_checkpoint, db, "--max-upload-mb", "1", "--review-token", REVIEW_TOKEN)
     try:
         yield url
     finally:
@@ -262,7 +263,7 @@ def test_review_page(browser, server, photo):
     item = r.json()
     assert item["decision"] == "manual_sort"
     page = browser.new_page()
-    page.goto(server + "/review")
+    page.goto(server + "/review#token=" + REVIEW_TOKEN)  # the address `wastenet serve` prints
     card = f"#item-{item['id']}"
     page.wait_for_selector(card, timeout=15_000)
     # the photo is served by the decision log; wait for it to load rather than racing it

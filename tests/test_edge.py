@@ -78,7 +78,7 @@ def test_serve_app_loads_onnx_without_torch(tmp_path, tiny_checkpoint):
         "from fastapi.testclient import TestClient\n"
         "from wastenet.serve.app import create_app\n"
         f"app = create_app({str(onnx_path)!r}, log_path={str(tmp_path / 'log.sqlite')!r})\n"
-        "with TestClient(app) as c:\n"
+        "with TestClient(app, base_url='http://127.0.0.1') as c:\n"
         "    r = c.get('/api/health')\n"
         "    print(json.dumps(r.json()))\n"
         "assert 'torch' not in sys.modules\n"

@@ -225,3 +225,68 @@ def test_service_modules_import_without_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- hostile logs and ids
+
+
+def _poison(log: DecisionLog, decision_id: int, label: str) -> None:
+    """Write a label the way a hand-edited or old log could hold it, bypassing the checks."""
+    conn = sqlite3.connect(log.path)
+    conn.execute("UPDATE decisions SET reviewed_label = ? WHERE id = ?", (label, decision_id))
+    conn.commit()
+    conn.close()
+
+
+def test_export_validates_labels_read_from_the_log_and_skips_only_bad_rows(log, tmp_path, capsys):
+    ids = [log.record(pred(), photo(seed=k), f"{k}.jpg", 0.9, "m", "api") for k in range(5)]
+    log.review(ids[0], "paper")
+    escape = tmp_path / "escaped"
+    _poison(log, ids[1], "../../escaped")
+    _poison(log, ids[2], str(escape))          # an absolute path
+    _poison(log, ids[3], "x" * 300)            # too long for a folder name
+    log.review(ids[4], "glass")
+    out = tmp_path / "data" / "reviewed"
+    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
+        f"glass/{ids[4]}_4.jpg", f"paper/{ids[0]}_0.jpg"]
+    assert not escape.exists() and not (tmp_path / "escaped").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "log"]  # nothing written beside
+    for i in ids[1:4]:
+        assert f"skipped #{i}:" in err
+    assert "too long" in err and "exported 2 reviewed images" in err
+
+
+@pytest.mark.parametrize("label", ["../x", "/etc", "a\\b", ".hidden", "", "x" * 101, "a\x00b"])
+def test_labels_that_cannot_name_one_folder_are_refused_on_write(log, label):
+    i = log.record(pred(), photo(), "a.jpg", 0.9, "m", "api")
+    with pytest.raises(ValueError):
+        log.review(i, label)
+
+
+def test_review_cli_one_line_errors_for_huge_ids_and_a_file_as_export_target(log, tmp_path, capsys):
+    db = str(log.path)
+    for big in (str(2**63), "9" * 40, "0", "-3"):
+        assert main(["review", "--log-db", db, "--set", big, "paper"]) == 2
+        err = capsys.readouterr().err
+        assert "ID must be a whole number" in err and len(err.strip().splitlines()) == 1
+    assert main(["review", "--log-db", db, "--set", str(2**63 - 1), "paper"]) == 1  # valid, but no such row
+    assert "no decision with id" in capsys.readouterr().err
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    i = log.record(pred(), photo(), "a.jpg", 0.9, "m", "api")
+    log.review(i, "glass")
+    assert main(["review", "--log-db", db, "--export", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert log.get(2**63) is None and log.image(2**64) is None and log.history(2**63) == []
+
+
+def test_cli_relabels_are_recorded_with_who_and_the_old_label(log):
+    i = log.record(pred(), photo(), "a.jpg", 0.9, "m", "api")
+    assert main(["review", "--log-db", str(log.path), "--set", str(i), "paper"]) == 0
+    assert main(["review", "--log-db", str(log.path), "--set", str(i), "metal"]) == 0
+    history = log.history(i)
+    assert [(h["old_label"], h["new_label"]) for h in history] == [(None, "paper"), ("paper", "metal")]
+    assert all(h["who"].startswith("cli:") for h in history)

@@ -15,11 +15,20 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
-
 from conftest import make_image  # noqa: E402
 from wastenet.serve.app import create_app  # noqa: E402
 from wastenet.serve.body_limit import BodyLimitMiddleware  # noqa: E402
+
+
+def TestClient(app, **kwargs):  # noqa: N802 - the service refuses Host names it does not serve
+    """Starlette's client as a browser on this machine sees the server (Host 127.0.0.1)."""
+    from fastapi.testclient import TestClient as Client
+
+    return Client(app, **{"base_url": "http://127.0.0.1", **kwargs})
+
+
+def auth(client) -> dict[str, str]:
+    return {"Authorization": f"Bearer {client.app.state.review_token}"}
 
 STATIC = Path(__file__).resolve().parents[1] / "src" / "wastenet" / "serve" / "static"
 DESIGN_FIELDS = ("path", "label", "confidence", "bin", "decision", "error")
@@ -314,17 +323,18 @@ def test_manual_sort_is_stored_and_reviewable(unsure_client, tmp_path):
     assert c.get(f"/api/review/{confident['id']}/image").status_code == 404  # not kept
     assert c.get("/api/review/99999/image").json()["error"]
 
-    assert c.post(f"/api/review/{ids[0]}", json={"label": "banana"}).status_code == 400
-    assert c.post(f"/api/review/{ids[0]}", json={}).status_code == 400
+    h = auth(c)
+    assert c.post(f"/api/review/{ids[0]}", json={"label": "banana"}, headers=h).status_code == 400
+    assert c.post(f"/api/review/{ids[0]}", json={}, headers=h).status_code == 400
     assert c.post(f"/api/review/{ids[0]}", content=b"{not json",
-                  headers={"Content-Type": "application/json"}).status_code == 400
-    assert c.post("/api/review/99999", json={"label": "glass"}).status_code == 404
-    assert c.post("/api/review/abc", json={"label": "glass"}).status_code == 422
+                  headers={"Content-Type": "application/json", **h}).status_code == 400
+    assert c.post("/api/review/99999", json={"label": "glass"}, headers=h).status_code == 404
+    assert c.post("/api/review/abc", json={"label": "glass"}, headers=h).status_code == 422
 
-    r = c.post(f"/api/review/{ids[0]}", json={"label": "glass"})
+    r = c.post(f"/api/review/{ids[0]}", json={"label": "glass"}, headers=h)
     assert r.status_code == 200 and r.json()["reviewed_label"] == "glass"
-    c.post(f"/api/review/{ids[1]}", json={"label": "metal"})
-    c.post(f"/api/review/{ids[2]}", json={"label": "metal"})
+    c.post(f"/api/review/{ids[1]}", json={"label": "metal"}, headers=h)
+    c.post(f"/api/review/{ids[2]}", json={"label": "metal"}, headers=h)
     assert c.get("/api/review").json() == {**listing, "items": [], "pending": 0}
 
     out = tmp_path / "reviewed"
@@ -469,7 +479,7 @@ from fastapi.testclient import TestClient
 from wastenet.serve.app import create_app
 app = create_app({str(tiny_onnx)!r}, log_path={str(tmp_path / "d.sqlite")!r})
 buf = io.BytesIO(); Image.new("RGB", (50, 60), (20, 160, 60)).save(buf, "JPEG")
-with TestClient(app) as c:
+with TestClient(app, base_url="http://127.0.0.1") as c:
     assert c.get("/api/health").json()["backend"] == "onnx"
     r = c.post("/api/predict?explain=true", files={{"file": ("a.jpg", buf.getvalue(), "image/jpeg")}})
     assert r.status_code == 200, r.text
@@ -507,12 +517,89 @@ def test_worker_settings_cross_as_one_json_variable(tiny_checkpoint, tmp_path, m
     from wastenet.serve.settings import ENV_VAR, ServeSettings
 
     s = ServeSettings(checkpoint=str(tiny_checkpoint), log_path=str(tmp_path / "w.sqlite"), threshold=0.75,
-                      max_batch=3, max_upload_bytes=50_000)
+                      max_batch=3, max_upload_bytes=50_000, review_token="one-for-all", allowed_hosts=("bin-3.local",))
     assert ServeSettings.from_json(s.to_json()) == s
     monkeypatch.setenv(ENV_VAR, s.to_json())
     app = app_from_env()
     assert app.state.threshold == 0.75 and app.state.batcher.max_batch == 3
+    assert app.state.review_token == "one-for-all"  # every worker accepts the token serve printed
     assert str(app.state.decision_log.path) == str(tmp_path / "w.sqlite")
     monkeypatch.setenv(ENV_VAR, "{not json")
     with pytest.raises(ConfigError, match=ENV_VAR):
         app_from_env()
+
+
+# --------------------------------------------------------------------------- who may change data
+
+
+@pytest.fixture()
+def pending_id(unsure_client) -> int:
+    """One logged manual-sort decision (with its stored photo)."""
+    p = unsure_client.post("/api/predict", files=upload(jpeg_bytes("glass", 7), "p.jpg")).json()
+    assert p["decision"] == "manual_sort"
+    return p["id"]
+
+
+def test_relabel_needs_the_token_json_and_no_foreign_origin(unsure_client, pending_id):
+    c = unsure_client
+    url = f"/api/review/{pending_id}"
+    # a cross-site form or fetch: text/plain "JSON", no credential
+    forged = c.post(url, content=b'{"label": "metal"}', headers={"Content-Type": "text/plain"})
+    assert forged.status_code == 401 and "token" in forged.json()["error"]
+    assert c.post(url, json={"label": "metal"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.post(url, json={"label": "metal"}, headers={"Authorization": "Basic x"}).status_code == 401
+    plain = c.post(url, content=b'{"label": "metal"}', headers={"Content-Type": "text/plain", **auth(c)})
+    assert plain.status_code == 415
+    foreign = c.post(url, json={"label": "metal"}, headers={"Origin": "https://evil.example", **auth(c)})
+    assert foreign.status_code == 403
+    assert c.app.state.decision_log.get(pending_id)["reviewed_label"] is None  # nothing changed
+    ok = c.post(url, json={"label": "metal"}, headers={"Origin": "http://127.0.0.1:8000", **auth(c)})
+    assert ok.status_code == 200 and ok.json()["reviewed_label"] == "metal"
+
+
+def test_a_given_review_token_is_the_one_required(unsure_classifier, tmp_path):
+    app = create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", review_token="s3cret")
+    with TestClient(app) as c:
+        pid = c.post("/api/predict", files=upload(jpeg_bytes())).json()["id"]
+        assert c.post(f"/api/review/{pid}", json={"label": "glass"},
+                      headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    with pytest.raises(Exception, match="empty"):
+        create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", review_token="  ")
+
+
+def test_a_host_header_that_does_not_name_the_server_is_refused(unsure_classifier, tmp_path):
+    app = create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", host="0.0.0.0", allowed_hosts=["bin-3.local"])
+    with TestClient(app) as c:
+        pid = c.post("/api/predict", files=upload(jpeg_bytes())).json()["id"]
+        image = f"/api/review/{pid}/image"
+        # DNS rebinding: the attacker's name, re-pointed at this machine, reads stored photos
+        rebound = c.get(image, headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 403 and "--allowed-host" in rebound.json()["error"]
+        assert c.post("/api/predict", files=upload(jpeg_bytes()), headers={"Host": "evil.example"}).status_code == 403
+        for host in ("localhost:8000", "192.168.1.20:8000", "[::1]:8000", "bin-3.local", "BIN-3.LOCAL:80"):
+            assert c.get(image, headers={"Host": host}).status_code == 200, host
+
+
+def test_stored_images_are_never_sniffed_as_pages(unsure_client, pending_id):
+    r = unsure_client.get(f"/api/review/{pending_id}/image")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in r.headers["content-security-policy"]
+
+
+def test_relabelling_keeps_a_history_instead_of_overwriting(unsure_client, pending_id):
+    c = unsure_client
+    for label in ("metal", "paper"):
+        r = c.post(f"/api/review/{pending_id}", json={"label": label}, headers=auth(c))
+        assert r.status_code == 200
+    history = r.json()["history"]
+    assert [(h["old_label"], h["new_label"]) for h in history] == [(None, "metal"), ("metal", "paper")]
+    assert all(h["who"].startswith("web:") and h["at"] for h in history)
+    assert c.app.state.decision_log.get(pending_id)["reviewed_label"] == "paper"
+
+
+@pytest.mark.parametrize("big", [2**63, 2**63 - 1, 10**30])
+def test_ids_beyond_sqlite_range_are_404_not_500(unsure_client, big):
+    c = unsure_client
+    assert c.get(f"/api/review/{big}/image").status_code == 404
+    r = c.post(f"/api/review/{big}", json={"label": "glass"}, headers=auth(c))
+    assert r.status_code == 404 and r.json()["error"]

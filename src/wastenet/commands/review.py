@@ -37,16 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wastenet.errors import ConfigError, WastenetError
-    from wastenet.serve.decision_log import DecisionLog
+    from wastenet.serve.decision_log import MAX_ID, DecisionLog, valid_id
 
     if args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     set_id = None
     if args.set is not None:
-        try:
-            set_id = int(args.set[0])
-        except ValueError:
-            raise ConfigError(f"--set: ID must be a whole number, got {args.set[0]!r}") from None
+        set_id = valid_id(args.set[0])
+        if set_id is None:
+            raise ConfigError(f"--set: ID must be a whole number from 1 to {MAX_ID}, got {args.set[0]!r}")
 
     with DecisionLog(args.log_db, create=False) as log:
         if set_id is not None:
@@ -56,14 +55,17 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--set: unknown class {label!r} (classes: {', '.join(classes)}; "
                                   "--force accepts it anyway)")
             try:
-                item = log.review(set_id, label)
+                item = log.review(set_id, label, who=f"cli:{_user()}")
             except ValueError as exc:
                 raise ConfigError(f"--set: {exc}") from None
             except KeyError:
                 raise WastenetError(f"no decision with id {set_id} in {args.log_db}") from None
             print(f"#{item['id']}: {item['label'] or '?'} -> {item['reviewed_label']}")
         if args.export:
-            counts = log.export_dataset(args.export)
+            def skipped(decision_id: int, reason: str) -> None:
+                print(f"skipped #{decision_id}: {reason}", file=sys.stderr)
+
+            counts = log.export_dataset(args.export, on_skip=skipped)
             total = sum(counts.values())
             for cls, n in counts.items():
                 print(f"{cls}\t{n}")
@@ -90,6 +92,15 @@ def _print_pending(log: object, limit: int) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     if total > len(items):
         print(f"({total - len(items)} more; --limit shows more)", file=sys.stderr)
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (containers): still record the review
+        return "unknown"
 
 
 def _pct(x: float | None) -> str:

@@ -5,6 +5,12 @@ Usage::
     wastenet serve --checkpoint runs/x/best.pt                 # http://127.0.0.1:8000/
     wastenet serve --checkpoint model.onnx --host 0.0.0.0 --port 8080 --threshold 0.85
     wastenet serve --checkpoint model.onnx --workers 2          # one process per core
+    WASTENET_REVIEW_TOKEN=s3cret wastenet serve --checkpoint model.onnx --host 0.0.0.0 \
+        --allowed-host bin-3.local                              # a LAN name for the page
+
+Predicting is open; relabelling (``/review``, ``POST /api/review/ID``) needs the review token
+(``Authorization: Bearer TOKEN``): ``--review-token``, env ``WASTENET_REVIEW_TOKEN``, or a
+random one printed at start together with the review page's address.
 
 Decisions go to ``decisions.sqlite`` beside the model file (or ``--log-db``); manual-sort
 photos wait there for ``/review`` or ``wastenet review``. Nothing here imports torch at
@@ -27,7 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="FILE.pt|FILE.onnx",
                         help="model file: a training checkpoint (.pt) or an exported model (.onnx)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (0.0.0.0 for every interface; the API has no login)")
+                        help="address to listen on (0.0.0.0 for every interface; predicting needs no login, "
+                             "relabelling needs the review token)")
+    parser.add_argument("--review-token", default=None, metavar="TOKEN",
+                        help="credential for relabelling (Authorization: Bearer TOKEN); default: env "
+                             "WASTENET_REVIEW_TOKEN, else a random token printed at start")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a host name clients use to reach the server (e.g. bin-3.local); IP addresses, "
+                             "localhost and --host are always accepted, other Host headers get 403")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument("--log-db", default=None, metavar="PATH",
                         help="SQLite decision log (None = decisions.sqlite beside the model file, "
@@ -87,12 +100,22 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or (max(1, cores // args.workers) if args.workers > 1 else None)
     log_db = str(Path(args.log_db).expanduser()) if args.log_db else None
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
+    token = args.review_token or os.environ.get("WASTENET_REVIEW_TOKEN") or None
+    if token is not None and not token.strip():
+        raise ConfigError("--review-token must not be empty")
+    if token is None:
+        from wastenet.serve.guard import new_review_token
+
+        token = new_review_token()
+        # the fragment never reaches the server or its logs; the page keeps it for the session
+        print(f"wastenet serve: review token {token}  (review page: {url}review#token={token})", file=sys.stderr)
 
     from wastenet.serve.settings import ENV_VAR, ServeSettings
 
     settings = ServeSettings(checkpoint=str(ckpt.resolve()), log_path=log_db, max_upload_bytes=max_bytes,
                              threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
-                             channels_last=args.channels_last, onnx_spin=args.onnx_spin)
+                             channels_last=args.channels_last, onnx_spin=args.onnx_spin,
+                             review_token=token, host=args.host, allowed_hosts=tuple(args.allowed_host))
     if args.workers == 1:
         from wastenet.serve.app import create_app
 

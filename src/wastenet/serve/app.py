@@ -15,11 +15,13 @@ Endpoints
                                       not log, for live camera frames)
     GET  /api/review                  manual-sort items waiting for a person, newest first
     GET  /api/review/{id}/image       the stored photo
-    POST /api/review/{id}             JSON ``{"label": "<class>"}``
+    POST /api/review/{id}             JSON ``{"label": "<class>"}``; needs the review token
+                                      (``Authorization: Bearer TOKEN``), see ``serve/guard.py``
     GET  /  and  /review              the pages (no external URLs); /static/... their assets
     GET  /docs                        OpenAPI (FastAPI's default, loads swagger-ui from a CDN)
 
-Every client mistake is a 4xx with ``{"error": "..."}``; a 500 is a bug.
+Every client mistake is a 4xx with ``{"error": "..."}``; a 500 is a bug. A ``Host`` header
+that does not name this server gets 403 (DNS rebinding), see :mod:`wastenet.serve.guard`.
 
 Concurrency: requests decode and resize their image in the thread pool (Pillow releases
 the GIL), then hand it to one model thread (:mod:`wastenet.serve.batcher`). Requests that arrive while the model is busy
@@ -41,7 +43,7 @@ import sqlite3
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -60,6 +62,7 @@ from wastenet.serve.body_limit import MULTIPART_MARGIN, BodyLimitMiddleware
 from wastenet.serve.body_limit import json_error as _error
 from wastenet.serve.decision_log import DecisionLog, default_log_path, image_media_type
 from wastenet.serve.settings import DEFAULT_MAX_UPLOAD_BYTES, ServeSettings
+from wastenet.serve.guard import HostCheckMiddleware, HostGuard, new_review_token, review_refusal
 
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES"]
 
@@ -138,6 +141,9 @@ def create_app(
     torch_threads: int | None = None,
     channels_last: bool = False,
     onnx_spin: bool = False,
+    review_token: str | None = None,
+    host: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
     """Build the service around one classifier (a checkpoint/ONNX path or a ``Classifier``).
 
@@ -148,6 +154,10 @@ def create_app(
     PyTorch backend (default: leave PyTorch's choice, one thread per core);
     ``channels_last`` runs a ``.pt`` model in NHWC memory layout (often faster on CPU);
     ``onnx_spin`` lets an ``.onnx`` model's idle onnxruntime threads spin (see ServeSettings).
+    ``review_token`` is the credential relabelling needs (None: a random one, in
+    ``app.state.review_token``); ``host`` (the address the server binds) and ``allowed_hosts``
+    (LAN names such as ``bin-3.local``) are the ``Host`` names accepted besides IP addresses
+    and ``localhost``.
 
     >>> from fastapi.testclient import TestClient        # doctest: +SKIP
     >>> client = TestClient(create_app("best.pt", log_path="d.sqlite"))
@@ -215,6 +225,11 @@ def create_app(
     app.state.threshold = default_threshold
     app.state.backend = backend
     app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + MULTIPART_MARGIN)
+    guard = HostGuard(host, allowed_hosts)
+    app.add_middleware(HostCheckMiddleware, guard=guard)  # added last: runs first, before any body is read
+    if review_token is not None and not review_token.strip():
+        raise ConfigError("the review token must not be empty")
+    app.state.review_token = review_token.strip() if review_token else new_review_token()
 
     # ------------------------------------------------------------ error handlers
     @app.exception_handler(_ApiError)
@@ -345,12 +360,17 @@ def create_app(
         data = decision_log.image(decision_id)
         if data is None:
             raise _ApiError(404, f"no stored image for decision {decision_id}")
+        # nosniff + a sandboxing CSP: stored bytes are shown as an image, never run as a page
         return Response(data, media_type=image_media_type(data),
-                        headers={"Cache-Control": "private, max-age=3600"})
+                        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
+                                 "Content-Security-Policy": "default-src 'none'; sandbox"})
 
     @app.post("/api/review/{decision_id}")
     async def review_set(decision_id: int, request: Request) -> dict[str, Any]:
-        """Record a person's label: JSON ``{"label": "<class>"}``."""
+        """Record a person's label: JSON ``{"label": "<class>"}`` with the review token."""
+        refused = review_refusal(request.headers, app.state.review_token, guard)
+        if refused is not None:
+            raise _ApiError(*refused)
         try:
             body = await request.json()
         except Exception:  # noqa: BLE001 - any unparsable body is the client's mistake
@@ -359,11 +379,12 @@ def create_app(
         if not isinstance(label, str) or label not in classes:
             raise _ApiError(400, f"label must be one of: {', '.join(classes)}")
         try:
-            item = await run_in_threadpool(decision_log.review, decision_id, label)
+            who = f"web:{request.client.host if request.client else 'unknown'}"
+            item = await run_in_threadpool(decision_log.review, decision_id, label, who)
         except KeyError:
             raise _ApiError(404, f"no decision with id {decision_id}") from None
         return {"id": item["id"], "label": item["label"], "reviewed_label": item["reviewed_label"],
-                "reviewed_at": item["reviewed_at"]}
+                "reviewed_at": item["reviewed_at"], "history": decision_log.history(item["id"])}
 
     # ------------------------------------------------------------------ pages
     def _page(name: str) -> Callable[[], FileResponse]:

@@ -20,18 +20,19 @@ Torch-free (stdlib ``sqlite3`` plus Pillow for the rare re-encode on export).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from wastenet.errors import ConfigError, WastenetError
 from wastenet.files import write_atomic
 
-__all__ = ["DecisionLog", "default_log_path", "image_media_type", "LOG_FILENAME"]
+__all__ = ["DecisionLog", "check_label", "default_log_path", "image_media_type", "valid_id", "LOG_FILENAME", "MAX_ID"]
 
 LOG_FILENAME = "decisions.sqlite"
 
@@ -54,6 +55,16 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_review ON decisions (decision, reviewed_label, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- every relabel, oldest first: decisions.reviewed_label is only the latest one
+CREATE TABLE IF NOT EXISTS review_history (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    decision_id INTEGER NOT NULL,
+    at          TEXT    NOT NULL,             -- ISO 8601, UTC
+    who         TEXT,                         -- web:<client address> | cli:<user>
+    old_label   TEXT,                         -- NULL for the first review
+    new_label   TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS review_history_decision ON review_history (decision_id, id);
 """
 
 # Columns returned by the listing queries (never the image blob: it can be megabytes).
@@ -85,6 +96,23 @@ def image_media_type(data: bytes) -> str:
     return f"image/{kind.lower()}" if kind else "application/octet-stream"
 
 
+#: Largest id SQLite can store (signed 64 bit); a larger one cannot name a row.
+MAX_ID = 2**63 - 1
+
+
+def valid_id(decision_id: Any) -> int | None:
+    """``decision_id`` as an int when it can name a row (1 .. 2**63 - 1), else None.
+
+    >>> valid_id("17"), valid_id(2**63), valid_id(0)
+    (17, None, None)
+    """
+    try:
+        n = int(decision_id)
+    except (TypeError, ValueError):
+        return None
+    return n if 1 <= n <= MAX_ID else None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -94,6 +122,28 @@ def _field(prediction: Any, name: str) -> Any:
     if isinstance(prediction, Mapping):
         return prediction.get(name)
     return getattr(prediction, name, None)
+
+
+#: Longest reviewed label (it names a folder on export; file systems allow 255 bytes).
+MAX_LABEL_LENGTH = 100
+
+
+def check_label(label: Any) -> str:
+    """A reviewed label that can safely name one folder, stripped; ``ValueError`` otherwise.
+
+    Applied when a label is written and again when one is read back for export: a log file
+    edited by hand, or written by an older version, must not steer files out of the folder.
+
+    >>> check_label(" plastic ")
+    'plastic'
+    """
+    text = str(label).strip()
+    if (not text or text in (".", "..") or text.startswith(".") or any(c in text for c in "/\\:")
+            or any(ord(c) < 32 or ord(c) == 127 for c in text)):
+        raise ValueError(f"invalid label {text[:40]!r}: it must be usable as a folder name")
+    if len(text) > MAX_LABEL_LENGTH:
+        raise ValueError(f"label too long ({len(text)} characters, at most {MAX_LABEL_LENGTH})")
+    return text
 
 
 def _safe_stem(name: str | None) -> str:
@@ -217,25 +267,50 @@ class DecisionLog:
         )
         return int(cur.lastrowid)
 
-    def review(self, decision_id: int, label: str) -> dict[str, Any]:
+    def review(self, decision_id: int, label: str, who: str | None = None) -> dict[str, Any]:
         """Set a person's label on a decision; ``KeyError`` if there is no such id.
 
-        Labels are not checked here (the log does not own the class list): the service
-        and ``wastenet review`` check them against the model's classes first.
+        The previous label is kept: each call adds a ``review_history`` row (who, when, old,
+        new) in the same transaction, see :meth:`history`. Labels are checked for shape here
+        (:func:`check_label`) but not against the classes (the log does not own the class list):
+        the service and ``wastenet review`` do that first.
         """
-        label = str(label).strip()
-        if not label or "/" in label or "\\" in label or label in (".", ".."):
-            raise ValueError(f"invalid label {label!r}")
-        cur = self._write("UPDATE decisions SET reviewed_label = ?, reviewed_at = ? WHERE id = ?",
-                          (label, _now(), int(decision_id)))
-        if cur.rowcount == 0:
+        label = check_label(label)
+        n = valid_id(decision_id)
+        if n is None:
             raise KeyError(decision_id)
-        return self.get(decision_id)  # type: ignore[return-value]
+        with self._lock:
+            if self._conn is None:
+                raise WastenetError("decision log is closed")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute("SELECT reviewed_label FROM decisions WHERE id = ?", (n,)).fetchone()
+                if row is None:
+                    raise KeyError(decision_id)
+                at = _now()
+                self._conn.execute("UPDATE decisions SET reviewed_label = ?, reviewed_at = ? WHERE id = ?",
+                                   (label, at, n))
+                self._conn.execute("INSERT INTO review_history (decision_id, at, who, old_label, new_label)"
+                                   " VALUES (?,?,?,?,?)", (n, at, who, row["reviewed_label"], label))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return self.get(n)  # type: ignore[return-value]
+
+    def history(self, decision_id: int) -> list[dict[str, Any]]:
+        """Every relabel of a decision, oldest first: ``{"at", "who", "old_label", "new_label"}``."""
+        n = valid_id(decision_id)
+        if n is None:
+            return []
+        return [dict(r) for r in self._read(
+            "SELECT at, who, old_label, new_label FROM review_history WHERE decision_id = ? ORDER BY id", (n,))]
 
     # ------------------------------------------------------------------- reads
     def get(self, decision_id: int) -> dict[str, Any] | None:
         """One decision (without the image bytes), or None."""
-        rows = self._read(f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE id = ?", (int(decision_id),))
+        n = valid_id(decision_id)
+        rows = self._read(f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE id = ?", (n,)) if n else []
         return _item(rows[0]) if rows else None
 
     def pending_reviews(self, limit: int | None = 50) -> list[dict[str, Any]]:
@@ -265,32 +340,56 @@ class DecisionLog:
 
     def image(self, decision_id: int) -> bytes | None:
         """The stored photo of a decision (manual_sort items only), or None."""
-        rows = self._read("SELECT image FROM decisions WHERE id = ?", (int(decision_id),))
+        n = valid_id(decision_id)
+        rows = self._read("SELECT image FROM decisions WHERE id = ?", (n,)) if n else []
         if not rows or rows[0]["image"] is None:
             return None
         return bytes(rows[0]["image"])
 
     # ------------------------------------------------------------------ export
-    def export_dataset(self, out_dir: str | os.PathLike) -> dict[str, int]:
+    def export_dataset(self, out_dir: str | os.PathLike,
+                       on_skip: Callable[[int, str], None] | None = None) -> dict[str, int]:
         """Write reviewed photos as ``OUT/<label>/<id>_<name>.jpg|png`` and count them per class.
 
         The result is a class-folder dataset that ``wastenet train --data OUT`` reads.
-        Exporting again overwrites the same files (names carry the decision id).
+        Exporting again overwrites the same files (names carry the decision id). A row whose
+        label cannot name a folder inside OUT (see :func:`check_label`) or whose file cannot
+        be written is skipped and reported to ``on_skip(id, reason)`` (default: a warning in
+        the ``wastenet.serve`` log); the other rows are still exported. ``ConfigError`` when
+        OUT is not a folder that can be created.
+
+        >>> log.export_dataset("data/reviewed", on_skip=lambda i, why: print(i, why))  # doctest: +SKIP
         """
         out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"export target {out} is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create export folder {out}: {err.strerror or err}") from None
+        if on_skip is None:
+            on_skip = lambda i, why: logging.getLogger("wastenet.serve").warning("export: skipped #%d: %s", i, why)  # noqa: E731
         counts: dict[str, int] = {}
         rows = self._read("SELECT id, reviewed_label, image_name FROM decisions "
                           "WHERE reviewed_label IS NOT NULL AND image IS NOT NULL ORDER BY id")
         for row in rows:
+            try:
+                label = check_label(row["reviewed_label"])  # validated on read as on write
+            except ValueError as exc:
+                on_skip(int(row["id"]), str(exc))
+                continue
             data = self.image(row["id"])
             if data is None:
                 continue
-            label = row["reviewed_label"]
             folder = out / label
-            folder.mkdir(parents=True, exist_ok=True)
-            data, ext = _as_jpeg_or_png(data)
-            target = folder / f"{row['id']}_{_safe_stem(row['image_name'])}{ext}"
-            write_atomic(target, data)  # never a half-written image in the dataset
+            try:
+                folder.mkdir(exist_ok=True)
+                data, ext = _as_jpeg_or_png(data)
+                target = folder / f"{row['id']}_{_safe_stem(row['image_name'])}{ext}"
+                write_atomic(target, data)  # never a half-written image in the dataset
+            except (OSError, WastenetError) as exc:
+                on_skip(int(row["id"]), f"cannot write {folder}: {getattr(exc, 'strerror', None) or exc}")
+                continue
             counts[label] = counts.get(label, 0) + 1
         return dict(sorted(counts.items()))
 

@@ -31,6 +31,7 @@ class ServeSettings:
     """Everything ``create_app`` takes besides the model; ``None`` means the documented default.
 
     ``threshold``: the model file's when None; ``torch_threads``: PyTorch's choice when None;
+    ``review_token``, ``host``, ``allowed_hosts``: see :mod:`wastenet.serve.guard`;
     ``onnx_spin``: let onnxruntime's idle threads spin (off: they sleep, which leaves the cores
     to request decoding: +17% requests/s under 8 clients on 2 cores, BENCHMARKS.md).
     """
@@ -43,6 +44,9 @@ class ServeSettings:
     torch_threads: int | None = None
     channels_last: bool = False
     onnx_spin: bool = False
+    review_token: str | None = None      # the same in every worker (a random one per worker would differ)
+    host: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
 
     def app_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`wastenet.serve.app.create_app` (all but the model)."""
@@ -57,6 +61,8 @@ class ServeSettings:
             data = json.loads(text)
             if not isinstance(data, Mapping):
                 raise ValueError("not a JSON object")
+            if "allowed_hosts" in data:  # JSON has lists, the frozen settings a tuple
+                data = {**data, "allowed_hosts": tuple(data["allowed_hosts"])}
             return cls(**data)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{ENV_VAR} does not hold serve settings: {exc}") from None

@@ -6,7 +6,32 @@
   const status = document.getElementById("review-status");
   const errorBox = document.getElementById("error");
   const pretty = (s) => (s || "").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  const tokenForm = document.getElementById("token-form");
+  const tokenInput = document.getElementById("token");
   let pending = 0;
+
+  // The review token: from the address printed by `wastenet serve` (#token=..., a fragment,
+  // so it never reaches a server log), else typed in; kept for this browser tab only.
+  const KEY = "wastenet-review-token";
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    sessionStorage.setItem(KEY, fromHash);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const token = () => sessionStorage.getItem(KEY) || "";
+  function askToken(message) {
+    tokenForm.hidden = false;
+    if (message) showError(message);
+    tokenInput.focus();
+  }
+  tokenForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(KEY, tokenInput.value.trim());
+    tokenInput.value = "";
+    tokenForm.hidden = true;
+    showError("");
+  });
+  if (!token()) askToken("");
 
   function showError(msg) { errorBox.textContent = msg; errorBox.hidden = !msg; }
   function setStatus() {
@@ -52,10 +77,15 @@
       try {
         const r = await fetch(`/api/review/${item.id}`, {
           method: "POST",
-          headers: { "Content-Type": "application/json" },
+          headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token() },
           body: JSON.stringify({ label: select.value }),
         });
         const body = await r.json().catch(() => ({}));
+        if (r.status === 401) {
+          askToken("Saving needs the review token that `wastenet serve` printed at start.");
+          save.disabled = false;
+          return;
+        }
         if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
         showError("");
         const next = li.nextElementSibling || li.previousElementSibling;
@@ -79,6 +109,7 @@
     .then((data) => {
       pending = data.pending;
       setStatus();
+      if (data.retention) status.textContent += " " + data.retention;
       data.items.forEach((it) => list.appendChild(card(it, data.classes)));
     })
     .catch((e) => { status.textContent = ""; showError("Cannot load the review list: " + e.message); });
