@@ -127,3 +127,75 @@ def test_alpha_with_the_wrong_count_fails_before_decoding(tmp_path, image_folder
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--alpha needs 1 or 3 values" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- split files that lie
+
+
+def _split_rows(image_folder: Path) -> list[list[str]]:
+    from wastenet.data.datasets import scan_folder, stratified_split
+
+    rows, _ = scan_folder(image_folder)
+    return [[r.path, r.label, r.split] for r in stratified_split(rows, seed=0)]
+
+
+def _edit_first(rows, split, label=None):
+    return next(i for i, r in enumerate(rows) if r[2] == split and (label is None or r[1] == label))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("duplicate", "is listed twice"),
+    ("two-splits", "is in two splits"),
+    ("two-labels", "has two labels"),
+    ("foreign-label", "is not a class folder"),
+    ("one-class", "one class only"),
+    ("dotdot", "outside the dataset folder"),
+    ("absolute", "outside the dataset folder"),
+    ("no-val", "has no val image"),
+    ("no-train", "has no train image"),
+])
+def test_a_bad_split_file_fails_in_one_line_with_status_2_before_training(tmp_path, image_folder, case, message, capsys):
+    rows = _split_rows(image_folder)
+    if case == "duplicate":
+        rows.append(list(rows[0]))
+    elif case == "two-splits":  # a test image also in train: test accuracy would lie
+        t = rows[_edit_first(rows, "test")]
+        rows.append([t[0], t[1], "train"])
+    elif case == "two-labels":
+        rows.append([rows[0][0], "paper" if rows[0][1] != "paper" else "glass", rows[0][2]])
+    elif case == "foreign-label":  # would silently turn the bin taxonomy into identity
+        rows[0][1] = "plastic"
+    elif case == "one-class":
+        rows = [r for r in rows if r[1] == "glass"]
+    elif case == "dotdot":
+        outside = tmp_path / "outside.jpg"
+        outside.write_bytes((image_folder / rows[0][0]).read_bytes())
+        rows.append([f"../{'../' * rows[0][0].count('/')}{outside.relative_to('/')}", "glass", "train"])
+    elif case == "absolute":
+        rows.append([str(image_folder / rows[0][0]), rows[0][1], "train"])
+    elif case == "no-val":
+        rows = [r if not (r[1] == "metal" and r[2] == "val") else [r[0], r[1], "test"] for r in rows]
+    elif case == "no-train":
+        rows = [r if not (r[1] == "metal" and r[2] == "train") else [r[0], r[1], "test"] for r in rows]
+    split = tmp_path / "split.csv"
+    split.write_text("path,label,split\n" + "".join(f"{p},{lab},{s}\n" for p, lab, s in rows))
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(image_folder), "--split-file", str(split), "--out", str(out), *TINY])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # refused before anything was decoded or written
+
+
+def test_a_class_with_two_images_gets_a_train_and_a_val_image(tmp_path):
+    from conftest import make_dataset
+    from wastenet.data.datasets import check_split_coverage, scan_folder, stratified_split
+
+    root = make_dataset(tmp_path / "small", per_class=2)
+    rows = stratified_split(scan_folder(root)[0], seed=0)  # round(0.5) == 0 put the second in test
+    check_split_coverage(rows)
+    one = make_dataset(tmp_path / "one", per_class=1)
+    from wastenet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no val image"):
+        check_split_coverage(stratified_split(scan_folder(one)[0], seed=0))

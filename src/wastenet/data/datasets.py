@@ -12,11 +12,12 @@ relative to ROOT::
 from __future__ import annotations
 
 import csv
+import posixpath
 import random
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Callable, Iterable
 
 import numpy as np
@@ -53,7 +54,13 @@ def scan_folder(root: str | Path) -> tuple[list[Row], list[str]]:
 
 
 def read_split_file(path: str | Path, root: str | Path | None = None) -> list[Row]:
-    """Read ``path,label,split`` rows; unknown split names or missing columns are config errors."""
+    """Read ``path,label,split`` rows; every mistake is one ``ConfigError`` line, before any pixel.
+
+    Refused: missing columns, unknown split names, no rows, and (with ``root``) a path that
+    escapes ``root`` (absolute or ``..``), a file listed twice, in two splits or with two
+    labels, a label that is not a class folder of ``root``, and a file list none of which exists.
+    See :func:`check_split_coverage` for the checks training adds.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"split file not found: {path}")
@@ -61,17 +68,64 @@ def read_split_file(path: str | Path, root: str | Path | None = None) -> list[Ro
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label", "split"} <= set(reader.fieldnames):
             raise ConfigError(f"split file {path} must have columns path,label,split")
-        rows = [Row(r["path"], r["label"], r["split"].strip()) for r in reader]
+        rows, lines = [], []
+        for r in reader:
+            rows.append(Row((r["path"] or "").strip(), (r["label"] or "").strip(), (r["split"] or "").strip()))
+            lines.append(reader.line_num)
     bad = [r for r in rows if r.split not in SPLITS]
     if bad:
         raise ConfigError(f"split file {path}: split must be one of {SPLITS}, got {bad[0].split!r} for {bad[0].path}")
     if not rows:
         raise ConfigError(f"split file {path} has no rows")
+    seen: dict[str, tuple[Row, int]] = {}
+    for row, line in zip(rows, lines):
+        where = f"split file {path}, line {line}"
+        if not row.path or not row.label:
+            raise ConfigError(f"{where}: empty path or label")
+        norm = posixpath.normpath(row.path.replace("\\", "/"))
+        if posixpath.isabs(norm) or norm == ".." or norm.startswith("../") or PureWindowsPath(row.path).drive:
+            raise ConfigError(f"{where}: {row.path!r} is outside the dataset folder (paths are relative to --data)")
+        if norm in seen:
+            first, first_line = seen[norm]
+            if first.label != row.label:
+                why = f"has two labels ({first.label!r} on line {first_line}, {row.label!r})"
+            elif first.split != row.split:
+                why = f"is in two splits ({first.split} on line {first_line}, {row.split}): that leaks it"
+            else:
+                why = f"is listed twice (line {first_line} too)"
+            raise ConfigError(f"{where}: {row.path} {why}")
+        seen[norm] = (row, line)
     if root is not None:
-        missing = [r.path for r in rows if not (Path(root) / r.path).is_file()]
+        root = Path(root)
+        folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        foreign = sorted({r.label for r in rows} - folders)
+        if foreign:
+            raise ConfigError(f"split file {path}: label {foreign[0]!r} is not a class folder of {root} "
+                              f"(classes: {', '.join(sorted(folders))})")
+        missing = [r.path for r in rows if not (root / r.path).is_file()]
         if len(missing) == len(rows):
             raise ConfigError(f"none of the files in {path} exist under {root} (e.g. {missing[0]})")
     return rows
+
+
+def check_split_coverage(rows: list[Row], source: str = "the split") -> None:
+    """What training needs of a split: two classes or more, each with a train and a val image.
+
+    >>> check_split_coverage([Row("a.jpg", "glass", "train"), Row("b.jpg", "glass", "val")])
+    Traceback (most recent call last):
+    wastenet.errors.ConfigError: the split has one class only ('glass'): a classifier needs two or more
+    """
+    classes = sorted({r.label for r in rows})
+    if len(classes) < 2:
+        raise ConfigError(f"{source} has one class only ({classes[0]!r}): a classifier needs two or more"
+                          if classes else f"{source} has no rows")
+    for split in ("train", "val"):
+        have = {r.label for r in rows if r.split == split}
+        lacking = [c for c in classes if c not in have]
+        if lacking:
+            n = sum(r.label == lacking[0] for r in rows)
+            raise ConfigError(f"{source}: class {lacking[0]!r} has no {split} image ({n} in all)"
+                              + (f"; {len(lacking) - 1} more classes lack one too" if len(lacking) > 1 else ""))
 
 
 def write_split_file(rows: Iterable[Row], path: str | Path) -> Path:
@@ -98,8 +152,9 @@ def stratified_split(rows: list[Row], seed: int = 0, fractions: tuple[float, flo
         items = by_class[label][:]
         rng.shuffle(items)
         n = len(items)
-        n_train = int(round(n * fractions[0]))
-        n_val = int(round(n * fractions[1]))
+        # at least one train and one val image per class when there are two (round(0.5) is 0)
+        n_train = max(1, int(round(n * fractions[0])))
+        n_val = min(n - n_train, max(1, int(round(n * fractions[1]))))
         for i, r in enumerate(items):
             split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             out.append(Row(r.path, r.label, split))

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from wastenet import checkpoint
 from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
-from wastenet.data.datasets import ImageCache, Row, build_cache, read_split_file, scan_folder, stratified_split, write_split_file
+from wastenet.data.datasets import ImageCache, Row, build_cache, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
 from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
 from wastenet.models import BuiltModel, count_parameters, create_model, extract_features, group_modules, merge_groups, resolve_weights_arg, safe_name
@@ -92,9 +92,8 @@ def prepare_rows(cfg: TrainConfig, root: Path, out: Path) -> tuple[list[Row], li
         scanned, _ = scan_folder(root)
         rows = stratified_split(scanned, seed=cfg.seed)
     classes = sorted({r.label for r in rows})
-    for split in ("train", "val"):
-        if not any(r.split == split for r in rows):
-            raise ConfigError(f"the split has no {split!r} rows")
+    # every class needs a train and a val image, and a one-class "classifier" says 1.000 always
+    check_split_coverage(rows, f"split file {cfg.split_file}" if cfg.split_file else "the split")
     return _limit(rows, cfg.limit_per_class), classes
 
 
