@@ -156,3 +156,53 @@ def test_cli_int8_calibrates_on_train_rows_only(tmp_path, tiny_checkpoint, image
 def test_generated_images_are_varied():
     imgs = ex.generated_images(4)
     assert len({im.size for im in imgs}) == 4 and all(im.mode == "RGB" for im in imgs)
+
+
+# --------------------------------------------------------------------------- model files that lie
+
+
+def _with_metadata(src: Path, dst: Path, **changes) -> Path:
+    import onnx
+
+    model = onnx.load(str(src))
+    meta = ex.read_metadata(src)
+    for key, value in changes.items():
+        if key == "input_size":
+            meta["preprocessing"] = {**meta["preprocessing"], "input_size": value}
+        else:
+            meta[key] = value
+    ex._set_metadata(model, meta)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"classes": 5}, "unreadable wastenet metadata"),
+    ({"classes": ["a", "b", "c", "d", "e"], "taxonomy": None}, "names 5 classes"),
+    ({"input_size": 40}, "40 px input"),
+])
+def test_an_onnx_file_whose_metadata_disagrees_with_its_graph_fails_on_load(
+        tmp_path, tiny_onnx, image_folder, changes, message, capsys):
+    bad = _with_metadata(tiny_onnx, tmp_path / "bad.onnx", **changes)
+    image = str(_images(image_folder)[0])
+    assert main(["predict", "--checkpoint", str(bad), image]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    pytest.importorskip("fastapi")
+    from wastenet.serve.app import create_app
+
+    with pytest.raises(ConfigError, match=message):  # `wastenet serve` exits 2 instead of 500 per request
+        create_app(bad, log_path=tmp_path / "d.sqlite")
+
+
+def test_a_checkpoint_whose_classes_do_not_match_its_head_is_one_line_exit_2(tmp_path, tiny_checkpoint,
+                                                                              image_folder, capsys):
+    from wastenet import checkpoint
+
+    ck = checkpoint.load(tiny_checkpoint)
+    ck["classes"] = ck["classes"] + ["plastic", "trash"]
+    ck["taxonomy"] = None
+    bad = checkpoint.save(ck, tmp_path / "bad.pt")
+    assert main(["predict", "--checkpoint", str(bad), str(_images(image_folder)[0])]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "5 classes" in err and len(err.strip().splitlines()) == 1

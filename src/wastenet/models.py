@@ -341,9 +341,22 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the network stored in a wastenet checkpoint, in eval mode."""
-    built = create_model(ckpt["arch"], len(ckpt["classes"]), weights=None, model_kwargs=ckpt.get("model_kwargs"))
-    built.model.load_state_dict(ckpt["state_dict"])
+    """Rebuild the network stored in a wastenet checkpoint, in eval mode.
+
+    ``ConfigError`` (one line) when the weights do not fit the architecture and class list the
+    checkpoint names, e.g. a head with 5 outputs beside 3 class names.
+    """
+    classes = ckpt["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ConfigError("the checkpoint's classes must be a non-empty list of names")
+    built = create_model(ckpt["arch"], len(classes), weights=None, model_kwargs=ckpt.get("model_kwargs"))
+    try:
+        built.model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        # torch lists every mismatch on its own line: the first one says enough
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc)[:200])
+        raise ConfigError(f"the checkpoint's weights do not fit {ckpt['arch']} with its {len(classes)} classes "
+                          f"({detail})") from None
     return built.model.eval()
 
 

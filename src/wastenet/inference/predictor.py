@@ -222,12 +222,29 @@ class Classifier:
         try:
             prep = Preprocessing.from_dict(meta["preprocessing"])
             classes = meta["classes"]
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+                raise TypeError(f"classes must be a non-empty list of names, got {classes!r:.60}")
+            clf = cls(backend, classes=classes, preprocessing=prep, taxonomy=meta.get("taxonomy"),
+                      temperature=meta.get("temperature") or 1.0,
+                      threshold=meta.get("threshold", DEFAULT_THRESHOLD), arch=meta.get("arch", ""),
+                      source=str(path))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{path}: unreadable wastenet metadata ({exc})") from exc
-        return cls(backend, classes=classes, preprocessing=prep, taxonomy=meta.get("taxonomy"),
-                   temperature=meta.get("temperature") or 1.0,
-                   threshold=meta.get("threshold", DEFAULT_THRESHOLD), arch=meta.get("arch", ""),
-                   source=str(path))
+        clf._check_graph(path)
+        return clf
+
+    def _check_graph(self, path: Path) -> None:
+        """One blank image through the graph at load time: metadata that disagrees with it
+        (input size, number of classes) fails here, once, not on every request."""
+        size = int(self.preprocessing.input_size)
+        try:
+            out = self.backend.predict_arrays(np.zeros((1, 3, size, size), np.float32))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ConfigError(f"{path}: the graph does not take the {size} px input its metadata declares "
+                              f"({' '.join(str(exc).split())[:160]})") from None
+        if out.shape != (1, len(self.classes)):
+            raise ConfigError(f"{path}: the graph gives {tuple(out.shape)[1:]} outputs per image but its metadata "
+                              f"names {len(self.classes)} classes")
 
     # ---------------------------------------------------------------- properties
     @property
