@@ -357,3 +357,50 @@ def test_iter_image_files_is_sorted_recursive_case_insensitive_and_skips_hidden(
 def test_iter_image_files_on_a_missing_folder(tmp_path):
     with pytest.raises(ConfigError, match="image folder not found"):
         iter_image_files(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------- only what we document
+
+
+@pytest.mark.parametrize("fmt", ["XBM", "PPM", "PCX", "ICO", "TGA"])
+def test_formats_outside_the_documented_list_are_refused(fmt):
+    buf = io.BytesIO()
+    Image.new("1" if fmt == "XBM" else "RGB", (16, 16)).save(buf, fmt)
+    with Image.open(io.BytesIO(buf.getvalue())) as probe:  # Pillow itself would read it
+        assert probe.format == fmt
+    assert decode_error(buf.getvalue()).reason == "not an image"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_every_documented_format_still_decodes(fmt):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (10, 200, 30)).save(buf, fmt)
+    assert load_image(buf.getvalue()).size == (16, 12)
+
+
+def test_a_fifo_or_a_device_is_refused_without_reading_it(tmp_path):
+    import os
+
+    fifo = tmp_path / "camera.jpg"
+    os.mkfifo(fifo)  # reading it would block forever: nobody writes
+    assert decode_error(fifo).reason == "not a regular file"
+    if Path("/dev/zero").exists():
+        assert decode_error("/dev/zero").reason == "not a regular file"  # would never end
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_when_asked(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (4200, 2600), (120, 90, 60)).save(buf, "JPEG", quality=50)
+    data = buf.getvalue()
+    assert load_image(data).size == (4200, 2600)             # training and predict: full size
+    small = load_image(data, draft_size=1024)
+    assert small.size == (2100, 1300) and small.mode == "RGB"  # 1/2: still >= 1024 on both sides
+    png = io.BytesIO()
+    Image.new("RGB", (2100, 1300)).save(png, "PNG")
+    assert load_image(png.getvalue(), draft_size=256).size == (2100, 1300)  # only JPEG has a draft mode
+
+
+def test_the_service_pixel_limit_is_lower_than_predicts():
+    from wastenet.data.images import DEFAULT_MAX_PIXELS, SERVICE_MAX_PIXELS
+
+    assert SERVICE_MAX_PIXELS < DEFAULT_MAX_PIXELS

@@ -61,7 +61,8 @@ def test_images_only_for_manual_sort(log):
     sure = log.record(pred("recyclable"), photo(), "a.jpg", 0.9, "m", "api")
     unsure = log.record(pred(), photo(), "b.jpg", 0.9, "m", "api")
     assert log.image(sure) is None
-    assert log.image(unsure) == photo()
+    kept = log.image(unsure)  # what a reviewer needs: a JPEG of the photo
+    assert image_media_type(kept) == "image/jpeg" and Image.open(io.BytesIO(kept)).size == Image.open(io.BytesIO(photo())).size
     assert log.image(12345) is None
     assert [it["id"] for it in log.pending_reviews()] == [unsure]
     assert log.count() == 2 and log.get(sure)["has_image"] is False
@@ -98,8 +99,8 @@ def test_export_dataset(log, tmp_path):
     out = tmp_path / "out"
     assert log.export_dataset(out) == {"metal": 1, "paper": 2}
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == [f"metal/{a}_can.jpg", f"paper/{b}_my_photo.png", f"paper/{c}_w.png"]
-    assert Image.open(out / f"paper/{c}_w.png").format == "PNG"  # WebP re-encoded
+    assert files == [f"metal/{a}_can.jpg", f"paper/{b}_my_photo.jpg", f"paper/{c}_w.jpg"]  # stored as JPEG
+    assert Image.open(out / f"paper/{c}_w.jpg").format == "JPEG"
     assert log.export_dataset(out) == {"metal": 1, "paper": 2}  # again: same files, no duplicates
     assert len(list(out.rglob("*.*"))) == 3
 
@@ -290,3 +291,50 @@ def test_cli_relabels_are_recorded_with_who_and_the_old_label(log):
     history = log.history(i)
     assert [(h["old_label"], h["new_label"]) for h in history] == [(None, "paper"), ("paper", "metal")]
     assert all(h["who"].startswith("cli:") for h in history)
+
+
+# --------------------------------------------------------------------------- a bounded log
+
+
+def noise_png(seed: int, size: tuple[int, int] = (1800, 1400)) -> bytes:
+    """Incompressible noise: the worst case for storage (the issue's 10 MB PNGs)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_stored_photo_is_a_bounded_jpeg_whatever_was_uploaded(log):
+    upload = noise_png(0)
+    assert len(upload) > 7_000_000
+    i = log.record(pred(), upload, "noise.png", 1.0, "m", "api")
+    kept = log.image(i)
+    img = Image.open(io.BytesIO(kept))
+    assert img.format == "JPEG" and max(img.size) == 1024 and img.size == (1024, 796)
+    assert len(kept) < len(upload) / 4
+
+
+def test_the_cap_deletes_oldest_reviewed_and_automatic_rows_first_then_pending(tmp_path):
+    from wastenet.serve.decision_log import review_jpeg
+
+    photo_bytes = len(review_jpeg(noise_png(1)))
+    cap = int(3.5 * photo_bytes) + 64 * 1024  # room for 3 stored photos, not 4
+    with DecisionLog(tmp_path / "d.sqlite", max_bytes=cap) as lg:
+        auto = [lg.record(pred("recyclable"), None, f"a{k}.jpg", 0.9, "m", "api") for k in range(50)]
+        reviewed = lg.record(pred(), noise_png(1), "r.png", 0.9, "m", "api")
+        lg.review(reviewed, "glass")
+        pending = [lg.record(pred(), noise_png(10 + k), f"p{k}.png", 0.9, "m", "api") for k in range(3)]
+        assert lg.used_bytes() <= cap
+        assert lg.get(reviewed) is None and lg.history(reviewed) == []  # reviewed went first ...
+        assert lg.get(auto[0]) is None                                   # ... with the oldest automatic ones
+        assert [lg.get(i) is not None for i in pending] == [True] * 3    # pending kept
+        assert lg.pruned_pending() == 0 and f"at most {cap / 2**20:g} MB" in lg.retention_note()
+        more = [lg.record(pred(), noise_png(20 + k), f"q{k}.png", 0.9, "m", "api") for k in range(6)]
+        assert lg.used_bytes() <= cap
+        # nothing else left: the oldest pending reviews go, the newest stay, and the note says so
+        assert lg.get(pending[0]) is None and lg.get(more[-1]) is not None
+        assert lg.pruned_pending() >= 1 and "deleted unreviewed" in lg.retention_note()
+    conn = sqlite3.connect(tmp_path / "d.sqlite")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

@@ -319,7 +319,8 @@ def test_manual_sort_is_stored_and_reviewable(unsure_client, tmp_path):
         assert key in first
     img = c.get(first["image_url"])
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
-    assert img.content == photos[2]
+    stored = Image.open(io.BytesIO(img.content))  # re-encoded: a bounded JPEG of the same photo
+    assert stored.format == "JPEG" and stored.size == Image.open(io.BytesIO(photos[2])).size
     assert c.get(f"/api/review/{confident['id']}/image").status_code == 404  # not kept
     assert c.get("/api/review/99999/image").json()["error"]
 
@@ -603,3 +604,71 @@ def test_ids_beyond_sqlite_range_are_404_not_500(unsure_client, big):
     assert c.get(f"/api/review/{big}/image").status_code == 404
     r = c.post(f"/api/review/{big}", json={"label": "glass"}, headers=auth(c))
     assert r.status_code == 404 and r.json()["error"]
+
+
+# --------------------------------------------------------------------------- bounded storage and memory
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds one empty IDAT: cheap to send, big if decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_the_service_refuses_pixel_counts_that_offline_predict_accepts(client):
+    from wastenet.data.images import DEFAULT_MAX_PIXELS, SERVICE_MAX_PIXELS, load_image
+
+    big = _png_header_only(7000, 6000)  # 42 Mpx: over the service's limit, under predict's
+    assert SERVICE_MAX_PIXELS < 42_000_000 < DEFAULT_MAX_PIXELS
+    with pytest.raises(Exception) as offline:
+        load_image(big)
+    assert "too large" not in str(offline.value)  # predict tries it (and finds it truncated)
+    r = client.post("/api/predict", files=upload(big, "big.png", "image/png"))
+    assert r.status_code == 422 and "too large" in r.json()["error"]
+
+
+def test_a_huge_noise_png_is_stored_as_a_bounded_jpeg(unsure_client):
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(buf, "PNG")
+    assert len(buf.getvalue()) > 8_000_000
+    r = unsure_client.post("/api/predict?threshold=1", files=upload(buf.getvalue(), "noise.png", "image/png"))
+    assert r.status_code == 200 and r.json()["decision"] == "manual_sort"
+    stored = unsure_client.get(f"/api/review/{r.json()['id']}/image").content
+    img = Image.open(io.BytesIO(stored))
+    assert img.format == "JPEG" and img.size == (1024, 768) and len(stored) < 2_000_000
+
+
+def test_images_are_decoded_only_inside_a_decode_slot(tiny_checkpoint, tmp_path, monkeypatch):
+    import wastenet.serve.app as app_module
+
+    app = create_app(tiny_checkpoint, log_path=tmp_path / "d.sqlite", max_decodes=1)
+    held = []
+    real = app_module.load_image
+
+    def probing_load_image(data, **kwargs):
+        # with max_decodes=1 this decode holds the only slot: no second decode could start now
+        held.append(not app.state.decode_slots.acquire(blocking=False))
+        assert kwargs["draft_size"] >= 1024  # big JPEGs decode reduced, never below the review size
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(app_module, "load_image", probing_load_image)
+    with TestClient(app) as c:
+        assert c.post("/api/predict", files=upload(jpeg_bytes())).status_code == 200
+    assert held == [True]
+    assert app.state.decode_slots.acquire(blocking=False)  # released afterwards
+
+
+def test_the_review_listing_states_the_retention_rule(unsure_classifier, tmp_path):
+    app = create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", log_max_bytes=5 * 2**20)
+    with TestClient(app) as c:
+        assert "at most 5 MB" in c.get("/api/review").json()["retention"]
+    with TestClient(create_app(unsure_classifier, log_path=tmp_path / "e.sqlite", log_max_bytes=None)) as c:
+        assert c.get("/api/review").json()["retention"] is None

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default decision threshold in [0, 1] (None = the model file's, normally "
                              f"{DEFAULT_THRESHOLD:g})")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload, in MB")
+    parser.add_argument("--log-max-mb", type=float, default=512.0,
+                        help="cap on the decision log: past it the oldest reviewed and automatic decisions are "
+                             "deleted first, pending reviews only if nothing else is left (0 = no cap)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes, each with its own copy of the model")
     parser.add_argument("--max-batch", type=int, default=8,
@@ -79,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         check_threshold(args.threshold, name="--threshold")
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if not args.log_max_mb >= 0:
+        raise ConfigError(f"--log-max-mb must be 0 (no cap) or positive, got {args.log_max_mb}")
+    log_max_bytes = int(args.log_max_mb * 2**20) or None
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.max_batch < 1:
@@ -115,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(checkpoint=str(ckpt.resolve()), log_path=log_db, max_upload_bytes=max_bytes,
                              threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
                              channels_last=args.channels_last, onnx_spin=args.onnx_spin,
-                             review_token=token, host=args.host, allowed_hosts=tuple(args.allowed_host))
+                             review_token=token, host=args.host, allowed_hosts=tuple(args.allowed_host),
+                             log_max_bytes=log_max_bytes)
     if args.workers == 1:
         from wastenet.serve.app import create_app
 

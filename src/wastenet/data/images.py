@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -35,6 +36,8 @@ from wastenet.errors import ConfigError, WastenetError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
+    "SERVICE_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "ImageDecodeError",
     "ImageSource",
@@ -47,8 +50,15 @@ __all__ = [
 #: Suffixes (lower case) that folder scans pick up.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
+#: The formats wastenet decodes (DESIGN.md); Pillow's others (XBM, EPS via Ghostscript, ...) are refused.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
 #: Same default as Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 0.25 GB at 24 bit per pixel).
 DEFAULT_MAX_PIXELS = 89_478_485
+
+#: The service's lower default: any client may upload, and a decode costs 3-4 bytes per pixel
+#: (40 Mpx covers 8000 x 5000 photos; JPEGs are decoded reduced, see ``draft_size``).
+SERVICE_MAX_PIXELS = 40_000_000
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
@@ -69,13 +79,20 @@ class ImageDecodeError(WastenetError):
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
-def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               draft_size: int | None = None) -> Image.Image:
     """Decode ``source`` (path, bytes or binary file object) into a loaded RGB image.
 
     Raises :class:`ImageDecodeError` for anything unreadable, including images with more
-    than ``max_pixels`` pixels (checked from the header, before any pixel is decoded).
-    Pillow's own decompression-bomb error (above ``2 * Image.MAX_IMAGE_PIXELS``) is reported
-    the same way, so the effective limit is the smaller of the two.
+    than ``max_pixels`` pixels (checked from the header, before any pixel is decoded), a
+    format outside :data:`IMAGE_FORMATS`, and a path that is not a regular file (a FIFO
+    would hang, ``/dev/zero`` would fill memory). Pillow's own decompression-bomb error
+    (above ``2 * Image.MAX_IMAGE_PIXELS``) is reported the same way, so the effective limit
+    is the smaller of the two.
+
+    ``draft_size``: a JPEG at least twice that size on both sides is decoded at a reduced DCT
+    scale (1/2, 1/4, 1/8), still at least ``draft_size`` on both sides: an 81 Mpx photo then
+    costs ~20 MB instead of ~250 MB. The service uses it; training and ``predict`` decode in full.
 
     >>> img = load_image("bottle.png")            # doctest: +SKIP
     >>> img.mode
@@ -95,6 +112,8 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                 raise ImageDecodeError(
                     f"too large: {width * height} pixels (limit {max_pixels})", path
                 )
+            if draft_size and fmt in ("JPEG", "MPO"):  # MPO: phone JPEGs with a second frame
+                img.draft("RGB", (int(draft_size), int(draft_size)))
             # Decode now (first frame only) so that truncation and corruption surface
             # here, not later in a training worker.
             img.load()
@@ -167,8 +186,11 @@ def _read_source(source: ImageSource, path: str | None) -> bytes:
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         try:
-            if p.is_dir():
+            mode = p.stat().st_mode
+            if stat.S_ISDIR(mode):
                 raise ImageDecodeError("is a folder, not a file", path)
+            if not stat.S_ISREG(mode):  # a FIFO blocks forever, /dev/zero never ends
+                raise ImageDecodeError("not a regular file", path)
             return p.read_bytes()
         except FileNotFoundError:
             raise ImageDecodeError("file not found", path) from None
@@ -204,7 +226,7 @@ def _open_quietly(data: bytes) -> Image.Image:
     """
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
 
 
 def _apply_orientation(img: Image.Image) -> Image.Image:

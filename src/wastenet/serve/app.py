@@ -53,18 +53,18 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wastenet.data.images import ImageDecodeError, load_image
+from wastenet.data.images import SERVICE_MAX_PIXELS, ImageDecodeError, load_image
 from wastenet import __version__
 from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError, WastenetError
 from wastenet.serve.batcher import Batcher
 from wastenet.serve.body_limit import MULTIPART_MARGIN, BodyLimitMiddleware
 from wastenet.serve.body_limit import json_error as _error
-from wastenet.serve.decision_log import DecisionLog, default_log_path, image_media_type
-from wastenet.serve.settings import DEFAULT_MAX_UPLOAD_BYTES, ServeSettings
+from wastenet.serve.decision_log import REVIEW_MAX_SIDE, DecisionLog, default_log_path, image_media_type, review_copy
+from wastenet.serve.settings import DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_DECODES, DEFAULT_MAX_UPLOAD_BYTES, ServeSettings
 from wastenet.serve.guard import HostCheckMiddleware, HostGuard, new_review_token, review_refusal
 
-__all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES"]
+__all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_LOG_MAX_BYTES", "DEFAULT_MAX_DECODES"]
 
 logger = logging.getLogger("wastenet.serve")
 
@@ -144,6 +144,9 @@ def create_app(
     review_token: str | None = None,
     host: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    log_max_bytes: int | None = DEFAULT_LOG_MAX_BYTES,
+    max_pixels: int = SERVICE_MAX_PIXELS,
+    max_decodes: int = DEFAULT_MAX_DECODES,
 ) -> FastAPI:
     """Build the service around one classifier (a checkpoint/ONNX path or a ``Classifier``).
 
@@ -157,7 +160,9 @@ def create_app(
     ``review_token`` is the credential relabelling needs (None: a random one, in
     ``app.state.review_token``); ``host`` (the address the server binds) and ``allowed_hosts``
     (LAN names such as ``bin-3.local``) are the ``Host`` names accepted besides IP addresses
-    and ``localhost``.
+    and ``localhost``. ``log_max_bytes`` caps the decision log (None: no cap); ``max_pixels``
+    (lower than offline ``predict``'s) and ``max_decodes`` (images decoded at once) bound the
+    memory one upload, or many at once, can take.
 
     >>> from fastapi.testclient import TestClient        # doctest: +SKIP
     >>> client = TestClient(create_app("best.pt", log_path="d.sqlite"))
@@ -200,10 +205,17 @@ def create_app(
         except Exception:  # noqa: BLE001
             pass
 
-    decision_log = DecisionLog(log_path if log_path is not None else default_log_path(source))
+    if max_decodes < 1 or max_pixels < 1:
+        raise ConfigError("max_decodes and max_pixels must be at least 1")
+    decision_log = DecisionLog(log_path if log_path is not None else default_log_path(source),
+                               max_bytes=log_max_bytes)
     decision_log.set_classes(classes)
     model_lock = threading.Lock()
     batcher = Batcher(classifier, model_lock, max_batch=max_batch)
+    decode_slots = threading.BoundedSemaphore(max_decodes)
+    # a JPEG is decoded at a reduced DCT scale, never below what the model or a reviewer needs
+    prep = getattr(classifier, "preprocessing", None)
+    draft_size = max(REVIEW_MAX_SIDE, int(getattr(prep, "resize_size", 0) or 0))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -224,6 +236,7 @@ def create_app(
     app.state.batcher = batcher
     app.state.threshold = default_threshold
     app.state.backend = backend
+    app.state.decode_slots = decode_slots
     app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + MULTIPART_MARGIN)
     guard = HostGuard(host, allowed_hosts)
     app.add_middleware(HostCheckMiddleware, guard=guard)  # added last: runs first, before any body is read
@@ -304,10 +317,15 @@ def create_app(
 
     def _predict_one(data: bytes, name: str, thr: float, want_explain: bool, tag: str,
                      keep: bool) -> dict[str, Any]:
-        image = load_image(data)  # ImageDecodeError -> 415/422 via the handler
-        # The costly part of preprocessing (the resize) happens here, in parallel across
-        # requests; the model thread's own resize is then a no-op and only crops.
-        small = _resize_for(image, classifier)
+        # At most max_decodes full-size images exist at once; what outlives the slot is small:
+        # the model's input and a <= 1024 px copy for the log and Grad-CAM.
+        with decode_slots:
+            full = load_image(data, max_pixels=max_pixels, draft_size=draft_size)  # ImageDecodeError -> 415/422
+            # The costly part of preprocessing (the resize) happens here, in parallel across
+            # requests; the model thread's own resize is then a no-op and only crops.
+            small = _resize_for(full, classifier)
+            image = review_copy(full)
+            del full
         pred = batcher.predict(small, thr)
         if getattr(pred, "decision", None) == "error":
             raise ImageDecodeError(str(getattr(pred, "error", None) or "unreadable image"))
@@ -315,7 +333,7 @@ def create_app(
         out["path"] = name
         out["threshold"] = thr
         try:
-            out["id"] = decision_log.record(pred, data, name, thr, arch, tag) if keep else None
+            out["id"] = decision_log.record(pred, image, name, thr, arch, tag) if keep else None
         except sqlite3.Error as exc:
             # no answer without its log entry: the caller may retry
             logger.error("decision log write failed: %s", exc)
@@ -352,7 +370,7 @@ def create_app(
                 "image_url": f"/api/review/{it['id']}/image",
             })
         return {"items": items, "pending": decision_log.pending_count(), "classes": classes,
-                "bins": bins}
+                "bins": bins, "retention": decision_log.retention_note()}
 
     @app.get("/api/review/{decision_id}/image")
     def review_image(decision_id: int) -> Response:

@@ -3,9 +3,12 @@
 Each decision is committed in its own transaction (WAL journal, ``synchronous=FULL``)
 before the HTTP response is sent, so a server killed mid-request loses nothing it has
 answered. Photos are kept only for ``manual_sort`` items: those are the ones a person
-reviews, and the reviewed photos become new training data::
+reviews, and the reviewed photos become new training data. A photo is stored as what a
+reviewer needs, a JPEG at most 1024 px on its longest side (:func:`review_jpeg`), and
+``max_bytes`` caps the log: past it, the oldest reviewed and automatic decisions are deleted
+first, pending reviews only when nothing else is left (:meth:`DecisionLog.enforce_cap`)::
 
-    log = DecisionLog("runs/x/decisions.sqlite")
+    log = DecisionLog("runs/x/decisions.sqlite", max_bytes=512 * 2**20)
     row_id = log.record(prediction, image_bytes, "bottle.jpg", threshold=0.85,
                         model="densenet121", source="upload")
     for item in log.pending_reviews(limit=20):          # manual_sort, not reviewed yet
@@ -19,6 +22,7 @@ Torch-free (stdlib ``sqlite3`` plus Pillow for the rare re-encode on export).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -67,6 +71,9 @@ CREATE TABLE IF NOT EXISTS review_history (
 CREATE INDEX IF NOT EXISTS review_history_decision ON review_history (decision_id, id);
 """
 
+# A manual-sort photo nobody has labelled yet: what retention keeps longest.
+_PENDING = "decision = 'manual_sort' AND reviewed_label IS NULL AND image IS NOT NULL"
+
 # Columns returned by the listing queries (never the image blob: it can be megabytes).
 _ITEM_COLUMNS = ("id, created_at, source, label, confidence, bin, bin_confidence, decision, "
                  "threshold, model, image_name, reviewed_label, reviewed_at, "
@@ -94,6 +101,39 @@ def image_media_type(data: bytes) -> str:
 
     kind = sniff_format(data)
     return f"image/{kind.lower()}" if kind else "application/octet-stream"
+
+
+#: Longest side of a stored review photo: enough to tell a yoghurt pot from a cup.
+REVIEW_MAX_SIDE = 1024
+_REVIEW_QUALITY = 85
+# bytes a decision row costs besides its photo (columns, index entry): used to size a prune
+_ROW_OVERHEAD = 200
+
+
+def review_copy(image: Any) -> Any:
+    """``image`` (PIL) shrunk to at most :data:`REVIEW_MAX_SIDE` px on its longest side (itself if small)."""
+    if max(image.size) <= REVIEW_MAX_SIDE:
+        return image
+    copy = image.copy()
+    copy.thumbnail((REVIEW_MAX_SIDE, REVIEW_MAX_SIDE))  # keeps the aspect ratio; reduce() first: fast
+    return copy
+
+
+def review_jpeg(image: Any) -> bytes:
+    """The photo a reviewer sees, as stored: a JPEG, longest side <= 1024 px.
+
+    ``image`` is a PIL image or encoded bytes (any format ``load_image`` reads); whatever a
+    client uploaded (a 10 MB noise PNG, say), the log keeps ~100-300 kB.
+    """
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        from wastenet.data.images import load_image
+
+        image = load_image(bytes(image))
+    buf = io.BytesIO()
+    review_copy(image).convert("RGB").save(buf, format="JPEG", quality=_REVIEW_QUALITY)
+    return buf.getvalue()
 
 
 #: Largest id SQLite can store (signed 64 bit); a larger one cannot name a row.
@@ -163,7 +203,10 @@ class DecisionLog:
     []
     """
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, max_bytes: int | None = None) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ConfigError(f"the decision log cap must be positive, got {max_bytes} bytes")
+        self.max_bytes = max_bytes  # None: no cap
         self.path = Path(path) if str(path) != ":memory:" else Path(":memory:")
         if str(path) != ":memory:":
             if not create and not self.path.is_file():
@@ -240,7 +283,7 @@ class DecisionLog:
     def record(
         self,
         prediction: Any,
-        image_bytes: bytes | None,
+        image: Any,
         image_name: str | None,
         threshold: float | None,
         model: str | None,
@@ -248,11 +291,18 @@ class DecisionLog:
     ) -> int:
         """Store one decision (committed before returning) and return its id.
 
-        ``prediction`` is a ``Prediction`` or its ``to_dict()``. The image is kept only when
-        the decision is ``manual_sort``.
+        ``prediction`` is a ``Prediction`` or its ``to_dict()``. ``image`` (encoded bytes or a
+        PIL image) is kept only when the decision is ``manual_sort``, as :func:`review_jpeg`;
+        an image that cannot be re-encoded is logged without its photo. Past ``max_bytes``
+        the oldest rows go (:meth:`enforce_cap`), never the one just written.
         """
         decision = _field(prediction, "decision") or "error"
-        keep_image = decision == "manual_sort" and image_bytes
+        stored = None
+        if decision == "manual_sort" and image is not None and (not isinstance(image, (bytes, bytearray)) or image):
+            try:
+                stored = review_jpeg(image)
+            except (WastenetError, OSError, ValueError) as exc:
+                logging.getLogger("wastenet.serve").warning("decision log: photo not kept: %s", exc)
         cur = self._write(
             "INSERT INTO decisions (created_at, source, label, confidence, bin, bin_confidence,"
             " decision, threshold, model, image, image_name) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -261,11 +311,88 @@ class DecisionLog:
                 _opt_float(_field(prediction, "confidence")), _field(prediction, "bin"),
                 _opt_float(_field(prediction, "bin_confidence")), decision,
                 _opt_float(threshold), model,
-                sqlite3.Binary(bytes(image_bytes)) if keep_image else None,
+                sqlite3.Binary(stored) if stored else None,
                 image_name,
             ),
         )
-        return int(cur.lastrowid)
+        row_id = int(cur.lastrowid)
+        if self.max_bytes is not None:
+            self.enforce_cap(keep_id=row_id)
+        return row_id
+
+    # ---------------------------------------------------------------- retention
+    def used_bytes(self) -> int:
+        """Bytes of live data in the file (pages in use; freed pages are reused, not counted)."""
+        with self._lock:
+            if self._conn is None:
+                raise WastenetError("decision log is closed")
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def enforce_cap(self, keep_id: int | None = None) -> int:
+        """Delete the oldest rows until the live data fits ``max_bytes``; returns how many went.
+
+        Reviewed and automatic decisions go first, oldest first; pending reviews (manual-sort
+        photos nobody labelled yet) only when nothing else is left, and they are counted in
+        :meth:`pruned_pending` so that the review page can say so. ``keep_id`` is never deleted.
+        """
+        if self.max_bytes is None:
+            return 0
+        deleted = 0
+        for pending in (False, True):
+            while (excess := self.used_bytes() - self.max_bytes) > 0:
+                n = self._prune_oldest(excess, pending, keep_id)
+                if n == 0:
+                    break
+                deleted += n
+        return deleted
+
+    def _prune_oldest(self, excess: int, pending: bool, keep_id: int | None) -> int:
+        where = (_PENDING if pending else f"NOT ({_PENDING})") + " AND id != ?"
+        keep = -1 if keep_id is None else int(keep_id)
+        with self._lock:
+            if self._conn is None:
+                raise WastenetError("decision log is closed")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                # the oldest rows whose photos and columns add up to the excess: one DELETE
+                last, freed, n = None, 0, 0
+                for row in self._conn.execute(f"SELECT id, COALESCE(length(image), 0) AS size FROM decisions "
+                                              f"WHERE {where} ORDER BY id LIMIT 10000", (keep,)):
+                    last, freed, n = row["id"], freed + row["size"] + _ROW_OVERHEAD, n + 1
+                    if freed >= excess:
+                        break
+                if last is not None:
+                    self._conn.execute(f"DELETE FROM review_history WHERE decision_id IN "
+                                       f"(SELECT id FROM decisions WHERE {where} AND id <= ?)", (keep, last))
+                    self._conn.execute(f"DELETE FROM decisions WHERE {where} AND id <= ?", (keep, last))
+                    if pending:
+                        self._conn.execute(
+                            "INSERT INTO meta (key, value) VALUES ('pruned_pending', ?) ON CONFLICT(key) DO "
+                            "UPDATE SET value = CAST(value AS INTEGER) + excluded.value", (str(n),))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return n
+
+    def pruned_pending(self) -> int:
+        """How many pending reviews the cap has deleted so far (0 normally)."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'pruned_pending'")
+        return int(rows[0]["value"]) if rows else 0
+
+    def retention_note(self) -> str | None:
+        """One sentence for the review page about the cap, or None without one."""
+        if self.max_bytes is None:
+            return None
+        note = (f"The log keeps at most {self.max_bytes / 2**20:g} MB: the oldest reviewed and automatic "
+                "decisions are deleted first, pending items only if nothing else is left.")
+        lost = self.pruned_pending()
+        if lost:
+            note += f" {lost} pending item{'s' if lost != 1 else ''} were deleted unreviewed to stay under it."
+        return note
 
     def review(self, decision_id: int, label: str, who: str | None = None) -> dict[str, Any]:
         """Set a person's label on a decision; ``KeyError`` if there is no such id.

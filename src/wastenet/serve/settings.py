@@ -20,10 +20,12 @@ from typing import Any, Mapping
 
 from wastenet.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "ENV_VAR", "ServeSettings"]
+__all__ = ["DEFAULT_LOG_MAX_BYTES", "DEFAULT_MAX_DECODES", "DEFAULT_MAX_UPLOAD_BYTES", "ENV_VAR", "ServeSettings"]
 
 ENV_VAR = "WASTENET_SERVE"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+DEFAULT_LOG_MAX_BYTES = 512 * 2**20   # the decision log's cap (oldest reviewed/automatic rows go first)
+DEFAULT_MAX_DECODES = 2               # images decoded at once: each can cost ~100 MB at the pixel limit
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ServeSettings:
     review_token: str | None = None      # the same in every worker (a random one per worker would differ)
     host: str | None = None
     allowed_hosts: tuple[str, ...] = ()
+    log_max_bytes: int | None = DEFAULT_LOG_MAX_BYTES   # None: no cap
 
     def app_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`wastenet.serve.app.create_app` (all but the model)."""
