@@ -102,6 +102,9 @@ def assert_written_once(run: Path, proc: subprocess.CompletedProcess, n_epochs: 
     assert proc.stdout.count("test accuracy") == 1  # rank 1 returns no metrics and prints nothing
     for name in ("best.pt", "split.csv", "config.yaml", "metrics.json", "report.md", "summary.json"):
         assert (run / name).is_file(), name
+    import json
+
+    assert json.loads((run / "summary.json").read_text())["run"]["world_size"] > 1  # how it ran, on record
 
 
 # ---------------------------------------------------------------- helpers, in one process

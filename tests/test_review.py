@@ -338,3 +338,11 @@ def test_the_cap_deletes_oldest_reviewed_and_automatic_rows_first_then_pending(t
     conn = sqlite3.connect(tmp_path / "d.sqlite")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_serve_cli_refuses_bad_caps_and_tokens(tiny_checkpoint, capsys):
+    for extra, message in ((["--log-max-mb", "-1"], "--log-max-mb"), (["--max-decodes", "0"], "--max-decodes"),
+                           (["--review-token", " "], "must not be empty")):
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

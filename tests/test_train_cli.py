@@ -25,6 +25,20 @@ def test_train_writes_the_run_folder_and_eval_reads_it(tmp_path, image_folder, c
     assert metrics["split"] == "test" and metrics["metrics"]["n"] == 9  # 3 per class, never trained on
     assert {"accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"} <= set(metrics["metrics"])
     assert "test accuracy" in capsys.readouterr().out
+    import yaml
+
+    import torch
+    import wastenet
+
+    # how it ran is on record: numbers are only comparable with the same setup
+    for run in (yaml.safe_load((out / "config.yaml").read_text())["run"],
+                json.loads((out / "summary.json").read_text())["run"]):
+        assert run["world_size"] == 1 and run["device"] == "cpu" and run["precision"] == "float32"
+        assert run["threads"] >= 1 and run["torch"] == torch.__version__ and run["wastenet"] == wastenet.__version__
+        assert run["timm"]
+    from wastenet.training.config import TrainConfig
+
+    assert TrainConfig.load(out / "config.yaml").model == "test_resnet"  # the record does not break a reload
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--data", str(image_folder), "--out", str(tmp_path / "ev")])
     assert rc == 0
     again = json.loads((tmp_path / "ev" / "metrics.json").read_text())

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-max-mb", type=float, default=512.0,
                         help="cap on the decision log: past it the oldest reviewed and automatic decisions are "
                              "deleted first, pending reviews only if nothing else is left (0 = no cap)")
+    parser.add_argument("--max-decodes", type=int, default=2,
+                        help="images decoded at once per process (each can cost ~100 MB at the pixel limit)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes, each with its own copy of the model")
     parser.add_argument("--max-batch", type=int, default=8,
@@ -87,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     log_max_bytes = int(args.log_max_mb * 2**20) or None
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_decodes < 1:
+        raise ConfigError(f"--max-decodes must be at least 1, got {args.max_decodes}")
     if args.max_batch < 1:
         raise ConfigError(f"--max-batch must be at least 1, got {args.max_batch}")
     if not 0 < args.port < 65536:
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                              threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
                              channels_last=args.channels_last, onnx_spin=args.onnx_spin,
                              review_token=token, host=args.host, allowed_hosts=tuple(args.allowed_host),
-                             log_max_bytes=log_max_bytes)
+                             log_max_bytes=log_max_bytes, max_decodes=args.max_decodes)
     if args.workers == 1:
         from wastenet.serve.app import create_app
 

@@ -161,11 +161,17 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def save(self, path: str | Path, run: dict[str, Any] | None = None) -> None:
+        """Write config.yaml; ``run`` (how it ran: world size, device, versions) goes under ``run:``,
+        a record that :meth:`load` ignores."""
+        d = self.to_dict()
+        if run is not None:
+            d["run"] = run
+        Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = {k: v for k, v in d.items() if k != "run"}  # the record of how a run ran, not a setting
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

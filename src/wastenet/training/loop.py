@@ -497,6 +497,24 @@ class Trainer:
 
 
 # ---------------------------------------------------------------- entry point
+def run_info(device: torch.device, dtype) -> dict[str, Any]:
+    """How this run ran, for config.yaml and summary.json: numbers are only comparable with it.
+
+    >>> run_info(torch.device("cpu"), None)["precision"]
+    'float32'
+    """
+    import platform
+
+    import timm
+
+    from wastenet import __version__
+
+    return {"world_size": distributed.world_size(), "device": str(device),
+            "precision": str(dtype or torch.float32).replace("torch.", ""), "threads": torch.get_num_threads(),
+            "torch": str(torch.__version__), "timm": str(timm.__version__), "wastenet": str(__version__),
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
 def default_out(cfg: TrainConfig) -> Path:
     return Path("runs") / safe_name(f"{cfg.model}-{cfg.recipe}")
 
@@ -555,7 +573,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_split_file(rows, out / "split.csv")
-        cfg.save(out / "config.yaml")
+        cfg.save(out / "config.yaml", run=run_info(device, dtype))
 
     data = prepare_data(cfg, root, rows, classes, built.preprocessing.resize_size, built.preprocessing.interpolation)
     if len(data.train) == 0 or len(data.val) == 0:
@@ -573,6 +591,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     if distributed.is_main():  # the test report is rank 0's; the others wait at the barrier
         metrics = evaluate_after_training(trainer, train_seconds=train_seconds)
         (out / "summary.json").write_text(json.dumps({"train_seconds": round(train_seconds, 1),
-                                                       "test_accuracy": metrics.get("accuracy")}, indent=2))
+                                                       "test_accuracy": metrics.get("accuracy"),
+                                                       "run": run_info(device, dtype)}, indent=2))
     distributed.barrier()
     return metrics
