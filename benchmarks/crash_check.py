@@ -158,7 +158,7 @@ def reviewer_loop(url: Server, classes: list[str], stop: threading.Event, tally:
     with httpx.Client(timeout=60) as http:
         while not stop.is_set():
             try:
-                items = http.get(url.url + "/api/review?limit=20").json()["items"]
+                items = http.get(url.url + "/api/review?limit=20", headers=auth).json()["items"]
                 for it in items[:5]:
                     label = rng.choice(classes)
                     r = http.post(f"{url.url}/api/review/{it['id']}", json={"label": label}, headers=auth)

@@ -267,11 +267,27 @@ def test_review_page(browser, server, photo):
     card = f"#item-{item['id']}"
     page.wait_for_selector(card, timeout=15_000)
     # the photo is served by the decision log; wait for it to load rather than racing it
-    page.wait_for_function(f"document.querySelector('{card} img').complete", timeout=15_000)
+    page.wait_for_function(f"document.querySelector('{card} img').naturalWidth > 0", timeout=15_000)
     assert page.evaluate(f"document.querySelector('{card} img').naturalWidth") > 0
     page.select_option(f"#label-{item['id']}", "metal")
     page.click(f"{card} button")
     page.wait_for_selector(card, state="detached", timeout=15_000)
-    pending = httpx.get(server + "/api/review").json()["items"]
+    pending = httpx.get(server + "/api/review", headers={"Authorization": f"Bearer {REVIEW_TOKEN}"}).json()["items"]
     assert item["id"] not in [it["id"] for it in pending]
     page.close()
+
+
+@pytest.mark.browser
+def test_review_page_without_the_token_asks_for_it(browser, server, photo):
+    r = httpx.post(server + "/api/predict", files={"file": ("ask.jpg", photo.read_bytes(), "image/jpeg")})
+    item = r.json()
+    context = browser.new_context()  # a fresh tab: no token in its session storage
+    page = context.new_page()
+    page.goto(server + "/review")
+    page.wait_for_selector("#token-form", state="visible", timeout=15_000)
+    assert page.locator(f"#item-{item['id']}").count() == 0  # nothing listed without it
+    page.fill("#token", REVIEW_TOKEN)
+    page.click("#token-form button")
+    page.wait_for_selector(f"#item-{item['id']}", timeout=15_000)
+    assert page.is_hidden("#token-form")
+    context.close()

@@ -311,18 +311,18 @@ def test_manual_sort_is_stored_and_reviewable(unsure_client, tmp_path):
     confident = c.post("/api/predict?threshold=0", files=upload(photos[0])).json()
     assert confident["decision"] != "manual_sort"
 
-    listing = c.get("/api/review").json()
+    listing = c.get("/api/review", headers=auth(c)).json()
     assert [it["id"] for it in listing["items"]] == ids[::-1]  # newest first
     assert listing["pending"] == 3 and listing["classes"] == ["glass", "metal", "paper"]
     first = listing["items"][0]
     for key in ("id", "created_at", "label", "confidence", "image_url"):
         assert key in first
-    img = c.get(first["image_url"])
+    img = c.get(first["image_url"], headers=auth(c))
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
     stored = Image.open(io.BytesIO(img.content))  # re-encoded: a bounded JPEG of the same photo
     assert stored.format == "JPEG" and stored.size == Image.open(io.BytesIO(photos[2])).size
-    assert c.get(f"/api/review/{confident['id']}/image").status_code == 404  # not kept
-    assert c.get("/api/review/99999/image").json()["error"]
+    assert c.get(f"/api/review/{confident['id']}/image", headers=auth(c)).status_code == 404  # not kept
+    assert c.get("/api/review/99999/image", headers=auth(c)).json()["error"]
 
     h = auth(c)
     assert c.post(f"/api/review/{ids[0]}", json={"label": "banana"}, headers=h).status_code == 400
@@ -336,7 +336,7 @@ def test_manual_sort_is_stored_and_reviewable(unsure_client, tmp_path):
     assert r.status_code == 200 and r.json()["reviewed_label"] == "glass"
     c.post(f"/api/review/{ids[1]}", json={"label": "metal"}, headers=h)
     c.post(f"/api/review/{ids[2]}", json={"label": "metal"}, headers=h)
-    assert c.get("/api/review").json() == {**listing, "items": [], "pending": 0}
+    assert c.get("/api/review", headers=auth(c)).json() == {**listing, "items": [], "pending": 0}
 
     out = tmp_path / "reviewed"
     counts = c.app.state.decision_log.export_dataset(out)
@@ -558,6 +558,16 @@ def test_relabel_needs_the_token_json_and_no_foreign_origin(unsure_client, pendi
     assert ok.status_code == 200 and ok.json()["reviewed_label"] == "metal"
 
 
+def test_the_review_queue_and_its_photos_need_the_token(unsure_client, pending_id):
+    c = unsure_client
+    for url in ("/api/review", f"/api/review/{pending_id}/image"):
+        r = c.get(url)  # anyone on the bin's network could list and download the photos before
+        assert r.status_code == 401 and "token" in r.json()["error"]
+        assert c.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert c.get(url, headers=auth(c)).status_code == 200
+    assert c.get("/api/health").status_code == 200  # predicting stays open
+
+
 def test_a_given_review_token_is_the_one_required(unsure_classifier, tmp_path):
     app = create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", review_token="s3cret")
     with TestClient(app) as c:
@@ -578,11 +588,11 @@ def test_a_host_header_that_does_not_name_the_server_is_refused(unsure_classifie
         assert rebound.status_code == 403 and "--allowed-host" in rebound.json()["error"]
         assert c.post("/api/predict", files=upload(jpeg_bytes()), headers={"Host": "evil.example"}).status_code == 403
         for host in ("localhost:8000", "192.168.1.20:8000", "[::1]:8000", "bin-3.local", "BIN-3.LOCAL:80"):
-            assert c.get(image, headers={"Host": host}).status_code == 200, host
+            assert c.get(image, headers={"Host": host, **auth(c)}).status_code == 200, host
 
 
 def test_stored_images_are_never_sniffed_as_pages(unsure_client, pending_id):
-    r = unsure_client.get(f"/api/review/{pending_id}/image")
+    r = unsure_client.get(f"/api/review/{pending_id}/image", headers=auth(unsure_client))
     assert r.headers["x-content-type-options"] == "nosniff"
     assert "sandbox" in r.headers["content-security-policy"]
 
@@ -601,7 +611,7 @@ def test_relabelling_keeps_a_history_instead_of_overwriting(unsure_client, pendi
 @pytest.mark.parametrize("big", [2**63, 2**63 - 1, 10**30])
 def test_ids_beyond_sqlite_range_are_404_not_500(unsure_client, big):
     c = unsure_client
-    assert c.get(f"/api/review/{big}/image").status_code == 404
+    assert c.get(f"/api/review/{big}/image", headers=auth(c)).status_code == 404
     r = c.post(f"/api/review/{big}", json={"label": "glass"}, headers=auth(c))
     assert r.status_code == 404 and r.json()["error"]
 
@@ -641,7 +651,7 @@ def test_a_huge_noise_png_is_stored_as_a_bounded_jpeg(unsure_client):
     assert len(buf.getvalue()) > 8_000_000
     r = unsure_client.post("/api/predict?threshold=1", files=upload(buf.getvalue(), "noise.png", "image/png"))
     assert r.status_code == 200 and r.json()["decision"] == "manual_sort"
-    stored = unsure_client.get(f"/api/review/{r.json()['id']}/image").content
+    stored = unsure_client.get(f"/api/review/{r.json()['id']}/image", headers=auth(unsure_client)).content
     img = Image.open(io.BytesIO(stored))
     assert img.format == "JPEG" and img.size == (1024, 768) and len(stored) < 2_000_000
 
@@ -669,6 +679,6 @@ def test_images_are_decoded_only_inside_a_decode_slot(tiny_checkpoint, tmp_path,
 def test_the_review_listing_states_the_retention_rule(unsure_classifier, tmp_path):
     app = create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", log_max_bytes=5 * 2**20)
     with TestClient(app) as c:
-        assert "at most 5 MB" in c.get("/api/review").json()["retention"]
+        assert "at most 5 MB" in c.get("/api/review", headers=auth(c)).json()["retention"]
     with TestClient(create_app(unsure_classifier, log_path=tmp_path / "e.sqlite", log_max_bytes=None)) as c:
-        assert c.get("/api/review").json()["retention"] is None
+        assert c.get("/api/review", headers=auth(c)).json()["retention"] is None

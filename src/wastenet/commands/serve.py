@@ -8,7 +8,7 @@ Usage::
     WASTENET_REVIEW_TOKEN=s3cret wastenet serve --checkpoint model.onnx --host 0.0.0.0 \
         --allowed-host bin-3.local                              # a LAN name for the page
 
-Predicting is open; relabelling (``/review``, ``POST /api/review/ID``) needs the review token
+Predicting is open; the review queue, its photos and relabelling (``/review``) need the review token
 (``Authorization: Bearer TOKEN``): ``--review-token``, env ``WASTENET_REVIEW_TOKEN``, or a
 random one printed at start together with the review page's address.
 
@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model file: a training checkpoint (.pt) or an exported model (.onnx)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0 for every interface; predicting needs no login, "
-                             "relabelling needs the review token)")
+                             "reviewing needs the review token)")
     parser.add_argument("--review-token", default=None, metavar="TOKEN",
-                        help="credential for relabelling (Authorization: Bearer TOKEN); default: env "
+                        help="credential for the review queue and relabelling (Authorization: Bearer TOKEN); default: env "
                              "WASTENET_REVIEW_TOKEN, else a random token printed at start")
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="a host name clients use to reach the server (e.g. bin-3.local); IP addresses, "

@@ -15,8 +15,9 @@ Endpoints
                                       not log, for live camera frames)
     GET  /api/review                  manual-sort items waiting for a person, newest first
     GET  /api/review/{id}/image       the stored photo
-    POST /api/review/{id}             JSON ``{"label": "<class>"}``; needs the review token
-                                      (``Authorization: Bearer TOKEN``), see ``serve/guard.py``
+    POST /api/review/{id}             JSON ``{"label": "<class>"}``
+                                      (the three review endpoints need the review token,
+                                      ``Authorization: Bearer TOKEN``, see ``serve/guard.py``)
     GET  /  and  /review              the pages (no external URLs); /static/... their assets
     GET  /docs                        OpenAPI (FastAPI's default, loads swagger-ui from a CDN)
 
@@ -61,8 +62,8 @@ from wastenet.serve.batcher import Batcher
 from wastenet.serve.body_limit import MULTIPART_MARGIN, BodyLimitMiddleware
 from wastenet.serve.body_limit import json_error as _error
 from wastenet.serve.decision_log import REVIEW_MAX_SIDE, DecisionLog, default_log_path, image_media_type, review_copy
+from wastenet.serve.guard import HostCheckMiddleware, HostGuard, new_review_token, review_refusal, token_refusal
 from wastenet.serve.settings import DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_DECODES, DEFAULT_MAX_UPLOAD_BYTES, ServeSettings
-from wastenet.serve.guard import HostCheckMiddleware, HostGuard, new_review_token, review_refusal
 
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_LOG_MAX_BYTES", "DEFAULT_MAX_DECODES"]
 
@@ -356,9 +357,15 @@ def create_app(
             logger.warning("Grad-CAM failed: %s", exc)
             return {"explanation": None, "explanation_error": f"heatmap failed: {exc}"}
 
+    def _need_token(request: Request) -> None:
+        refused = token_refusal(request.headers, app.state.review_token)
+        if refused is not None:
+            raise _ApiError(*refused)
+
     @app.get("/api/review")
-    def review_list(limit: int = 50) -> dict[str, Any]:
-        """Manual-sort items that wait for a person's label, newest first."""
+    def review_list(request: Request, limit: int = 50) -> dict[str, Any]:
+        """Manual-sort items that wait for a person's label, newest first (needs the review token)."""
+        _need_token(request)  # the queue and its photos are the reviewers' only
         limit = max(1, min(int(limit), 500))
         items = []
         for it in decision_log.pending_reviews(limit):
@@ -373,8 +380,9 @@ def create_app(
                 "bins": bins, "retention": decision_log.retention_note()}
 
     @app.get("/api/review/{decision_id}/image")
-    def review_image(decision_id: int) -> Response:
-        """The photo stored with a manual-sort decision."""
+    def review_image(decision_id: int, request: Request) -> Response:
+        """The photo stored with a manual-sort decision (needs the review token)."""
+        _need_token(request)
         data = decision_log.image(decision_id)
         if data is None:
             raise _ApiError(404, f"no stored image for decision {decision_id}")

@@ -6,9 +6,10 @@ Two rules, both checked here and nowhere else:
   (what a browser sends when it was pointed at one), ``localhost``, the host the server was
   bound to, or a name given with ``--allowed-host``. A page on another domain that re-points
   its DNS name at this machine (DNS rebinding) sends its own name, and gets 403.
-- **Review**: a request that changes stored data (relabelling) needs the review token
-  (``Authorization: Bearer TOKEN``), ``Content-Type: application/json``, and, when the browser
-  sends an ``Origin``, an origin whose host passes the Host rule (no cross-site forms).
+- **Review**: reading the review queue and its stored photos needs the review token
+  (``Authorization: Bearer TOKEN``, :func:`token_refusal`); a request that changes stored data
+  (relabelling) also needs ``Content-Type: application/json`` and, when the browser sends an
+  ``Origin``, an origin whose host passes the Host rule (no cross-site forms).
 
 ::
 
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["HostGuard", "HostCheckMiddleware", "new_review_token", "review_refusal", "host_name"]
+__all__ = ["HostGuard", "HostCheckMiddleware", "new_review_token", "review_refusal", "token_refusal", "host_name"]
 
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
@@ -107,6 +108,14 @@ class HostCheckMiddleware:
         await self.app(scope, receive, send)
 
 
+def token_refusal(headers: Mapping[str, str], token: str) -> tuple[int, str] | None:
+    """``(401, message)`` unless ``headers`` carry ``Authorization: Bearer <token>``; else None."""
+    scheme, _, given = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return 401, "review needs the review token: Authorization: Bearer TOKEN (printed by `wastenet serve`)"
+    return None
+
+
 def review_refusal(headers: Mapping[str, str], token: str, guard: HostGuard) -> tuple[int, str] | None:
     """Why a data-changing request must be refused, as ``(status, message)``; None when it may go on.
 
@@ -115,9 +124,9 @@ def review_refusal(headers: Mapping[str, str], token: str, guard: HostGuard) -> 
     origin = headers.get("origin")
     if origin is not None and not guard.allows_origin(origin):
         return 403, f"cross-origin request refused (Origin {origin!r})"
-    scheme, _, given = (headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return 401, "review needs the review token: Authorization: Bearer TOKEN (printed by `wastenet serve`)"
+    refused = token_refusal(headers, token)
+    if refused is not None:
+        return refused
     ctype = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if ctype != "application/json":
         return 415, "review requests must be Content-Type: application/json"

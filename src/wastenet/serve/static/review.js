@@ -30,8 +30,8 @@
     tokenInput.value = "";
     tokenForm.hidden = true;
     showError("");
+    load();
   });
-  if (!token()) askToken("");
 
   function showError(msg) { errorBox.textContent = msg; errorBox.hidden = !msg; }
   function setStatus() {
@@ -44,8 +44,11 @@
     li.className = "card";
     li.id = "item-" + item.id;
     const img = document.createElement("img");
-    img.src = item.image_url;
-    img.loading = "lazy";
+    // the photo needs the token too: fetched with it, shown from a blob URL
+    fetch(item.image_url, { headers: { "Authorization": "Bearer " + token() } })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
+      .then((b) => { img.src = URL.createObjectURL(b); })
+      .catch(() => { img.alt += " (photo not available)"; });
     img.alt = `Photo ${item.image_name || item.id}, predicted ${pretty(item.label)}`;
     const info = document.createElement("p");
     info.className = "small";
@@ -104,13 +107,23 @@
     return li;
   }
 
-  fetch("/api/review?limit=100")
-    .then((r) => r.json())
-    .then((data) => {
+  function load() {
+    list.replaceChildren();
+    fetch("/api/review?limit=100", { headers: { "Authorization": "Bearer " + token() } })
+      .then(async (r) => {
+        const data = await r.json().catch(() => ({}));
+        if (r.status === 401) { status.textContent = ""; askToken("The review page needs the review token that `wastenet serve` printed at start."); return null; }
+        if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
+        return data;
+      })
+      .then((data) => {
+      if (!data) return;
       pending = data.pending;
       setStatus();
       if (data.retention) status.textContent += " " + data.retention;
       data.items.forEach((it) => list.appendChild(card(it, data.classes)));
-    })
-    .catch((e) => { status.textContent = ""; showError("Cannot load the review list: " + e.message); });
+      })
+      .catch((e) => { status.textContent = ""; showError("Cannot load the review list: " + e.message); });
+  }
+  load();
 })();
