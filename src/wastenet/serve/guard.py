@@ -26,6 +26,7 @@ import secrets
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["HostGuard", "HostCheckMiddleware", "new_review_token", "review_refusal", "token_refusal", "host_name"]
@@ -99,8 +100,6 @@ class HostCheckMiddleware:
         if scope["type"] == "http":
             host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
             if not self.guard.allows(host):
-                from fastapi.responses import JSONResponse
-
                 hint = "; start the server with --allowed-host NAME to accept it" if host else ""
                 await JSONResponse({"error": f"unknown Host header {host!r}{hint}"}, status_code=403)(
                     scope, receive, send)
