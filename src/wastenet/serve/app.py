@@ -208,6 +208,8 @@ def create_app(
 
     if max_decodes < 1 or max_pixels < 1:
         raise ConfigError("max_decodes and max_pixels must be at least 1")
+    if review_token is not None and not review_token.strip():
+        raise ConfigError("the review token must not be empty")
     decision_log = DecisionLog(log_path if log_path is not None else default_log_path(source),
                                max_bytes=log_max_bytes)
     decision_log.set_classes(classes)
@@ -241,8 +243,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + MULTIPART_MARGIN)
     guard = HostGuard(host, allowed_hosts)
     app.add_middleware(HostCheckMiddleware, guard=guard)  # added last: runs first, before any body is read
-    if review_token is not None and not review_token.strip():
-        raise ConfigError("the review token must not be empty")
     app.state.review_token = review_token.strip() if review_token else new_review_token()
 
     # ------------------------------------------------------------ error handlers

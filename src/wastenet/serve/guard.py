@@ -26,8 +26,9 @@ import secrets
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from wastenet.serve.body_limit import json_error
 
 __all__ = ["HostGuard", "HostCheckMiddleware", "new_review_token", "review_refusal", "token_refusal", "host_name"]
 
@@ -101,8 +102,7 @@ class HostCheckMiddleware:
             host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
             if not self.guard.allows(host):
                 hint = "; start the server with --allowed-host NAME to accept it" if host else ""
-                await JSONResponse({"error": f"unknown Host header {host!r}{hint}"}, status_code=403)(
-                    scope, receive, send)
+                await json_error(403, f"unknown Host header {host!r}{hint}")(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
