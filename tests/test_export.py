@@ -171,7 +171,7 @@ def _with_metadata(src: Path, dst: Path, **changes) -> Path:
             meta["preprocessing"] = {**meta["preprocessing"], "input_size": value}
         else:
             meta[key] = value
-    ex._set_metadata(model, meta)
+    ex.set_metadata(model, meta)
     onnx.save(model, str(dst))
     return dst
 
