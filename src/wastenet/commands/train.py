@@ -59,6 +59,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _bool(g, "vflip", d.vflip, "random vertical flips")
     g.add_argument("--fill", default=d.fill, choices=FILL_MODES, help="fill for new pixels")
     _bool(g, "tta", d.tta, "test-time augmentation (flip) in the final evaluation")
+    g = p.add_argument_group("field augmentation (breaks the studio shortcuts of TrashNet-like data)")
+    g.add_argument("--composite", default=d.composite, choices=["auto", "on", "off"],
+                   help="matte items off a plain studio board onto new backgrounds (auto: when the data is studio-like)")
+    _bool(g, "scale-jitter", d.scale_jitter, "with compositing: rescale items to cover --min-cover..--max-cover of the frame")
+    g.add_argument("--min-cover", type=float, default=d.min_cover, help="smallest share of the frame an item covers")
+    g.add_argument("--max-cover", type=float, default=d.max_cover, help="largest share of the frame an item covers")
+    g.add_argument("--backgrounds", metavar="DIR", help="real background photos (e.g. your bin's empty tray), mixed with procedural ones")
+    g.add_argument("--color-jitter", type=float, default=d.color_jitter, help="colour and white-balance jitter strength (0 = off)")
+    g.add_argument("--blur-jpeg", type=float, default=d.blur_jpeg, help="probability of blur, JPEG artefacts and noise each (0 = off)")
+    g.add_argument("--auto-augment", default=d.auto_augment, choices=["none", "trivial", "rand"],
+                   help="add kornia's TrivialAugment or RandAugment")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")

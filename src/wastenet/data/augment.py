@@ -33,11 +33,47 @@ class AugmentConfig:
     hflip: bool = TrainConfig.hflip
     vflip: bool = TrainConfig.vflip
     fill: str = TrainConfig.fill            # nearest (replicate border) | constant | reflect
+    # Field augmentation (data/composite.py): applied when `composite` is on, or "auto" and the
+    # training photos are studio-like (an item on a plain board, as in TrashNet).
+    composite: str = TrainConfig.composite        # auto | on | off: items onto new backgrounds
+    scale_jitter: bool = TrainConfig.scale_jitter  # the item covers min_cover..max_cover of the frame
+    min_cover: float = TrainConfig.min_cover
+    max_cover: float = TrainConfig.max_cover
+    backgrounds: str | None = TrainConfig.backgrounds  # real background photos mixed with procedural ones
+    color_jitter: float = TrainConfig.color_jitter  # brightness/contrast/saturation + white balance (0 = off)
+    blur_jpeg: float = TrainConfig.blur_jpeg        # probability of blur, JPEG, sensor noise each (0 = off)
+    auto_augment: str = TrainConfig.auto_augment    # none | trivial | rand (kornia)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "AugmentConfig":
         """The fields of the same name from a TrainConfig (or anything with those attributes)."""
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
+def field_augment_on(cfg: AugmentConfig, studio_like: bool) -> bool:
+    """Whether field augmentation runs: ``composite`` on, or ``auto`` on studio-like photos."""
+    return cfg.composite == "on" or (cfg.composite == "auto" and studio_like)
+
+
+def build_augment(cfg: AugmentConfig, studio_like: bool) -> nn.Module:
+    """The training augmentation: field augmentation (if on) around the Keras-style affine.
+
+    Order: composite (new background, new item scale) -> affine and flips -> camera (colour,
+    white balance, blur, JPEG, noise) -> optional TrivialAugment/RandAugment.
+    """
+    from wastenet.data.composite import CameraJitter, PolicyAugment, StudioComposite
+
+    field_on = field_augment_on(cfg, studio_like)
+    ops: list[nn.Module] = []
+    if field_on:
+        ops.append(StudioComposite(min_cover=cfg.min_cover if cfg.scale_jitter else None,
+                                   max_cover=cfg.max_cover, backgrounds=cfg.backgrounds))
+    ops.append(KerasAugment(cfg))
+    if field_on and (cfg.color_jitter > 0 or cfg.blur_jpeg > 0):
+        ops.append(CameraJitter(cfg.color_jitter, cfg.blur_jpeg))
+    if cfg.auto_augment != "none":
+        ops.append(PolicyAugment(cfg.auto_augment))
+    return nn.Sequential(*ops)
 
 
 _PADDING = dict(zip(FILL_MODES, ("border", "zeros", "reflection")))  # kornia's names for them

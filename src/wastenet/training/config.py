@@ -64,6 +64,15 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = False
     fill: str = "nearest"
+    # field augmentation (data/augment.py AugmentConfig documents each; measured in BENCHMARKS.md "Field")
+    composite: str = "auto"
+    scale_jitter: bool = True
+    min_cover: float = 0.05
+    max_cover: float = 1.0
+    backgrounds: str | None = None
+    color_jitter: float = 0.3
+    blur_jpeg: float = 0.25
+    auto_augment: str = "none"
     taxonomy: str | None = None
     threshold: float = DEFAULT_THRESHOLD
     tta: bool = False
@@ -121,6 +130,16 @@ class TrainConfig:
         for extra in self.extra_data:
             if not Path(extra).is_dir():
                 raise ConfigError(f"extra data folder not found: {extra}")
+        if self.composite not in ("auto", "on", "off"):
+            raise ConfigError(f"--composite must be auto, on or off, not {self.composite!r}")
+        if not 0 < self.min_cover <= self.max_cover <= 1:
+            raise ConfigError("--min-cover and --max-cover must satisfy 0 < min <= max <= 1")
+        if not 0 <= self.color_jitter <= 1 or not 0 <= self.blur_jpeg <= 1:
+            raise ConfigError("--color-jitter and --blur-jpeg must be in [0, 1]")
+        if self.auto_augment not in ("none", "trivial", "rand"):
+            raise ConfigError(f"--auto-augment must be none, trivial or rand, not {self.auto_augment!r}")
+        if self.backgrounds and not Path(self.backgrounds).is_dir():
+            raise ConfigError(f"backgrounds folder not found: {self.backgrounds}")
         _check_model_name(self.model)
         return self
 

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wastenet import checkpoint
-from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
+from wastenet.data.augment import AugmentConfig, build_augment, field_augment_on, to_model_batch
+from wastenet.data.composite import is_studio_like
 from wastenet.data.datasets import ImageCache, Row, build_cache, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
 from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
@@ -210,7 +211,11 @@ class Trainer:
         self.criterion = build_loss(cfg.loss, len(data.classes), label_smoothing=cfg.label_smoothing,
                                     gamma=cfg.focal_gamma, alpha=cfg.alpha_weights(),
                                     class_counts=counts.tolist()).to(device)
-        self.augment = KerasAugment(AugmentConfig.from_config(cfg))
+        studio = is_studio_like(torch.from_numpy(data.train.images[:: max(1, len(data.train) // 256)]))
+        aug_cfg = AugmentConfig.from_config(cfg)
+        self.augment = build_augment(aug_cfg, studio_like=studio)
+        log(f"training photos {'look' if studio else 'do not look'} studio-like: field augmentation "
+            f"{'on' if field_augment_on(aug_cfg, studio) else 'off'} (--composite {aug_cfg.composite})")
         self.plan = plan_for(cfg, n_backbone_groups=len(self.groups) - 1)
         self.state = RunState()
         self.best_state: dict[str, torch.Tensor] | None = None
