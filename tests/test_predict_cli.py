@@ -14,7 +14,7 @@ import pytest
 from wastenet.cli import main
 from wastenet.data.images import iter_image_files
 
-HEADER = ["path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason"]
+HEADER = ["path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason", "ood_score"]
 
 
 def predict(capsys, *args: str) -> tuple[int, str, str]:
@@ -58,7 +58,7 @@ def test_all_good_inputs_exit_zero_and_json_has_topk_and_bin_probs(capsys, tiny_
     data = json.loads(out)
     assert [d["path"] for d in data] == [str(f) for f in files]
     for d in data:
-        assert list(d)[:8] == HEADER
+        assert list(d)[: len(HEADER)] == HEADER
         assert len(d["topk"]) == 2 and d["topk"][0]["label"] == d["label"]
         assert sum(d["bin_probs"].values()) == pytest.approx(1.0, abs=1e-5)
         assert d["error"] is None

@@ -16,7 +16,7 @@ from wastenet.errors import ConfigError
 from wastenet.inference.predictor import MANUAL_SORT, Classifier, Prediction, decide, softmax
 from wastenet.taxonomy import Taxonomy
 
-ROW_KEYS = ["path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason"]
+ROW_KEYS = ["path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason", "ood_score"]
 # splits the fixture's classes over two bins, so bin probabilities are never exactly 0 or 1
 SPLIT_TAXONOMY = {"name": "split", "bins": {"recyclable": ["glass", "metal"], "compostable": ["paper"],
                                             "landfill": []}}
@@ -142,7 +142,7 @@ def test_row_form_columns_and_error_row():
     assert row["confidence"] == "0.500000" and row["error"] == ""
     err = Prediction.failed("b.jpg", "truncated JPEG").to_row()
     assert err == {"path": "b.jpg", "label": "", "confidence": "", "bin": "", "decision": "error",
-                   "error": "truncated JPEG", "bin_confidence": "", "reason": ""}
+                   "error": "truncated JPEG", "bin_confidence": "", "reason": "", "ood_score": ""}
     assert "manual_sort" in str(ok) and "truncated JPEG" in str(Prediction.failed("b.jpg", "truncated JPEG"))
 
 

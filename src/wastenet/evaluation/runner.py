@@ -191,8 +191,15 @@ def evaluate_after_training(trainer: Any, train_seconds: float) -> dict[str, Any
     ck = checkpoint.load(out / "best.pt")
     ck["temperature"] = float(subject.temperature)
     ck["val_accuracy"] = float((val_logits.argmax(1) == d.val.labels).mean())
-    checkpoint.save(ck, out / "best.pt")
     _log(f"calibration: temperature {subject.temperature:.3f} fitted on {len(d.val)} validation images")
+    from wastenet.inference.ood_model import fit_unknown_detector
+
+    # the unknown-item rule: statistics of the training features, thresholds from validation only
+    ck["ood"] = fit_unknown_detector(model, trainer.prep, (d.train.images, d.train.labels), d.val.images,
+                                     len(d.classes), subject.temperature, trainer.device)
+    _log(f"unknown-item rule: {ck['ood']['method']} score, threshold {ck['ood']['thresholds'][ck['ood']['method']]:.4g} "
+         f"keeps {ck['ood']['keep']:.0%} of the validation images")
+    checkpoint.save(ck, out / "best.pt")
     if len(d.test) == 0:
         _log("no test rows: skipping the test report")
         return {}

@@ -99,7 +99,9 @@ def _exclude_nodes(model: Any, exclude: Sequence[str]) -> list[str]:
     for e in exclude:
         if e in EXCLUDE_CHOICES:
             continue
-        hits = [n for n in node_names if n == e or n.startswith(_module_prefix(e))]
+        # a model with an unknown-item score is exported inside ScoredNet: its modules sit under /model/
+        hits = [n for n in node_names if n == e or n.startswith(_module_prefix(e))
+                or n.startswith("/model" + _module_prefix(e))]
         if not hits:
             raise ConfigError(f"INT8 exclude {e!r} matches no node: use {', '.join(EXCLUDE_CHOICES)}, "
                               "a module name (e.g. blocks.0) or a node name")
@@ -135,6 +137,8 @@ def _exclude_nodes(model: Any, exclude: Sequence[str]) -> list[str]:
                 names.append(n.name)
                 break
             t = n.input[0]
+    # the unknown-item score stays in float: its distances are sums of squares of small differences
+    names += [n for n in node_names if n.startswith("/score/") and n not in names]
     return names
 
 

@@ -33,7 +33,7 @@ from PIL import Image
 from wastenet import __version__
 from wastenet.errors import ConfigError, WastenetError
 from wastenet.files import atomic_path
-from wastenet.inference.onnx_runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, onnx_session, read_metadata
+from wastenet.inference.onnx_runtime import INPUT_NAME, METADATA_KEY, OOD_OUTPUT, OUTPUT_NAME, onnx_session, read_metadata
 from wastenet.preprocessing import Preprocessing, preprocess_images
 
 __all__ = [
@@ -84,9 +84,9 @@ class ExportResult:
 
 
 # --------------------------------------------------------------------------- helpers
-def run_session(sess: Any, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Logits of ``x`` through an onnxruntime session, ``batch_size`` images at a time."""
-    outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+def run_session(sess: Any, x: np.ndarray, batch_size: int = 8, output: str = OUTPUT_NAME) -> np.ndarray:
+    """One output (the logits by default) of ``x`` through an onnxruntime session, ``batch_size`` images at a time."""
+    outs = [sess.run([output], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
@@ -201,18 +201,19 @@ def _pair(v: Any) -> list[int]:
     return list(v) if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
 
-def _torch_export(model: Any, path: Path, input_size: int, opset: int) -> None:
+def _torch_export(model: Any, path: Path, input_size: int, opset: int, outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
     """Trace ``model`` to ``path`` (one self-contained file, dynamic batch)."""
     import torch
 
+    outputs = list(outputs)
     dummy = torch.zeros(2, 3, input_size, input_size)
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated but is the one that writes opset 13 in one file
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (dummy,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[INPUT_NAME], output_names=outputs,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
             do_constant_folding=True,
         )
 
@@ -329,9 +330,17 @@ def export_onnx(
         raise ConfigError("parity check: none of the check images could be read"
                           + (f" ({skipped[0]})" if skipped else ""))
 
+    ood = ckpt.get("ood")
+    graph_model = _static_same_padding(model, prep.input_size)
+    outputs = [OUTPUT_NAME]
+    if ood:  # the unknown-item score becomes a second graph output (torch-free at the edge)
+        from wastenet.inference.ood_model import ScoredNet
+
+        graph_model = ScoredNet(graph_model, ood["stats"]).eval()
+        outputs.append(OOD_OUTPUT)
     with atomic_path(out_path) as tmp:  # renamed over out_path only if every check passes
         try:
-            _torch_export(_static_same_padding(model, prep.input_size), tmp, prep.input_size, opset)
+            _torch_export(graph_model, tmp, prep.input_size, opset, outputs)
         except WastenetError:
             raise
         except Exception as exc:  # noqa: BLE001 - exporter failures are reported as one line
@@ -351,6 +360,9 @@ def export_onnx(
             "exported_from": str(Path(checkpoint_path).resolve()),
             "wastenet_version": __version__,
         }
+        if ood:
+            meta["ood"] = {"method": ood["method"], "thresholds": dict(ood["thresholds"]), "keep": ood.get("keep"),
+                           "output": OOD_OUTPUT}
         set_metadata(proto, meta)
         proto.producer_name, proto.producer_version = "wastenet", __version__
         proto.doc_string = f"wastenet {ckpt['arch']} classifier ({len(ckpt['classes'])} classes)"
@@ -360,8 +372,17 @@ def export_onnx(
         x = preprocess_images(images, prep)
         with torch.no_grad():
             ref = np.concatenate([model(torch.from_numpy(x[i : i + 8])).numpy() for i in range(0, len(x), 8)])
-        got = run_session(onnx_session(tmp), x)
+        sess = onnx_session(tmp)
+        got = run_session(sess, x)
         diff = float(np.max(np.abs(ref - got)))
+        if ood and diff <= tolerance:  # the score must agree too, relative to its own scale
+            with torch.no_grad():
+                ref_s = np.concatenate([graph_model(torch.from_numpy(x[i : i + 8]))[1].numpy() for i in range(0, len(x), 8)])
+            got_s = run_session(sess, x, output=OOD_OUTPUT)
+            rel = float(np.max(np.abs(ref_s - got_s) / (np.abs(ref_s) + 1.0)))
+            if not rel <= tolerance:
+                raise WastenetError(f"parity check failed: unknown-item score differs by {rel:.3g} (relative) "
+                                    f"> tolerance {tolerance:g} (file not written)")
         if not diff <= tolerance:  # also catches NaN
             raise WastenetError(f"parity check failed: max |Δlogit| = {diff:.3g} > tolerance {tolerance:g} "
                                 f"over {len(x)} images (ONNX disagrees with PyTorch; file not written)")

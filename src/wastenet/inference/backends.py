@@ -1,5 +1,6 @@
 """The two runtimes behind :class:`~wastenet.inference.predictor.Classifier`: normalised float32
-``[N,3,S,S]`` in, raw logits ``[N,C]`` out.
+``[N,3,S,S]`` in, raw logits ``[N,C]`` out; ``predict_scored`` adds the unknown-item score of a
+model with a fitted rule (``None`` otherwise).
 
 ``TorchBackend`` wraps a PyTorch network (torch imported when one is built); ``OnnxBackend`` an
 onnxruntime session over a wastenet ONNX file (torch-free, for the edge install)::
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from wastenet.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session, read_metadata
+from wastenet.inference.onnx_runtime import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAME, onnx_session, read_metadata
 
 __all__ = ["OnnxBackend", "TorchBackend"]
 
@@ -27,7 +28,8 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: Any, device: str = "cpu", channels_last: bool = False) -> None:
+    def __init__(self, model: Any, device: str = "cpu", channels_last: bool = False,
+                 ood_stats: Mapping[str, Any] | None = None) -> None:
         import torch
 
         from wastenet.inference.runtime import resolve_device
@@ -38,14 +40,28 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.scored = None
+        if ood_stats is not None:  # the same module `wastenet export` writes to ONNX
+            from wastenet.inference.ood_model import ScoredNet
 
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+            self.scored = ScoredNet(self.model, ood_stats).to(self.device).eval()
+
+    def _tensor(self, x: np.ndarray) -> Any:
         torch = self._torch
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        if self.channels_last:
-            t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return self.model(t).float().cpu().numpy()
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model(self._tensor(x)).float().cpu().numpy()
+
+    def predict_scored(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the feature-space unknown-item score (None without fitted statistics)."""
+        if self.scored is None:
+            return self.predict_arrays(x), None
+        with self._torch.inference_mode():
+            logits, score = self.scored(self._tensor(x))
+        return logits.float().cpu().numpy(), score.float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -60,6 +76,7 @@ class OnnxBackend:
         outputs = [o.name for o in self.session.get_outputs()]
         self.input_name = INPUT_NAME if INPUT_NAME in inputs else inputs[0]
         self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self.ood_output = OOD_OUTPUT if OOD_OUTPUT in outputs else None
 
     def metadata(self) -> dict[str, Any]:
         """The file's ``wastenet`` metadata (ConfigError if it has none)."""
@@ -68,3 +85,11 @@ class OnnxBackend:
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0], dtype=np.float32)
+
+    def predict_scored(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the graph's unknown-item output (None for a file exported without one)."""
+        if self.ood_output is None:
+            return self.predict_arrays(x), None
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        logits, score = self.session.run([self.output_name, self.ood_output], {self.input_name: x})
+        return np.asarray(logits, dtype=np.float32), np.asarray(score, dtype=np.float32)

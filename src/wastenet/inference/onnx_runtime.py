@@ -23,6 +23,7 @@ __all__ = ["INPUT_NAME", "METADATA_KEY", "OUTPUT_NAME", "onnx_session", "read_me
 METADATA_KEY = "wastenet"  # metadata_props key holding the JSON record
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+OOD_OUTPUT = "ood"  # the unknown-item score, in files exported from a checkpoint with a fitted rule
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None, device: str = "cpu",

@@ -75,7 +75,8 @@ class Prediction:
     error: str | None = None
     topk: list[tuple[str, float]] = field(default_factory=list)
     bin_probs: dict[str, float] = field(default_factory=dict)
-    reason: str = ""  # why manual_sort: "low_confidence" or "unknown"; "" otherwise
+    reason: str = ""                     # why manual_sort: low_confidence | unknown ("" otherwise)
+    ood_score: float | None = None       # unknown-item score (higher = less like the training data)
 
     @property
     def ok(self) -> bool:
@@ -86,7 +87,7 @@ class Prediction:
         return cls(path=path, decision=ERROR, error=reason)
 
     def to_row(self) -> dict[str, Any]:
-        """The CSV row: ``path,label,confidence,bin,decision,error,bin_confidence,reason`` (in order)."""
+        """The CSV row: ``path,label,confidence,bin,decision,error,bin_confidence,reason,ood_score`` (in order)."""
         return {
             "path": self.path,
             "label": self.label or "",
@@ -96,6 +97,7 @@ class Prediction:
             "error": self.error or "",
             "bin_confidence": _fmt(self.bin_confidence),
             "reason": self.reason,
+            "ood_score": _fmt(self.ood_score),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +111,7 @@ class Prediction:
             "error": self.error,
             "bin_confidence": _round(self.bin_confidence),
             "reason": self.reason,
+            "ood_score": _round(self.ood_score),
             "topk": [{"label": label, "probability": _round(p)} for label, p in self.topk],
             "bin_probs": {b: _round(p) for b, p in self.bin_probs.items()},
         }
@@ -116,7 +119,7 @@ class Prediction:
     def __str__(self) -> str:
         if not self.ok:
             return f"{self.path}: error: {self.error}"
-        verdict = self.bin if self.decision == self.bin else f"{MANUAL_SORT} (best bin {self.bin})"
+        verdict = self.bin if self.decision == self.bin else f"{MANUAL_SORT}: {self.reason or 'low_confidence'} (best bin {self.bin})"
         return f"{self.path}: {self.label} {self.confidence:.2f} -> {verdict} ({self.bin_confidence:.2f})"
 
 
@@ -167,8 +170,11 @@ class Classifier:
 
     def __init__(self, backend: Any, *, classes: Sequence[str], preprocessing: Preprocessing,
                  taxonomy: Taxonomy | Mapping[str, Any] | str | None = None, temperature: float = 1.0,
-                 threshold: float = DEFAULT_THRESHOLD, arch: str = "", source: str | None = None) -> None:
+                 threshold: float = DEFAULT_THRESHOLD, arch: str = "", source: str | None = None,
+                 ood: Mapping[str, Any] | None = None) -> None:
         self.backend = backend
+        # the unknown-item rule: {"method", "thresholds": {method: t}} from training (None: no rule)
+        self.ood = _check_ood(ood)
         self.classes = [str(c) for c in classes]
         self.preprocessing = preprocessing
         self.taxonomy = _resolve_taxonomy(taxonomy, self.classes)
@@ -210,7 +216,9 @@ class Classifier:
                               "export to ONNX for the torch-free runtime") from exc
         ckpt = checkpoint.load(path)
         model = model_from_checkpoint(ckpt)
-        return cls(TorchBackend(model, device, channels_last), classes=ckpt["classes"],
+        ood = ckpt.get("ood")
+        backend = TorchBackend(model, device, channels_last, ood_stats=(ood or {}).get("stats"))
+        return cls(backend, classes=ckpt["classes"], ood=ood,
                    preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]),
                    taxonomy=ckpt.get("taxonomy"), temperature=ckpt.get("temperature", 1.0),
                    threshold=ckpt.get("threshold", DEFAULT_THRESHOLD), arch=ckpt["arch"], source=str(path))
@@ -227,7 +235,7 @@ class Classifier:
             clf = cls(backend, classes=classes, preprocessing=prep, taxonomy=meta.get("taxonomy"),
                       temperature=meta.get("temperature") or 1.0,
                       threshold=meta.get("threshold", DEFAULT_THRESHOLD), arch=meta.get("arch", ""),
-                      source=str(path))
+                      source=str(path), ood=_onnx_ood_rule(meta, backend))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{path}: unreadable wastenet metadata ({exc})") from exc
         clf._check_graph(path)
@@ -271,11 +279,37 @@ class Classifier:
     def probabilities(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
         """Calibrated class probabilities ``softmax(logits / T)``; ``tta`` adds the mirror image
         as :mod:`wastenet.inference.tta` defines (probabilities averaged, then the temperature)."""
-        logits = self.predict_arrays(x)
+        return self.scored_probabilities(x, tta)[0]
+
+    def scored_probabilities(self, x: np.ndarray, tta: bool = False,
+                             ood_method: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and the unknown-item score (None when the model has no rule).
+
+        With ``tta`` the logits combine as :mod:`wastenet.inference.tta` defines; the
+        feature-space score is averaged over the image and its mirror image.
+        """
+        logits, maha = self.backend.predict_scored(x)
         if tta:
-            mirrored = self.predict_arrays(np.ascontiguousarray(x[..., ::-1]))
+            mirrored, maha_m = self.backend.predict_scored(np.ascontiguousarray(x[..., ::-1]))
             logits = tta_logits(np.stack([logits, mirrored]))
-        return softmax(logits, self.temperature)
+            maha = None if maha is None else (maha + maha_m) / 2.0
+        method = ood_method or (self.ood or {}).get("method")
+        score = None
+        if method == "mahalanobis":
+            score = maha
+        elif method is not None:
+            from wastenet import ood as ood_scores
+
+            score = ood_scores.scores(method, logits, self.temperature)
+        return softmax(logits, self.temperature), score
+
+    def unknown_threshold(self, override: float | None = None, method: str | None = None) -> float | None:
+        """The unknown-item threshold in force: ``override``, else the one fitted for the method."""
+        if override is not None:
+            return float(override)
+        if not self.ood:
+            return None
+        return self.ood["thresholds"].get(method or self.ood["method"])
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images -> the model's normalised float32 input (same code for every backend)."""
@@ -287,7 +321,8 @@ class Classifier:
 
     def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: Threshold | None = None,
                 taxonomy: Any = None, batch_size: int = 32, topk: int = 3, progress: bool = False,
-                tta: bool = False, decode_workers: int = 2) -> list[Prediction]:
+                tta: bool = False, decode_workers: int = 2, ood_threshold: float | None = None,
+                ood_method: str | None = None, unknown_rule: bool = True) -> list[Prediction]:
         """Classify ``images`` and decide a bin for each; results in input order.
 
         ``threshold`` defaults to the model file's; a ``{bin: threshold}`` mapping sets some bins'
@@ -295,6 +330,9 @@ class Classifier:
         built-in name, YAML path, dict or Taxonomy; checked against the classes, ConfigError).
         ``decode_workers`` threads decode the next batches while the model runs (0: decode in
         this thread between forward passes; 2 is fastest even on 2 cores, see BENCHMARKS.md).
+        The unknown-item rule (a model trained with one) sends an item whose score exceeds
+        ``ood_threshold`` (default: fitted on validation data) to manual sort with reason
+        ``unknown``; ``unknown_rule=False`` reports the score but does not act on it.
         """
         items = _as_list(images)
         thr = self.threshold if threshold is None else check_threshold(threshold)
@@ -302,6 +340,7 @@ class Classifier:
         if int(batch_size) < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         k = max(1, min(int(topk), len(self.classes)))
+        ood_thr = self.unknown_threshold(ood_threshold, ood_method)
         names = [_display_name(item, i) for i, item in enumerate(items)]
         results: list[Prediction | None] = [None] * len(items)
         batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
@@ -322,8 +361,12 @@ class Classifier:
                     for i, reason in failures:
                         results[i] = Prediction.failed(names[i], reason)
                     if ok_idx:
-                        probs = self.probabilities(x, tta=tta)
-                        for i, pred in zip(ok_idx, self._predictions([names[i] for i in ok_idx], probs, tax, thr, k)):
+                        probs, score = self.scored_probabilities(x, tta=tta, ood_method=ood_method)
+                        unknown = None
+                        if unknown_rule and score is not None and ood_thr is not None:
+                            unknown = np.asarray(score) > ood_thr
+                        preds = self._predictions([names[i] for i in ok_idx], probs, tax, thr, k, score, unknown)
+                        for i, pred in zip(ok_idx, preds):
                             results[i] = pred
                     if bar is not None:
                         bar.update(len(ok_idx) + len(failures))
@@ -331,6 +374,47 @@ class Classifier:
             if bar is not None:
                 bar.close()
         return [r for r in results if r is not None]
+
+    def predict_groups(self, groups: Mapping[str, Sequence[ImageInput]], threshold: Any = None, taxonomy: Any = None,
+                       topk: int = 3, ood_threshold: float | None = None, **kwargs: Any) -> list[Prediction]:
+        """One decision per item from several photos of it: ``{item: [photo, ...]}`` -> one row each.
+
+        The item's class probabilities are the mean over its readable photos, and so is its
+        unknown-item score; then the one decision rule applies. An item none of whose photos
+        can be read is an error row naming the first reason::
+
+            clf.predict_groups({"item-17": ["cam1.jpg", "cam2.jpg"]})[0].decision
+        """
+        thr = self.threshold if threshold is None else check_threshold(threshold, name="threshold")
+        tax = self.taxonomy if taxonomy is None else load_taxonomy(taxonomy, self.classes)
+        flat = [(key, img) for key, imgs in groups.items() for img in imgs]
+        preds = self.predict([img for _, img in flat], threshold=thr, taxonomy=tax, topk=len(self.classes),
+                             ood_threshold=ood_threshold, unknown_rule=False, **kwargs)
+        index = {c: i for i, c in enumerate(self.classes)}
+        names, rows, scores, errors = [], [], [], {}
+        for key in groups:
+            mine = [p for (k, _), p in zip(flat, preds) if k == key]
+            good = [p for p in mine if p.ok]
+            if not good:
+                errors[key] = mine[0].error if mine else "no photos"
+                continue
+            probs = np.zeros(len(self.classes))
+            for p in good:
+                for label, q in p.topk:
+                    probs[index[label]] += q / len(good)
+            names.append(key)
+            rows.append(probs)
+            s = [p.ood_score for p in good if p.ood_score is not None]
+            scores.append(float(np.mean(s)) if s else None)
+        out: dict[str, Prediction] = {k: Prediction.failed(k, why) for k, why in errors.items()}
+        if rows:
+            score = None if any(s is None for s in scores) else np.asarray(scores)
+            limit = self.unknown_threshold(ood_threshold)
+            unknown = None if score is None or limit is None else score > limit
+            k = max(1, min(int(topk), len(self.classes)))
+            for p in self._predictions(names, np.stack(rows), tax, thr, k, score, unknown):
+                out[p.path] = p
+        return [out[k] for k in groups]
 
     def _prepare(self, batch: list[ImageInput], idx: list[int]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
         pils: list[Image.Image] = []
@@ -345,11 +429,11 @@ class Classifier:
         return self.preprocess(pils), ok, failures
 
     def _predictions(self, names: list[str], probs: np.ndarray, tax: Taxonomy, threshold: Any,
-                     k: int) -> list[Prediction]:
+                     k: int, ood_score: np.ndarray | None = None, unknown: np.ndarray | None = None) -> list[Prediction]:
         """One batch's rows: every item decided at once by :func:`wastenet.decision.decide`."""
         bp = tax.bin_probabilities(probs, self.classes)
         default = self.threshold if isinstance(self.threshold, float) else DEFAULT_THRESHOLD
-        d = decide_bins(bp, tax.bin_names, threshold, default=default)
+        d = decide_bins(bp, tax.bin_names, threshold, unknown=unknown, default=default)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         out = []
         for n, name in enumerate(names):
@@ -359,11 +443,34 @@ class Classifier:
                 bin_confidence=float(d.confidence[n]), decision=str(d.decision[n]), error=None,
                 topk=[(self.classes[int(j)], float(probs[n, j])) for j in order[n]],
                 bin_probs={b: min(float(v), 1.0) for b, v in zip(tax.bin_names, bp[n])},
-                reason=str(d.reason[n])))
+                reason=str(d.reason[n]), ood_score=None if ood_score is None else float(ood_score[n])))
         return out
 
 
 # --------------------------------------------------------------------------- helpers
+def _onnx_ood_rule(meta: Mapping[str, Any], backend: Any) -> Mapping[str, Any] | None:
+    """An ONNX file's unknown-item rule: the Mahalanobis score needs the graph's ``ood`` output;
+    energy and MSP come from the logits alone."""
+    rule = meta.get("ood") or None
+    if rule is None or (rule.get("method") == "mahalanobis" and backend.ood_output is None):
+        return None
+    return rule
+
+
+def _check_ood(ood: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The unknown-item rule of a model file, checked: ConfigError on a malformed one."""
+    if not ood:
+        return None
+    try:
+        method = str(ood["method"])
+        thresholds = {str(m): float(t) for m, t in dict(ood["thresholds"]).items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"the model's unknown-item rule is unreadable ({exc})") from None
+    if method not in thresholds:
+        raise ConfigError(f"the model's unknown-item rule has no threshold for its method {method!r}")
+    return {"method": method, "thresholds": thresholds, "keep": ood.get("keep")}
+
+
 def _done(value: Any) -> Future:
     fut: Future = Future()
     fut.set_result(value)

@@ -1,0 +1,126 @@
+"""The unknown-item rule: scores, fitting, thresholds from validation, both runtimes, decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wastenet import ood
+
+
+def _clusters(n_per: int = 60, d: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (3, d))
+    x = np.concatenate([c + rng.normal(0, 1, (n_per, d)) for c in centres])
+    y = np.repeat(np.arange(3), n_per)
+    return x, y, centres
+
+
+def test_mahalanobis_scores_far_points_higher_than_points_near_a_class():
+    x, y, centres = _clusters()
+    stats = ood.fit_mahalanobis(x, y, 3, dims=4)
+    near = centres + 0.1
+    far = centres.mean(0) + 40.0 * np.ones((3, x.shape[1]))
+    assert ood.mahalanobis_score(far, stats).min() > ood.mahalanobis_score(near, stats).max()
+
+
+def test_low_rank_plus_rest_equals_the_full_mahalanobis_distance_when_dims_is_all():
+    x, y, _ = _clusters(d=8)
+    full = ood.fit_mahalanobis(x, y, 3, dims=8)
+    probe = np.random.default_rng(1).normal(0, 3, (5, 8))
+    means = np.asarray(full["means"], np.float64)
+    basis = np.asarray(full["basis"], np.float64)
+    prec = basis @ np.diag(np.asarray(full["inv_var"], np.float64)) @ basis.T
+    want = np.min([np.einsum("nd,de,ne->n", probe - m, prec, probe - m) for m in means], axis=0)
+    np.testing.assert_allclose(ood.mahalanobis_score(probe, full), want, rtol=1e-4)
+
+
+def test_energy_and_msp_are_higher_for_flat_logits():
+    confident, flat = np.array([[10.0, 0.0, 0.0]]), np.array([[0.1, 0.0, 0.05]])
+    assert ood.energy_score(flat)[0] > ood.energy_score(confident)[0]
+    assert ood.msp_score(flat)[0] > ood.msp_score(confident)[0]
+
+
+def test_auroc_is_one_for_separated_half_for_identical_and_handles_ties():
+    assert ood.auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert ood.auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
+    assert ood.auroc(np.array([3.0, 4.0]), np.array([0.0, 1.0])) == 0.0
+
+
+def test_threshold_keeps_the_asked_share_of_known_items():
+    s = np.arange(100, dtype=float)
+    t = ood.threshold_for_coverage(s, keep=0.95)
+    assert (s <= t).mean() == pytest.approx(0.95, abs=0.011)
+
+
+def test_graph_module_gives_the_numpy_score():
+    from wastenet.inference.ood_model import MahalanobisScore
+
+    x, y, _ = _clusters()
+    stats = ood.fit_mahalanobis(x, y, 3, dims=5)
+    probe = np.random.default_rng(2).normal(0, 5, (7, x.shape[1])).astype(np.float32)
+    got = MahalanobisScore(stats)(torch.from_numpy(probe)).numpy()
+    np.testing.assert_allclose(got, ood.mahalanobis_score(probe, stats), rtol=1e-3, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def ood_checkpoint(tmp_path_factory, image_folder):
+    """The tiny checkpoint with an unknown-item rule fitted on generated studio images."""
+    from wastenet import checkpoint
+    from wastenet.data.datasets import build_cache, scan_folder
+    from wastenet.inference.ood_model import fit_unknown_detector
+    from wastenet.models import create_model
+    from wastenet.taxonomy import load_taxonomy
+
+    rows, classes = scan_folder(image_folder)
+    built = create_model("test_resnet", len(classes), weights=None, img_size=64)
+    prep = built.preprocessing
+    cache = build_cache(image_folder, rows, classes, prep.resize_size, prep.interpolation)
+    rule = fit_unknown_detector(built.model.eval(), prep, (cache.images, cache.labels), cache.images, len(classes), 1.0)
+    tax = load_taxonomy({"bins": {"recyclable": ["glass", "metal", "paper"]}}, classes)
+    ckpt = checkpoint.make_checkpoint(built, classes=classes, taxonomy=tax.to_dict())
+    ckpt["ood"] = rule
+    return checkpoint.save(ckpt, tmp_path_factory.mktemp("ood") / "ood.pt")
+
+
+def test_fitted_rule_is_stored_and_predict_applies_it(ood_checkpoint, image_folder):
+    from wastenet.inference.predictor import Classifier
+
+    clf = Classifier.load(ood_checkpoint)
+    assert clf.ood["method"] == "mahalanobis" and set(clf.ood["thresholds"]) == set(ood.METHODS)
+    files = sorted(image_folder.rglob("*.jpg"))
+    preds = clf.predict(files, threshold=0.0)
+    limit = clf.ood["thresholds"]["mahalanobis"]
+    assert all(p.ood_score is not None for p in preds)
+    assert [p.reason == "unknown" for p in preds] == [p.ood_score > limit for p in preds]
+    assert any(p.reason == "" for p in preds)
+
+
+def test_an_unlike_image_goes_to_manual_sort_with_reason_unknown(ood_checkpoint):
+    from PIL import Image
+
+    from wastenet.inference.predictor import Classifier
+
+    clf = Classifier.load(ood_checkpoint)
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    p = clf.predict_one(noise, threshold=0.0, ood_threshold=-1.0)  # every score exceeds -1
+    assert (p.decision, p.reason) == ("manual_sort", "unknown")
+    kept = clf.predict_one(noise, threshold=0.0, ood_threshold=float("inf"))
+    assert kept.decision == "recyclable" and kept.reason == ""
+    assert clf.predict_one(noise, threshold=0.0, ood_threshold=-1.0, unknown_rule=False).reason == ""
+
+
+def test_onnx_file_carries_the_score_and_matches_torch(ood_checkpoint, image_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from wastenet.export.onnx import export_onnx
+    from wastenet.inference.predictor import Classifier
+
+    out = export_onnx(ood_checkpoint, tmp_path / "m.onnx", opset=13).path
+    pt, ox = Classifier.load(ood_checkpoint), Classifier.load(out)
+    assert ox.ood is not None and ox.ood["thresholds"] == pytest.approx(pt.ood["thresholds"])
+    files = sorted(image_folder.rglob("*.jpg"))[:6]
+    a = [p.ood_score for p in pt.predict(files)]
+    b = [p.ood_score for p in ox.predict(files)]
+    np.testing.assert_allclose(a, b, rtol=1e-3)
