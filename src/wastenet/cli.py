@@ -16,7 +16,7 @@ import sys
 from wastenet import __version__
 from wastenet.errors import WastenetError
 
-MODES = ("train", "eval", "predict", "explain", "export", "serve", "review", "bench")
+MODES = ("train", "eval", "predict", "explain", "export", "serve", "review", "bench", "adapt")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -150,3 +150,45 @@ def decide(bin_probs: Any, bin_names: Sequence[str], threshold: Threshold = DEFA
     decision = np.where(ok, bins, MANUAL_SORT).astype(object)
     return Decisions(bin_index=idx.astype(np.int64), bin=bins, confidence=conf, decision=decision,
                      reason=reason, accepted=ok)
+
+
+def parse_bin_thresholds(spec: str, bin_names: Sequence[str] | None = None,
+                         name: str = "--bin-thresholds") -> dict[str, float]:
+    """``"recyclable=0.97,landfill=0.6"`` or a YAML file ``{bin: threshold}`` -> a checked mapping.
+
+    Errors cost differently: a landfill item in the recycling bin can spoil the load, a
+    recyclable item in landfill loses one item, so the recycling bin may ask for more::
+
+        parse_bin_thresholds("recyclable=0.97,landfill=0.6")   # {'recyclable': 0.97, 'landfill': 0.6}
+    """
+    from pathlib import Path
+
+    text = str(spec).strip()
+    if text.endswith((".yaml", ".yml")) or (Path(text).is_file() and "=" not in text):
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(text).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{name}: cannot read {text} ({' '.join(str(exc).split())[:100]})") from None
+        if not isinstance(doc, Mapping) or not doc:
+            raise ConfigError(f"{name}: {text} must hold a mapping {{bin: threshold}}")
+        pairs = [(str(k), v) for k, v in doc.items()]
+    else:
+        pairs = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                raise ConfigError(f"{name}: expected BIN=THRESHOLD, got {part!r}")
+            b, v = part.split("=", 1)
+            pairs.append((b.strip(), v.strip()))
+        if not pairs:
+            raise ConfigError(f"{name}: no BIN=THRESHOLD pairs in {spec!r}")
+    return check_threshold(dict(pairs), bin_names, name=name)  # type: ignore[return-value]
+
+
+def combine_thresholds(base: float, per_bin: Mapping[str, float] | None, bin_names: Sequence[str]) -> Threshold:
+    """One threshold per bin: ``per_bin`` where given, ``base`` elsewhere (``base`` alone when none)."""
+    if not per_bin:
+        return base
+    check_threshold(dict(per_bin), bin_names)
+    return {b: float(per_bin.get(b, base)) for b in bin_names}

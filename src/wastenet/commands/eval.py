@@ -4,11 +4,17 @@
         --split-file ../shared/data/trashnet-split.csv --split test
 
 The work is :class:`wastenet.evaluation.evaluator.Evaluator` (the same from Python).
+
+Field mode: a foreign data set, its classes mapped onto the model's (evaluation/field.py)::
+
+    wastenet eval --checkpoint runs/x/best.pt --data ../shared/data/field-drinkingwaste \
+        --class-map field.yaml --boxes ../shared/data/field-drinkingwaste/labels.csv
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "Evaluate a checkpoint: accuracy, P/R/F1, confusion matrix, calibration, bin decisions."
 
@@ -28,12 +34,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit the temperature again on the validation split and store it in the checkpoint")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--device", default="auto")
+    g = p.add_argument_group("field mode (a foreign data set)")
+    g.add_argument("--class-map", metavar="YAML",
+                   help="classes: {foreign: model_class | bin:NAME | unknown}; evaluates every image of --data "
+                        "through predict (a .pt or .onnx model)")
+    g.add_argument("--boxes", metavar="CSV", help="path,label,bbox (xmin,ymin,xmax,ymax): also score item crops "
+                                                 "and floor-only crops (which must go to manual sort)")
+    g.add_argument("--bin-thresholds", metavar="BIN=P,...|FILE.yaml",
+                   help="per-bin thresholds, e.g. recyclable=0.97,landfill=0.6 (other bins: --threshold)")
+    g.add_argument("--ood-threshold", type=float, help="unknown-item score threshold (default: the model's)")
+    g.add_argument("--views", default=None, help="comma-separated views: full, crop, floor (default: full, and "
+                                                 "crop,floor when --boxes is given)")
     p.add_argument("--out", help="report folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+
+
+def run_field(args: argparse.Namespace) -> int:
+    """The field report: every image of a foreign folder, scored as `predict` decides it."""
+    from wastenet.errors import ConfigError
+    from wastenet.evaluation.field import VIEWS, evaluate_field, field_items, load_class_map
+    from wastenet.inference.predictor import Classifier
+
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"dataset folder not found: {args.data}")
+    views = (args.views.split(",") if args.views else ["full"] + (["crop", "floor"] if args.boxes else []))
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise ConfigError(f"--views: unknown view(s) {', '.join(bad)}; choose from {', '.join(VIEWS)}")
+    if any(v != "full" for v in views) and not args.boxes:
+        raise ConfigError("the crop and floor views need --boxes")
+    clf = Classifier.load(args.checkpoint, device=args.device if args.device != "auto" else "cpu")
+    cmap = load_class_map(args.class_map, clf.classes, clf.taxonomy.bin_names)
+    items = field_items(args.data, cmap, args.boxes)
+    threshold = args.threshold
+    if args.bin_thresholds:
+        from wastenet.decision import combine_thresholds, parse_bin_thresholds
+
+        bins = clf.taxonomy.bin_names
+        base = clf.threshold if threshold is None else threshold
+        threshold = combine_thresholds(base, parse_bin_thresholds(args.bin_thresholds, bins), bins)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"field-{Path(args.data).name}"
+    results = evaluate_field(clf, args.data, items, out, views=views, threshold=threshold,
+                             ood_threshold=args.ood_threshold)
+    print(f"report: {out / 'report.md'}")
+    return 1 if any(r["errors"] or r["skipped"] for r in results.values()) else 0
 
 
 def run(args: argparse.Namespace) -> int:
     from wastenet.evaluation.evaluator import Evaluator
 
+    if args.class_map:
+        return run_field(args)
     report = Evaluator.load(args.checkpoint, device=args.device).evaluate(
         args.data, split=args.split, split_file=args.split_file, threshold=args.threshold, taxonomy=args.taxonomy,
         target_contamination=args.target_contamination, recalibrate=args.recalibrate, tta=args.tta, out=args.out,

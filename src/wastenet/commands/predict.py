@@ -30,7 +30,7 @@ from wastenet.files import write_atomic
 HELP = "Classify images and decide which bin each goes in (manual_sort when unsure)."
 
 #: Column order of the CSV output: the six documented columns first (README), then extras.
-CSV_COLUMNS = ("path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason")
+CSV_COLUMNS = ("path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason", "ood_score")
 
 _PROGRESS_MIN_INPUTS = 16
 # renders as "": stops ArgumentDefaultsHelpFormatter appending "(default: None)" where None means "see text"
@@ -45,6 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None, metavar="P",
                         help="minimum bin probability to trust the bin, else manual_sort, in [0, 1] "
                              f"(default: the model file's, normally {DEFAULT_THRESHOLD:g})" + _NO_DEFAULT)
+    parser.add_argument("--bin-thresholds", default=None, metavar="BIN=P,...|FILE.yaml",
+                        help="per-bin thresholds, e.g. recyclable=0.97,landfill=0.6 (other bins: --threshold)"
+                             + _NO_DEFAULT)
+    parser.add_argument("--ood-threshold", type=float, default=None, metavar="S",
+                        help="unknown-item score above which an item goes to manual_sort with reason unknown "
+                             "(default: the model's, chosen on validation data)" + _NO_DEFAULT)
+    parser.add_argument("--group-by", default=None, metavar="DIR|REGEX",
+                        help="several photos of one item: DIR groups by folder, a regex by its first group (or "
+                             "whole match) on the path; one decision per group from the combined probabilities "
+                             "and unknown-item scores" + _NO_DEFAULT)
     parser.add_argument("--taxonomy", default=None, metavar="FILE|trashnet|household",
                         help="class -> bin map to use instead of the model's (YAML file or built-in name)" + _NO_DEFAULT)
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
@@ -58,6 +68,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(twice the compute)" + _NO_DEFAULT)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="where the model runs")
+
+
+def make_group_key(spec: str) -> Any:
+    """``DIR``: photos in one folder are one item; otherwise a regex whose first group (or whole
+    match) on the path names the item (``r"(.*)_\\d+\\.jpg"``: ``can_1.jpg``, ``can_2.jpg``)."""
+    import os
+    import re
+
+    from wastenet.errors import ConfigError
+
+    if spec == "DIR":
+        return lambda path: os.path.dirname(os.fspath(path)) or "."
+    try:
+        pattern = re.compile(spec)
+    except re.error as exc:
+        raise ConfigError(f"--group-by: not DIR and not a valid regular expression ({exc})") from None
+
+    def key(path: str) -> str:
+        m = pattern.search(os.fspath(path))
+        if m is None:
+            return os.fspath(path)  # a photo the pattern does not match is an item of its own
+        return m.group(1) if m.groups() else m.group(0)
+
+    return key
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,17 +109,31 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name")
+    group_key = make_group_key(args.group_by) if args.group_by else None
     clf = Classifier.load(args.checkpoint, device=args.device)
     taxonomy = load_taxonomy(args.taxonomy, clf.classes) if args.taxonomy else None
+    if args.bin_thresholds:
+        from wastenet.decision import combine_thresholds, parse_bin_thresholds
+
+        bins = (taxonomy or clf.taxonomy).bin_names
+        base = clf.threshold if threshold is None else threshold
+        threshold = combine_thresholds(base, parse_bin_thresholds(args.bin_thresholds, bins), bins)
 
     inputs, missing = expand_paths(args.paths)
     progress = sys.stderr.isatty() and len(inputs) > _PROGRESS_MIN_INPUTS
-    predicted = iter(clf.predict(inputs, threshold=threshold, taxonomy=taxonomy, batch_size=args.batch_size,
-                                 topk=args.topk, progress=progress, tta=args.tta))
-    # merge back the patterns that matched nothing, at their place in the input order
+    options = dict(threshold=threshold, taxonomy=taxonomy, batch_size=args.batch_size, topk=args.topk,
+                   progress=progress, tta=args.tta, ood_threshold=args.ood_threshold)
     preds: list[Prediction] = []
-    for i in range(len(inputs) + len(missing)):
-        preds.append(Prediction.failed(*missing[i]) if i in missing else next(predicted))
+    if group_key is not None:  # one row per item, in order of its first photo
+        groups: dict[str, list[str]] = {}
+        for path in inputs:
+            groups.setdefault(group_key(path), []).append(path)
+        preds = clf.predict_groups(groups, **options) + [Prediction.failed(*missing[i]) for i in sorted(missing)]
+    else:
+        predicted = iter(clf.predict(inputs, **options))
+        # merge back the patterns that matched nothing, at their place in the input order
+        for i in range(len(inputs) + len(missing)):
+            preds.append(Prediction.failed(*missing[i]) if i in missing else next(predicted))
 
     text = format_predictions(preds, args.format)
     if out is not None:

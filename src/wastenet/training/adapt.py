@@ -1,0 +1,225 @@
+"""Site adaptation: a deployed model learns the items its own bin sent to manual sort.
+
+``wastenet serve`` logs every decision, ``wastenet review`` labels the manual-sort items and
+exports them as class folders; ``adapt`` re-fits the classifier head on them in minutes on a
+CPU. The backbone stays frozen (so features can be computed once per view and cached), the
+head starts from the deployed one, and a rehearsal sample of the original training data
+(``mix``) keeps it from forgetting. Calibration (temperature) and the unknown-item rule are
+re-fitted on held-out reviewed items plus the original validation images; the taxonomy and
+the threshold are kept::
+
+    result = adapt("runs/mnv2/best.pt", "reviewed/", "runs/mnv2-site",
+                   mix="../shared/data/trashnet", mix_split="../shared/data/trashnet-split.csv")
+    result["val_accuracy"], result["checkpoint"]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wastenet.data.datasets import Row, build_cache, read_split_file, scan_folder
+from wastenet.errors import ConfigError
+
+
+@dataclass
+class AdaptConfig:
+    views: int = 4              # augmented views per reviewed/mix image (plus the clean one)
+    epochs: int = 40
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    mix_per_class: int = 100    # rehearsal: original training images per class
+    val_share: float = 0.2      # reviewed items held out for calibration and early stopping
+    patience: int = 6
+    seed: int = 0
+    batch_size: int = 64
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _sample(rows: list[Row], per_class: int, seed: int) -> list[Row]:
+    rng = random.Random(seed)
+    by: dict[str, list[Row]] = {}
+    for r in rows:
+        by.setdefault(r.label, []).append(r)
+    out: list[Row] = []
+    for label in sorted(by):
+        rs = by[label][:]
+        rng.shuffle(rs)
+        out += rs[:per_class]
+    return out
+
+
+def _split_reviewed(rows: list[Row], share: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Stratified: each class keeps at least one training item; classes with one item give no val."""
+    rng = random.Random(seed)
+    train, val = [], []
+    by: dict[str, list[Row]] = {}
+    for r in rows:
+        by.setdefault(r.label, []).append(r)
+    for label in sorted(by):
+        rs = by[label][:]
+        rng.shuffle(rs)
+        n_val = int(math.floor(len(rs) * share)) if len(rs) > 1 else 0
+        val += rs[:n_val]
+        train += rs[n_val:]
+    return train, val
+
+
+def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
+    """Class folders of reviewed items; a folder that is not a model class is a ConfigError."""
+    rows, found = scan_folder(folder) if Path(folder).is_dir() else ([], [])
+    if not rows:
+        raise ConfigError(f"no reviewed images in {folder} (expected class folders, e.g. from `wastenet review --export`)")
+    foreign = sorted(set(found) - set(classes))
+    if foreign:
+        raise ConfigError(f"reviewed classes the model does not know: {', '.join(foreign)} "
+                          f"(its classes: {', '.join(classes)})")
+    return rows
+
+
+def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
+          mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary."""
+    from wastenet import checkpoint
+    from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
+    from wastenet.data.composite import CameraJitter
+    from wastenet.evaluation.calibration import fit_temperature
+    from wastenet.inference.ood_model import features_and_logits, fit_unknown_detector
+    from wastenet.models import model_from_checkpoint
+    from wastenet.preprocessing import Preprocessing
+
+    cfg = cfg or AdaptConfig()
+    t0 = time.time()
+    ckpt = checkpoint.load(checkpoint_path)
+    classes = list(ckpt["classes"])
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    rev = reviewed_rows(data, classes)
+    rev_train, rev_val = _split_reviewed(rev, cfg.val_share, cfg.seed)
+    mix_train: list[Row] = []
+    mix_val: list[Row] = []
+    if mix:
+        if not mix_split:
+            raise ConfigError("--data-mix needs --mix-split-file (its train rows are rehearsed, its val rows calibrate)")
+        mix_rows = [r for r in read_split_file(mix_split, mix) if r.label in classes]
+        mix_train = _sample([r for r in mix_rows if r.split == "train"], cfg.mix_per_class, cfg.seed)
+        mix_val = _sample([r for r in mix_rows if r.split == "val"], cfg.mix_per_class // 2, cfg.seed)
+    if not rev_val and not mix_val:
+        raise ConfigError("adapt needs validation images: at least two reviewed items of a class, or --data-mix")
+
+    def cache(root: Any, rows: list[Row]) -> Any:
+        c = build_cache(root, rows, classes, prep.resize_size, prep.interpolation)
+        for p, why in c.skipped:
+            _log(f"skipped {p}: {why}")
+        return c
+
+    parts = {"reviewed train": cache(data, rev_train), "reviewed val": cache(data, rev_val) if rev_val else None,
+             "mix train": cache(mix, mix_train) if mix_train else None, "mix val": cache(mix, mix_val) if mix_val else None}
+    model = model_from_checkpoint(ckpt).to(device)
+    torch.manual_seed(cfg.seed)
+    augment = torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
+
+    @torch.no_grad()
+    def views_of(c: Any, n_views: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, labels = [], []
+        f0, _ = features_and_logits(model, c.images, prep, device, desc=f"{desc} (clean)")
+        feats.append(torch.from_numpy(f0))
+        labels.append(torch.from_numpy(c.labels))
+        for v in range(n_views):
+            out_v = []
+            for i in range(0, len(c.images), cfg.batch_size):
+                x = to_model_batch(torch.from_numpy(c.images[i : i + cfg.batch_size]), prep, augment=augment, device=device)
+                out_v.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
+            feats.append(torch.cat(out_v))
+            labels.append(torch.from_numpy(c.labels))
+            _log(f"{desc}: view {v + 1}/{n_views}")
+        return torch.cat(feats), torch.cat(labels).long()
+
+    x_rev, y_rev = views_of(parts["reviewed train"], cfg.views, "reviewed features")
+    x_mix, y_mix = (views_of(parts["mix train"], cfg.views, "rehearsal features") if parts["mix train"] is not None
+                    else (torch.zeros(0, x_rev.shape[1]), torch.zeros(0, dtype=torch.long)))
+    val_parts = [p for p in (parts["reviewed val"], parts["mix val"]) if p is not None]
+    val_feats, val_labels = [], []
+    for p in val_parts:
+        f, _ = features_and_logits(model, p.images, prep, device, desc="validation features")
+        val_feats.append(torch.from_numpy(f))
+        val_labels.append(torch.from_numpy(p.labels).long())
+    x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
+
+    head = model.get_classifier()
+    before_val = float((head(x_val).argmax(1) == y_val).float().mean())
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best = (math.inf, {k: v.clone() for k, v in head.state_dict().items()})
+    stale = 0
+    for epoch in range(cfg.epochs):
+        head.train()
+        # the site's items and the rehearsal data weigh half each, however many there are of each
+        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
+            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            vl = float(F.cross_entropy(head(x_val), y_val))
+        if vl < best[0] - 1e-4:
+            best, stale = (vl, {k: v.clone() for k, v in head.state_dict().items()}), 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    head.load_state_dict(best[1])
+    head.eval()
+    with torch.no_grad():
+        val_logits = head(x_val).numpy()
+    temperature = fit_temperature(val_logits, y_val.numpy())
+    val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
+
+    # the site's items are known now: the unknown-item statistics include them
+    train_images = np.concatenate([p.images for p in (parts["reviewed train"], parts["mix train"]) if p is not None])
+    train_labels = np.concatenate([p.labels for p in (parts["reviewed train"], parts["mix train"]) if p is not None])
+    val_images = np.concatenate([p.images for p in val_parts])
+    ckpt["ood"] = fit_unknown_detector(model, prep, (train_images, train_labels), val_images, len(classes),
+                                       temperature, device)
+    ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    ckpt["temperature"] = float(temperature)
+    seconds = time.time() - t0
+    ckpt["adapted"] = {"from": str(checkpoint_path), "reviewed_train": len(rev_train), "reviewed_val": len(rev_val),
+                       "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1)}
+    for k in ("optimizer", "scheduler", "history"):
+        ckpt.pop(k, None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = checkpoint.save(ckpt, out / "best.pt")
+    _log(f"adapted on {len(rev_train)} reviewed (+{len(mix_train)} rehearsal) images in {seconds:.0f}s: "
+         f"validation accuracy {before_val:.3f} -> {val_acc:.3f}, temperature {temperature:.3f}; {path}")
+    return {"checkpoint": str(path), "val_accuracy_before": before_val, "val_accuracy": val_acc,
+            "temperature": float(temperature), "seconds": seconds, **ckpt["adapted"]}
+
+
+def _paired_batches(xa: torch.Tensor, ya: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, batch: int,
+                    gen: torch.Generator):
+    """Batches holding half reviewed, half rehearsal items (only reviewed ones without a mix)."""
+    pa = torch.randperm(len(xa), generator=gen)
+    pb = torch.randperm(len(xb), generator=gen) if len(xb) else None
+    half = max(1, batch // 2)
+    steps = max(1, math.ceil(max(len(xa), len(xb)) / half))
+    for s in range(steps):
+        ia = pa[torch.arange(s * half, (s + 1) * half) % len(xa)]
+        if pb is None:
+            yield [xa[ia]], [ya[ia]]
+        else:
+            ib = pb[torch.arange(s * half, (s + 1) * half) % len(xb)]
+            yield [xa[ia], xb[ib]], [ya[ia], yb[ib]]
