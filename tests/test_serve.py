@@ -682,3 +682,42 @@ def test_the_review_listing_states_the_retention_rule(unsure_classifier, tmp_pat
         assert "at most 5 MB" in c.get("/api/review", headers=auth(c)).json()["retention"]
     with TestClient(create_app(unsure_classifier, log_path=tmp_path / "e.sqlite", log_max_bytes=None)) as c:
         assert c.get("/api/review", headers=auth(c)).json()["retention"] is None
+
+
+# --------------------------------------------------------------------------- one item, many photos; unknown items
+def test_several_file_parts_are_one_item_decided_from_all_its_photos(client, classifier):
+    photos = [jpeg_bytes("glass", 1), jpeg_bytes("metal", 2), jpeg_bytes("paper", 3)]
+    r = client.post("/api/predict", files=[("file", (f"p{i}.jpg", d, "image/jpeg")) for i, d in enumerate(photos)])
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["photos"] == 3 and p["path"] == "p0.jpg"
+    want = classifier.predict_groups({"item": [io.BytesIO(d).getvalue() for d in photos]})[0]
+    assert p["label"] == want.label and p["confidence"] == pytest.approx(want.confidence, abs=1e-5)
+    assert len(rows(client)) == 1  # one item, one log row
+
+
+def test_too_many_photos_of_one_item_is_a_422(client):
+    parts = [("file", (f"p{i}.jpg", jpeg_bytes(seed=i), "image/jpeg")) for i in range(9)]
+    r = client.post("/api/predict", files=parts)
+    assert r.status_code == 422 and "at most" in r.json()["error"]
+
+
+def test_an_unknown_item_is_manual_sort_with_its_reason_on_the_answer_and_in_the_log(tiny_checkpoint, tmp_path):
+    import torch
+
+    from wastenet.inference.predictor import Classifier
+
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    dim = 96  # test_resnet's pooled features
+    ckpt["ood"] = {"method": "mahalanobis", "keep": 0.95, "thresholds": {"mahalanobis": -1.0, "energy": 0.0, "msp": 0.0},
+                   "stats": {"means": torch.zeros(len(ckpt["classes"]), dim), "basis": torch.eye(dim)[:, :4],
+                             "inv_var": torch.ones(4), "inv_rest": torch.tensor(1.0)}}
+    path = tmp_path / "ood.pt"
+    torch.save(ckpt, path)
+    clf = Classifier.load(path)
+    app = create_app(clf, log_path=tmp_path / "decisions.sqlite")
+    with TestClient(app) as c:
+        p = c.post("/api/predict", files=upload(jpeg_bytes())).json()
+        assert (p["decision"], p["reason"]) == ("manual_sort", "unknown") and p["ood_score"] >= 0
+        logged = rows(c)[-1]
+        assert (logged["decision"], logged["reason"]) == ("manual_sort", "unknown")

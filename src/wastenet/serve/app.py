@@ -10,7 +10,8 @@
 
 Endpoints
     GET  /api/health                  model, classes, bins, threshold, backend
-    POST /api/predict                 multipart ``file``; query ``threshold``, ``explain``,
+    POST /api/predict                 multipart ``file`` (several ``file`` parts: photos of one
+                                      item, one decision from them all); query ``threshold``, ``explain``,
                                       ``source`` (free tag for the log), ``log`` (false: do
                                       not log, for live camera frames)
     GET  /api/review                  manual-sort items waiting for a person, newest first
@@ -74,6 +75,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
              "connect-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
              "base-uri 'none'; frame-ancestors 'none'")
+#: Photos of one item in one request (each within the upload limit): enough for a bin's cameras.
+MAX_PHOTOS_PER_ITEM = 8
 _SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
@@ -84,6 +87,7 @@ class _ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
 
 
 def _plain(value: Any) -> Any:
@@ -213,7 +217,7 @@ def create_app(
     decision_log = DecisionLog(log_path if log_path is not None else default_log_path(source),
                                max_bytes=log_max_bytes)
     decision_log.set_classes(classes)
-    model_lock = threading.Lock()
+    model_lock = threading.Lock()  # the batcher's thread, Grad-CAM and multi-photo items take turns
     batcher = Batcher(classifier, model_lock, max_batch=max_batch)
     decode_slots = threading.BoundedSemaphore(max_decodes)
     # a JPEG is decoded at a reduced DCT scale, never below what the model or a reviewer needs
@@ -297,24 +301,57 @@ def create_app(
 
     @app.post("/api/predict")
     async def predict(
-        file: UploadFile | None = File(None, description="one image (JPEG, PNG, WebP, BMP, TIFF, GIF)"),
+        file: list[UploadFile] | None = File(None, description="an image (JPEG, PNG, WebP, BMP, TIFF, GIF); "
+                                                              "several parts: photos of one item"),
         threshold: str | None = None,
         explain: bool = False,
         source: str = "api",
         log: bool = True,
     ) -> JSONResponse:
-        """Classify one photo and decide its bin (``manual_sort`` below the threshold)."""
+        """Classify one photo, or several photos of one item, and decide its bin."""
         thr = _parse_threshold(threshold, default_threshold)
-        if file is None or not isinstance(file, StarletteUploadFile):
+        files = [f for f in (file or []) if isinstance(f, StarletteUploadFile)]
+        if not files:
             raise _ApiError(422, "missing multipart file field 'file' (one image)")
-        data = await file.read(max_upload_bytes + 1)
-        await file.close()
-        if len(data) > max_upload_bytes:
-            raise _ApiError(413, f"upload too large: the limit is {max_upload_bytes / 2**20:g} MB")
-        name = _upload_name(file.filename)
+        if len(files) > MAX_PHOTOS_PER_ITEM:
+            raise _ApiError(422, f"at most {MAX_PHOTOS_PER_ITEM} photos of one item, got {len(files)}")
+        blobs = []
+        for f in files:
+            data = await f.read(max_upload_bytes + 1)
+            await f.close()
+            if len(data) > max_upload_bytes:
+                raise _ApiError(413, f"upload too large: the limit is {max_upload_bytes / 2**20:g} MB")
+            blobs.append(data)
+        name = _upload_name(files[0].filename)
         tag = source if _SOURCE_RE.match(source or "") else "api"
-        result = await run_in_threadpool(_predict_one, data, name, thr, explain, tag, log)
+        if len(blobs) > 1:
+            result = await run_in_threadpool(_predict_item, blobs, name, thr, tag, log)
+        else:
+            result = await run_in_threadpool(_predict_one, blobs[0], name, thr, explain, tag, log)
         return JSONResponse(result)
+
+    def _predict_item(blobs: list[bytes], name: str, thr: float, tag: str, keep: bool) -> dict[str, Any]:
+        """Several photos of one item: one decision from their combined probabilities and scores."""
+        smalls, first = [], None
+        for data in blobs:
+            with decode_slots:
+                full = load_image(data, max_pixels=max_pixels, draft_size=draft_size)  # -> 415/422
+                smalls.append(_resize_for(full, classifier))
+                if first is None:
+                    first = review_copy(full)
+                del full
+        with model_lock:  # outside the batcher: one call for the whole item, under the model's lock
+            pred = classifier.predict_groups({name: smalls}, threshold=thr)[0]
+        if pred.decision == "error":
+            raise ImageDecodeError(str(pred.error or "unreadable image"))
+        out = _plain(pred.to_dict())
+        out.update(path=name, threshold=thr, photos=len(smalls))
+        try:
+            out["id"] = decision_log.record(pred, first, name, thr, arch, tag) if keep else None
+        except sqlite3.Error as exc:
+            logger.error("decision log write failed: %s", exc)
+            raise _ApiError(503, f"decision log unavailable: {exc}") from None
+        return out
 
     def _predict_one(data: bytes, name: str, thr: float, want_explain: bool, tag: str,
                      keep: bool) -> dict[str, Any]:
@@ -372,7 +409,7 @@ def create_app(
             items.append({
                 "id": it["id"], "created_at": it["created_at"], "label": it["label"],
                 "confidence": it["confidence"], "bin": it["bin"],
-                "bin_confidence": it["bin_confidence"], "threshold": it["threshold"],
+                "bin_confidence": it["bin_confidence"], "threshold": it["threshold"], "reason": it["reason"],
                 "model": it["model"], "source": it["source"], "image_name": it["image_name"],
                 "image_url": f"/api/review/{it['id']}/image",
             })

@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     image          BLOB,                      -- only for manual_sort items
     image_name     TEXT,
     reviewed_label TEXT,
-    reviewed_at    TEXT
+    reviewed_at    TEXT,
+    reason         TEXT,                      -- why manual_sort: low_confidence | unknown
+    ood_score      REAL                       -- the unknown-item score, when the model has the rule
 );
 CREATE INDEX IF NOT EXISTS decisions_review ON decisions (decision, reviewed_label, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,7 +78,7 @@ _PENDING = "decision = 'manual_sort' AND reviewed_label IS NULL AND image IS NOT
 
 # Columns returned by the listing queries (never the image blob: it can be megabytes).
 _ITEM_COLUMNS = ("id, created_at, source, label, confidence, bin, bin_confidence, decision, "
-                 "threshold, model, image_name, reviewed_label, reviewed_at, "
+                 "threshold, model, image_name, reviewed_label, reviewed_at, reason, ood_score, "
                  "image IS NOT NULL AS has_image")
 
 
@@ -234,6 +236,13 @@ class DecisionLog:
             raise ConfigError(f"cannot open decision log {self.path}: {err}") from None
         if "reviewed_label" not in cols:
             raise ConfigError(f"{self.path} is not a wastenet decision log")
+        # logs written before the unknown-item rule gain its two columns (empty for old rows)
+        try:
+            for name, kind in (("reason", "TEXT"), ("ood_score", "REAL")):
+                if name not in cols:
+                    self._conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(f"cannot upgrade decision log {self.path}: {err}") from None
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -305,14 +314,14 @@ class DecisionLog:
                 logging.getLogger("wastenet.serve").warning("decision log: photo not kept: %s", exc)
         cur = self._write(
             "INSERT INTO decisions (created_at, source, label, confidence, bin, bin_confidence,"
-            " decision, threshold, model, image, image_name) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " decision, threshold, model, image, image_name, reason, ood_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 _now(), source, _field(prediction, "label"),
                 _opt_float(_field(prediction, "confidence")), _field(prediction, "bin"),
                 _opt_float(_field(prediction, "bin_confidence")), decision,
                 _opt_float(threshold), model,
                 sqlite3.Binary(stored) if stored else None,
-                image_name,
+                image_name, _field(prediction, "reason") or None, _opt_float(_field(prediction, "ood_score")),
             ),
         )
         row_id = int(cur.lastrowid)

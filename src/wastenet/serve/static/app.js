@@ -108,7 +108,9 @@
     why.className = "why";
     if (r.decision === "manual_sort") {
       main.textContent = "Manual sort";
-      why.textContent = `Not sure enough: best bin ${pretty(r.bin)} at ${pct(r.bin_confidence)} (threshold ${pct(r.threshold)}).`;
+      why.textContent = r.reason === "unknown"
+        ? `Unlike anything the model was trained on (best guess ${pretty(r.bin)} at ${pct(r.bin_confidence)}): a person should sort it.`
+        : `Not sure enough: best bin ${pretty(r.bin)} at ${pct(r.bin_confidence)} (threshold ${pct(r.threshold)}).`;
     } else {
       main.textContent = pretty(r.decision);
       why.textContent = `${pct(r.bin_confidence)} sure it belongs in ${r.decision.replace(/_/g, " ")}.`;
