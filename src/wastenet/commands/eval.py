@@ -72,7 +72,7 @@ def run_field(args: argparse.Namespace) -> int:
         bins = clf.taxonomy.bin_names
         base = clf.threshold if threshold is None else threshold
         threshold = combine_thresholds(base, parse_bin_thresholds(args.bin_thresholds, bins), bins)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"field-{Path(args.data).name}"
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.data).name}"
     results = evaluate_field(clf, args.data, items, out, views=views, threshold=threshold,
                              ood_threshold=args.ood_threshold)
     print(f"report: {out / 'report.md'}")
