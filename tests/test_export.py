@@ -75,11 +75,11 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path, tiny_checkpoint, mon
 
     real_export = ex._torch_export
 
-    def corrupted(model, path, size, opset):  # what a wrong export would do: different weights
+    def corrupted(model, path, size, opset, *outputs):  # what a wrong export would do: different weights
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-        real_export(model, path, size, opset)
+        real_export(model, path, size, opset, *outputs)
 
     monkeypatch.setattr(ex, "_torch_export", corrupted)
     out = tmp_path / "bad.onnx"
