@@ -36,8 +36,11 @@ class Row:
     split: str = ""
 
 
-def scan_folder(root: str | Path) -> tuple[list[Row], list[str]]:
-    """Every image below ``ROOT/<class>/`` (any depth) and the sorted class names."""
+def scan_folder(root: str | Path, min_classes: int = 2) -> tuple[list[Row], list[str]]:
+    """Every image below ``ROOT/<class>/`` (any depth) and the sorted class names.
+
+    Training needs two classes; reviewed items or a field set may hold one (``min_classes=1``).
+    """
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"dataset folder not found: {root}")
@@ -48,8 +51,9 @@ def scan_folder(root: str | Path) -> tuple[list[Row], list[str]]:
         for f in iter_image_files(root / cls)
     ]
     classes = [c for c in classes if any(r.label == c for r in rows)]
-    if len(classes) < 2:
-        raise ConfigError(f"{root} needs at least two class folders with images ({IMAGE_EXTENSIONS})")
+    if len(classes) < min_classes:
+        need = "a class folder" if min_classes == 1 else f"at least {min_classes} class folders"
+        raise ConfigError(f"{root} needs {need} with images ({IMAGE_EXTENSIONS})")
     return rows, classes
 
 

@@ -113,7 +113,7 @@ def field_items(root: str | Path, class_map: Mapping[str, Target], boxes: str | 
     """Every image of the class folders named in the class map (other folders: ConfigError)."""
     from wastenet.data.datasets import scan_folder
 
-    rows, found = scan_folder(root)
+    rows, found = scan_folder(root, min_classes=1)
     unmapped = sorted(set(found) - set(class_map))
     if unmapped:
         raise ConfigError(f"the class map does not say what these classes mean: {', '.join(unmapped)}")

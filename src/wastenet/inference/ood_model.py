@@ -91,17 +91,27 @@ def fit_unknown_detector(model: nn.Module, prep: Any, train: tuple[np.ndarray, n
                          device: Any = "cpu", keep: float | None = None, method: str | None = None) -> dict[str, Any]:
     """Fit the unknown-item scores at the end of training; thresholds from the validation split only.
 
-    Returns the checkpoint's ``ood`` entry: the method used by default, a threshold per method
-    (the score under which ``keep`` of the validation items fall), and the Mahalanobis
-    statistics as tensors (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
+    Computes the clean features of the train and validation images, then :func:`unknown_rule`.
+    """
+    train_feats, _ = features_and_logits(model, train[0], prep, device, desc="unknown-item statistics (train)")
+    val_feats, val_logits = features_and_logits(model, val_images, prep, device, desc="unknown-item threshold (val)")
+    return unknown_rule(train_feats, train[1], val_feats, val_logits, n_classes, temperature, keep, method)
+
+
+def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: np.ndarray, val_logits: np.ndarray,
+                 n_classes: int, temperature: float, keep: float | None = None,
+                 method: str | None = None) -> dict[str, Any]:
+    """The checkpoint's ``ood`` entry from features already computed.
+
+    The default method, a threshold per method (the score under which ``keep`` of the
+    validation items fall) and the Mahalanobis statistics as tensors
+    (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
     """
     from wastenet import ood
 
     keep = ood.DEFAULT_KEEP if keep is None else keep
     method = method or ood.DEFAULT_METHOD
-    train_feats, _ = features_and_logits(model, train[0], prep, device, desc="unknown-item statistics (train)")
-    val_feats, val_logits = features_and_logits(model, val_images, prep, device, desc="unknown-item threshold (val)")
-    stats = ood.fit_mahalanobis(train_feats, train[1], n_classes)
+    stats = ood.fit_mahalanobis(train_feats, train_labels, n_classes)
     val_scores = {m: ood.scores(m, val_logits, temperature, val_feats, stats) for m in ood.METHODS}
     return {
         "method": method,

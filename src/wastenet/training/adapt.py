@@ -79,7 +79,7 @@ def _split_reviewed(rows: list[Row], share: float, seed: int) -> tuple[list[Row]
 
 def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
     """Class folders of reviewed items; a folder that is not a model class is a ConfigError."""
-    rows, found = scan_folder(folder) if Path(folder).is_dir() else ([], [])
+    rows, found = scan_folder(folder, min_classes=1) if Path(folder).is_dir() else ([], [])
     if not rows:
         raise ConfigError(f"no reviewed images in {folder} (expected class folders, e.g. from `wastenet review --export`)")
     foreign = sorted(set(found) - set(classes))
@@ -96,7 +96,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
     from wastenet.data.composite import CameraJitter
     from wastenet.evaluation.calibration import fit_temperature
-    from wastenet.inference.ood_model import features_and_logits, fit_unknown_detector
+    from wastenet.inference.ood_model import features_and_logits, unknown_rule
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
 
@@ -132,6 +132,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
 
     @torch.no_grad()
     def views_of(c: Any, n_views: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean features first (rows ``:len(c)``, reused for the unknown-item rule), then the views."""
         feats, labels = [], []
         f0, _ = features_and_logits(model, c.images, prep, device, desc=f"{desc} (clean)")
         feats.append(torch.from_numpy(f0))
@@ -187,12 +188,13 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     temperature = fit_temperature(val_logits, y_val.numpy())
     val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
 
-    # the site's items are known now: the unknown-item statistics include them
-    train_images = np.concatenate([p.images for p in (parts["reviewed train"], parts["mix train"]) if p is not None])
-    train_labels = np.concatenate([p.labels for p in (parts["reviewed train"], parts["mix train"]) if p is not None])
-    val_images = np.concatenate([p.images for p in val_parts])
-    ckpt["ood"] = fit_unknown_detector(model, prep, (train_images, train_labels), val_images, len(classes),
-                                       temperature, device)
+    # the site's items are known now: the unknown-item statistics include them (clean features,
+    # computed above; the backbone did not change)
+    n_rev = len(parts["reviewed train"])
+    n_mix = len(parts["mix train"]) if parts["mix train"] is not None else 0
+    clean = torch.cat([x_rev[:n_rev], x_mix[:n_mix]]).numpy()
+    clean_labels = torch.cat([y_rev[:n_rev], y_mix[:n_mix]]).numpy()
+    ckpt["ood"] = unknown_rule(clean, clean_labels, x_val.numpy(), val_logits, len(classes), temperature)
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ckpt["temperature"] = float(temperature)
     seconds = time.time() - t0
