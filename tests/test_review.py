@@ -42,9 +42,28 @@ def test_durable_settings(log):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     cols = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
     assert cols == ["id", "created_at", "source", "label", "confidence", "bin", "bin_confidence", "decision",
-                    "threshold", "model", "image", "image_name", "reviewed_label", "reviewed_at"]
+                    "threshold", "model", "image", "image_name", "reviewed_label", "reviewed_at",
+                    "reason", "ood_score"]
     assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     conn.close()
+
+
+def test_a_log_from_before_the_unknown_item_rule_gains_its_columns_and_keeps_its_rows(tmp_path):
+    from wastenet.serve.decision_log import DecisionLog
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, source TEXT,"
+                 " label TEXT, confidence REAL, bin TEXT, bin_confidence REAL, decision TEXT NOT NULL, threshold REAL,"
+                 " model TEXT, image BLOB, image_name TEXT, reviewed_label TEXT, reviewed_at TEXT)")
+    conn.execute("INSERT INTO decisions (created_at, label, decision) VALUES ('2026-01-01', 'glass', 'recyclable')")
+    conn.commit()
+    conn.close()
+    log = DecisionLog(path, create=False)
+    log.record(pred(), photo(), "b.jpg", 0.9, "m", "api")
+    rows = sqlite3.connect(path).execute("SELECT label, reason FROM decisions ORDER BY id").fetchall()
+    assert rows[0] == ("glass", None) and len(rows) == 2
+    log.close()
 
 
 def test_record_is_committed_immediately(log):

@@ -21,14 +21,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from wastenet.data.datasets import Row, build_cache, read_split_file, scan_folder
 from wastenet.errors import ConfigError
+
+# torch is imported inside the functions: `wastenet adapt --help` (and the CLI's parser, built for
+# every mode) must work on the torch-free edge install
 
 
 @dataclass
@@ -92,6 +94,9 @@ def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
 def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
           mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu") -> dict[str, Any]:
     """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary."""
+    import torch
+    import torch.nn.functional as F
+
     from wastenet import checkpoint
     from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
     from wastenet.data.composite import CameraJitter
@@ -211,9 +216,11 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
             "temperature": float(temperature), "seconds": seconds, **ckpt["adapted"]}
 
 
-def _paired_batches(xa: torch.Tensor, ya: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, batch: int,
-                    gen: torch.Generator):
+def _paired_batches(xa: "torch.Tensor", ya: "torch.Tensor", xb: "torch.Tensor", yb: "torch.Tensor", batch: int,
+                    gen: "torch.Generator") -> Iterator[tuple[list, list]]:
     """Batches holding half reviewed, half rehearsal items (only reviewed ones without a mix)."""
+    import torch
+
     pa = torch.randperm(len(xa), generator=gen)
     pb = torch.randperm(len(xb), generator=gen) if len(xb) else None
     half = max(1, batch // 2)
