@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-
 import numpy as np
 
 from wastenet.data.datasets import Row, build_cache, read_split_file, scan_folder
