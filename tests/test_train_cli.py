@@ -19,8 +19,14 @@ def test_train_writes_the_run_folder_and_eval_reads_it(tmp_path, image_folder, c
     out = tmp_path / "run"
     assert main(["train", "--data", str(image_folder), "--out", str(out), *TINY]) == 0
     for name in ("config.yaml", "split.csv", "best.pt", "last.pt", "history.csv", "metrics.json",
-                 "confusion_matrix.png", "curves.png", "report.md"):
+                 "confusion_matrix.png", "curves.png", "report.md", "train.log"):
         assert (out / name).is_file(), name
+    log = (out / "train.log").read_text()
+    # every frozen pass reports its progress with an ETA, also into the run's log file
+    for desc in ("[head] features view 1/2", "[head] features view 2/2", "[head] features val",
+                 "calibration pass (val)", "test pass"):
+        assert f"{desc}: 100% (" in log and "ETA" in log, desc
+    assert "test: accuracy" in log
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["metrics"]["n"] == 9  # 3 per class, never trained on
     assert {"accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"} <= set(metrics["metrics"])

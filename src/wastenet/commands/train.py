@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision")
     _bool(g, "channels-last", d.channels_last, "channels-last memory format")
     g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--frozen-backend", default=d.frozen_backend, choices=["auto", "torch", "onnxruntime"],
+                   help="frozen passes (head features, teacher, calibration, test): auto = onnxruntime fp32 "
+                        "on CPU when installed, else PyTorch")
     g.add_argument("--workers", type=int, default=d.workers, help="image decoding threads")
     g.add_argument("--taxonomy", help="bin taxonomy stored in the checkpoint: trashnet, household or a YAML file")
     g.add_argument("--threshold", type=float, default=d.threshold, help="decision threshold stored in the checkpoint")

@@ -17,7 +17,6 @@ densenet121 and temperature).
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,9 @@ GALLERY_SIZE = 8
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from wastenet.progress import emit
+
+    emit(msg)
 
 
 def _gallery(model, prep, classes, images_u8: np.ndarray, probs: np.ndarray, labels: np.ndarray,
@@ -85,12 +86,15 @@ class Subject:
     threshold: Threshold = DEFAULT_THRESHOLD
     device: torch.device | str = "cpu"
     tta: bool = False
+    frozen_backend: str = "auto"   # training.frozen.choose_backend's rule; onnxruntime fp32 is fp32 as deployed
 
-    def logits(self, images_u8: np.ndarray) -> np.ndarray:
-        """Raw logits ``[N, C]`` of cached uint8 squares, in full precision (``tta`` as predict does it)."""
-        from wastenet.inference.runtime import predict_logits
+    def logits(self, images_u8: np.ndarray, desc: str = "logits") -> np.ndarray:
+        """Raw logits ``[N, C]`` of cached uint8 images, in full precision (``tta`` as predict does it),
+        on the fastest frozen-pass backend, with a progress bar."""
+        from wastenet.training.frozen import frozen_logits
 
-        return predict_logits(self.model, images_u8, self.prep, self.device, None, tta=self.tta).numpy()
+        return frozen_logits(self.model, images_u8, self.prep, torch.device(self.device), dtype=None, tta=self.tta,
+                             backend=self.frozen_backend, desc=desc).numpy()
 
 
 def evaluate(
@@ -115,7 +119,7 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if logits is None:
-        logits = s.logits(data.images)
+        logits = s.logits(data.images, desc=f"{split} pass")
     probs_raw = cal.softmax(logits, 1.0)
     probs = cal.softmax(logits, temperature)
     metrics = M.classification_metrics(probs, labels, classes)
@@ -184,8 +188,8 @@ def evaluate_after_training(trainer: Any, train_seconds: float) -> dict[str, Any
         model.load_state_dict(trainer.best_state)
     model.eval()
     subject = Subject(model, trainer.prep, d.classes, Taxonomy.from_dict(trainer.taxonomy),
-                      threshold=cfg.threshold, device=trainer.device, tta=cfg.tta)
-    val_logits = subject.logits(d.val.images)
+                      threshold=cfg.threshold, device=trainer.device, tta=cfg.tta, frozen_backend=cfg.frozen_backend)
+    val_logits = subject.logits(d.val.images, desc="calibration pass (val)")
     subject.temperature = cal.fit_temperature(val_logits, d.val.labels)
     suggestion = suggest_for(subject, val_logits, d.val.labels, SUGGESTION_TARGET)
     ck = checkpoint.load(out / "best.pt")

@@ -59,6 +59,7 @@ class TrainConfig:
     amp: str = "auto"                     # auto | bf16 | fp16 | off
     channels_last: bool = True            # NHWC: oneDNN's layout; bf16 DenseNet121 trains 1.4x faster
     workers: int = 2
+    frozen_backend: str = "auto"          # frozen passes: auto (training.frozen.choose_backend) | torch | onnxruntime
     threads: int | None = None
     zoom: float = 0.2
     rotation: float = 20.0
@@ -99,6 +100,8 @@ class TrainConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"--amp must be auto, bf16, fp16 or off, not {self.amp!r}")
+        if self.frozen_backend not in ("auto", "torch", "onnxruntime"):
+            raise ConfigError(f"--frozen-backend must be auto, torch or onnxruntime, not {self.frozen_backend!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu or cuda, not {self.device!r}")
         for name in ("epochs", "batch_size", "head_epochs", "step_epochs", "unfreeze_groups"):

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from wastenet import checkpoint
 from wastenet.data.augment import AugmentConfig, build_augment, field_augment_on, to_model_batch
@@ -43,9 +42,11 @@ from wastenet.data.composite import is_studio_like
 from wastenet.data.datasets import ImageCache, Row, build_cache, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
 from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
-from wastenet.models import BuiltModel, count_parameters, create_model, extract_features, group_modules, merge_groups, resolve_weights_arg, safe_name
+from wastenet.models import BuiltModel, count_parameters, create_model, group_modules, merge_groups, resolve_weights_arg, safe_name
+from wastenet.progress import Progress, emit, set_log_file
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig
+from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass, prep_hw
 from wastenet.training.losses import build_loss
 from wastenet.training.recipes import Stage, plan_for
 
@@ -54,8 +55,9 @@ HISTORY_FIELDS = ["epoch", "stage", "stage_epoch", "trainable_params", "lr", "gr
 
 
 def log(msg: str) -> None:
-    if distributed.is_main():  # one log, not one per rank
-        print(msg, file=sys.stderr, flush=True)
+    """A line on stderr and in the run's ``train.log`` (rank 0 only: one log, not one per rank)."""
+    if distributed.is_main():
+        emit(msg)
 
 
 # ---------------------------------------------------------------- prepared data
@@ -100,8 +102,12 @@ def prepare_rows(cfg: TrainConfig, root: Path, out: Path) -> tuple[list[Row], li
 
 def prepare_data(cfg: TrainConfig, root: Path, rows: list[Row], classes: list[str], size: int, interpolation: str) -> Prepared:
     t0 = time.time()
-    bar = ((lambda it: tqdm(it, total=len(rows), desc="decode", unit="img", leave=False))
-           if sys.stderr.isatty() and distributed.is_main() else None)
+    def bar(it):
+        with Progress(len(rows), "decode", enabled=distributed.is_main()) as p:
+            for item in it:
+                yield item
+                p.update(1)
+
     cache = build_cache(root, rows, classes, size, interpolation, workers=cfg.workers, progress=bar)
     for path, reason in cache.skipped:
         log(f"skipped {path}: {reason}")
@@ -336,30 +342,41 @@ class Trainer:
         self.save_last()
 
     # -------------------------------------------------- stage 1: head on cached features
+    def frozen_runner(self, module: nn.Module, n_images: int) -> FrozenRunner:
+        """``module`` (frozen for the whole pass) on the backend ``choose_backend`` picks."""
+        backend = choose_backend(self.cfg.frozen_backend, self.device, n_images)
+        t0 = time.time()
+        runner = FrozenRunner(module, self.device, self.dtype, self.cfg.channels_last, backend,
+                              input_hw=prep_hw(self.prep), threads=self.cfg.threads)
+        precision = "fp32" if backend == "onnxruntime" or self.dtype is None else str(self.dtype).replace("torch.", "")
+        log(f"frozen pass on {backend} {precision}" + (f" (export {time.time() - t0:.1f}s)" if backend == "onnxruntime" else ""))
+        return runner
+
     @torch.no_grad()
-    def cached_features(self, images: np.ndarray, augment: bool) -> torch.Tensor:
+    def cached_features(self, images: np.ndarray, augment: bool, runner: FrozenRunner | None = None,
+                        desc: str = "features") -> torch.Tensor:
         """Pre-logit features of ``images``; each rank computes its shard, every rank gets them all."""
         self.model.eval()
-        feats = []
         images = images[distributed.shard_range(len(images))]
-        for i in range(0, len(images), 64):
-            x = to_model_batch(torch.from_numpy(images[i : i + 64]), self.prep,
-                               augment=self.augment if augment else None, device=self.device,
-                               channels_last=self.cfg.channels_last)
-            with autocast(self.device, self.dtype):
-                feats.append(extract_features(self.model, x).float())
-        return distributed.all_gather_tensor(torch.cat(feats) if feats else torch.zeros(0, device=self.device))
+        runner = runner or self.frozen_runner(FeatureHead(self.model), len(images))
+        feats = frozen_pass(runner, images, self.prep, device=self.device, desc=desc,
+                            augment=self.augment if augment else None, enabled=distributed.is_main())
+        return distributed.all_gather_tensor(feats)
 
     def run_head_stage(self, stage: Stage) -> None:
         cfg, d = self.cfg, self.data
         t0 = time.time()
         torch.manual_seed(cfg.seed)
         distributed.reseed_per_rank(cfg.seed)  # ranks augment different images: different draws
-        views = [self.cached_features(d.train.images, augment=False)]
-        views += [self.cached_features(d.train.images, augment=True) for _ in range(cfg.head_views)]
+        n_views = 1 + cfg.head_views
+        # one runner (one ONNX export) for every view: the backbone is frozen throughout
+        runner = self.frozen_runner(FeatureHead(self.model), n_views * len(d.train) + len(d.val))
+        views = [self.cached_features(d.train.images, augment=v > 0, runner=runner,
+                                      desc=f"[head] features view {v + 1}/{n_views}") for v in range(n_views)]
         x_train = torch.cat(views)
         y_train = torch.from_numpy(d.train.labels).to(self.device).repeat(len(views))
-        x_val = self.cached_features(d.val.images, augment=False)
+        x_val = self.cached_features(d.val.images, augment=False, runner=runner, desc="[head] features val")
+        del runner
         y_val = self.val_labels.to(self.device)
         # Every rank now holds all features and trains the same head from the same seed: the
         # result is identical on every rank (fit() still broadcasts rank 0's to be sure).
@@ -429,9 +446,10 @@ class Trainer:
             total, correct, seen = 0.0, 0, 0
             # this rank's share of each global batch; batches BatchNorm cannot train on are skipped
             batches = distributed.local_batches(perm, cfg.batch_size)
-            bar = tqdm(batches, desc=f"{stage.name} e{self.state.stage_epoch + 1}", leave=False, disable=not self.tty)
+            bar = Progress(len(batches), f"[{stage.name} {self.state.stage_epoch + 1}/{stage.epochs}]", unit="batch",
+                           enabled=distributed.is_main())
             lrs_at_start = group_lr_summary(optimizer)
-            for idx, n_global in bar:
+            for idx, n_global in batches:
                 x = to_model_batch(torch.from_numpy(d.train.images[idx.numpy()]), self.prep,
                                    augment=self.augment, device=self.device, channels_last=cfg.channels_last)
                 y = labels_all[idx].to(self.device)
@@ -452,6 +470,8 @@ class Trainer:
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(idx)
                 bar.set_postfix(loss=f"{total / seen:.3f}")
+                bar.update(1)
+            bar.close()
             total, correct, seen = distributed.all_reduce_sums([total, correct, seen])
             vl, va = self.validate()
             stop = self.record(stage, total / max(seen, 1), correct / max(seen, 1), vl, va, lrs_at_start, time.time() - t0,
@@ -547,6 +567,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         return _train(cfg, out, last, device)
     finally:
+        set_log_file(None)
         distributed.teardown()
 
 
@@ -577,6 +598,8 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     distributed.barrier()  # every rank has read a resumed run's split.csv before rank 0 rewrites it
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
+        set_log_file(out / "train.log")  # every log and progress line of this run, also when on a terminal
+        log(f"wastenet train -> {out}: {cfg.model} / {cfg.recipe}, weights {cfg.weights}")
         write_split_file(rows, out / "split.csv")
         cfg.save(out / "config.yaml", run=run_info(device, dtype))
 
