@@ -53,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="global batch: under torchrun each of N processes trains on batch-size / N")
+    g.add_argument("--teacher", metavar="BEST.pt", help="distil this trained checkpoint's calibrated "
+                   "probabilities into the model (same classes)")
+    g.add_argument("--distill-alpha", type=float, default=d.distill_alpha,
+                   help="with --teacher: weight of the teacher's soft targets; 1 - alpha weighs the labels")
+    g.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
+                   help="with --teacher: temperature of the KL term (scaled by its square)")
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without validation improvement")
     g = p.add_argument_group("augmentation (Keras ImageDataGenerator style)")
     g.add_argument("--zoom", type=float, default=d.zoom)

@@ -77,6 +77,9 @@ class TrainConfig:
     blur_jpeg: float = 0.25
     auto_augment: str = "none"
     taxonomy: str | None = None
+    teacher: str | None = None            # a wastenet checkpoint distilled into this model (training/distill.py)
+    distill_alpha: float = 0.5            # weight of the teacher's soft targets (1 - alpha: the labels)
+    distill_temperature: float = 2.0      # softening of both distributions in the KL term
     threshold: float = DEFAULT_THRESHOLD
     tta: bool = False
     limit_per_class: int | None = None    # use only N images per class and split (smoke tests)
@@ -143,6 +146,10 @@ class TrainConfig:
             package_file(pkg)  # installed? else one line naming the pip command
             if pkg.arch != self.model:
                 raise ConfigError(f"weights {pkg.name} are for {pkg.arch}, not {self.model} (drop --model)")
+        if self.teacher is not None and not Path(self.teacher).is_file():
+            raise ConfigError(f"teacher checkpoint not found: {self.teacher}")
+        if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
+            raise ConfigError("--distill-alpha must be in [0, 1] and --distill-temperature above 0")
         for extra in self.extra_data:
             if not Path(extra).is_dir():
                 raise ConfigError(f"extra data folder not found: {extra}")

@@ -46,6 +46,7 @@ from wastenet.models import BuiltModel, count_parameters, create_model, group_mo
 from wastenet.progress import Progress, emit, set_log_file
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig
+from wastenet.training.distill import Teacher, distillation_loss
 from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass, prep_hw
 from wastenet.training.losses import build_loss
 from wastenet.training.recipes import Stage, plan_for
@@ -204,7 +205,7 @@ class RunState:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, built: BuiltModel, data: Prepared, out: Path, taxonomy: dict | None,
-                 device: torch.device, dtype) -> None:
+                 device: torch.device, dtype, teacher: Teacher | None = None) -> None:
         self.cfg, self.built, self.data, self.out = cfg, built, data, out
         self.model = built.model.to(device)
         if cfg.channels_last:
@@ -228,6 +229,35 @@ class Trainer:
         self._best_unsaved = False  # best_state is newer than best.pt
         self.val_labels = torch.from_numpy(data.val.labels)
         self.tty = sys.stderr.isatty() and distributed.is_main()
+        if teacher is None and cfg.teacher:
+            teacher = Teacher.load(cfg.teacher, data.classes)
+        self.teacher = teacher
+        self._teacher_run = None  # built on first use: one ONNX export serves the whole run
+
+    # -------------------------------------------------- the loss, with or without a teacher
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The label loss, mixed with the teacher's soft targets when there is a teacher."""
+        label_loss = self.criterion(logits.float(), labels)
+        if teacher_logits is None:
+            return label_loss
+        return distillation_loss(logits, teacher_logits, label_loss, alpha=self.cfg.distill_alpha,
+                                 tau=self.cfg.distill_temperature, teacher_temperature=self.teacher.temperature)
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's logits for the student's input batch ``x`` (None without a teacher)."""
+        if self.teacher is None:
+            return None
+        if self._teacher_run is None:
+            t = self.teacher
+            t.model.to(self.device)
+            if self.cfg.channels_last:
+                t.model.to(memory_format=torch.channels_last)
+            adapt = t.adapter(self.prep).to(self.device)
+            # frozen for the whole run: backend chosen as for a pass over every training view
+            runner = self.frozen_runner(t.model, len(self.data.train) * (1 + self.cfg.head_views), what="teacher",
+                                        input_hw=(t.prep.input_size, t.prep.input_size))
+            self._teacher_run = lambda batch: runner(adapt(batch))
+        return self._teacher_run(x)
 
     # -------------------------------------------------- checkpoints
     def _ckpt(self, state_dict=None, **extra) -> dict[str, Any]:
@@ -342,24 +372,31 @@ class Trainer:
         self.save_last()
 
     # -------------------------------------------------- stage 1: head on cached features
-    def frozen_runner(self, module: nn.Module, n_images: int) -> FrozenRunner:
+    def frozen_runner(self, module: nn.Module, n_images: int, what: str = "frozen backbone",
+                      input_hw: tuple[int, int] | None = None) -> FrozenRunner:
         """``module`` (frozen for the whole pass) on the backend ``choose_backend`` picks."""
         backend = choose_backend(self.cfg.frozen_backend, self.device, n_images)
         t0 = time.time()
         runner = FrozenRunner(module, self.device, self.dtype, self.cfg.channels_last, backend,
-                              input_hw=prep_hw(self.prep), threads=self.cfg.threads)
+                              input_hw=input_hw or prep_hw(self.prep), threads=self.cfg.threads)
         precision = "fp32" if backend == "onnxruntime" or self.dtype is None else str(self.dtype).replace("torch.", "")
-        log(f"frozen pass on {backend} {precision}" + (f" (export {time.time() - t0:.1f}s)" if backend == "onnxruntime" else ""))
+        log(f"{what} on {backend} {precision}" + (f" (export {time.time() - t0:.1f}s)" if backend == "onnxruntime" else ""))
         return runner
 
     @torch.no_grad()
     def cached_features(self, images: np.ndarray, augment: bool, runner: FrozenRunner | None = None,
-                        desc: str = "features") -> torch.Tensor:
-        """Pre-logit features of ``images``; each rank computes its shard, every rank gets them all."""
+                        desc: str = "features", with_teacher: bool = False) -> torch.Tensor:
+        """Pre-logit features of ``images``; each rank computes its shard, every rank gets them all.
+
+        ``with_teacher``: the teacher's logits for the same views follow the features (columns
+        ``num_features:``), computed once per cached view."""
         self.model.eval()
         images = images[distributed.shard_range(len(images))]
         runner = runner or self.frozen_runner(FeatureHead(self.model), len(images))
-        feats = frozen_pass(runner, images, self.prep, device=self.device, desc=desc,
+        run = runner
+        if with_teacher and self.teacher is not None:  # the teacher sees the same augmented view
+            run = lambda x: torch.cat([runner(x), self.teacher_logits(x)], 1)  # noqa: E731
+        feats = frozen_pass(run, images, self.prep, device=self.device, desc=desc,
                             augment=self.augment if augment else None, enabled=distributed.is_main())
         return distributed.all_gather_tensor(feats)
 
@@ -371,9 +408,12 @@ class Trainer:
         n_views = 1 + cfg.head_views
         # one runner (one ONNX export) for every view: the backbone is frozen throughout
         runner = self.frozen_runner(FeatureHead(self.model), n_views * len(d.train) + len(d.val))
-        views = [self.cached_features(d.train.images, augment=v > 0, runner=runner,
+        views = [self.cached_features(d.train.images, augment=v > 0, runner=runner, with_teacher=True,
                                       desc=f"[head] features view {v + 1}/{n_views}") for v in range(n_views)]
         x_train = torch.cat(views)
+        n_feat = x_train.shape[1] - (len(d.classes) if self.teacher is not None else 0)
+        t_train = x_train[:, n_feat:] if self.teacher is not None else None
+        x_train = x_train[:, :n_feat]
         y_train = torch.from_numpy(d.train.labels).to(self.device).repeat(len(views))
         x_val = self.cached_features(d.val.images, augment=False, runner=runner, desc="[head] features val")
         del runner
@@ -400,7 +440,7 @@ class Trainer:
             for i in range(0, len(perm), batch):
                 idx = perm[i : i + batch]
                 logits = head(x_train[idx])
-                loss = self.criterion(logits, y_train[idx])
+                loss = self.loss(logits, y_train[idx], None if t_train is None else t_train[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -453,9 +493,10 @@ class Trainer:
                 x = to_model_batch(torch.from_numpy(d.train.images[idx.numpy()]), self.prep,
                                    augment=self.augment, device=self.device, channels_last=cfg.channels_last)
                 y = labels_all[idx].to(self.device)
+                t_logits = self.teacher_logits(x)
                 with autocast(self.device, self.dtype):
                     logits = net(x)
-                loss = self.criterion(logits.float(), y)
+                loss = self.loss(logits, y, t_logits)
                 optimizer.zero_grad(set_to_none=True)
                 weighted = loss * distributed.loss_weight(len(idx), n_global)  # 1.0 unless slices differ
                 if scaler is not None:
@@ -592,6 +633,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    teacher = Teacher.load(cfg.teacher, classes) if cfg.teacher else None  # wrong classes: fail before decoding
     built = create_model(cfg.model, len(classes), weights=weights, img_size=cfg.img_size)
     dtype = autocast_for(device, cfg.amp)
     log(f"device {device}, precision {dtype or torch.float32}".replace("torch.", ""))
@@ -606,7 +648,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     data = prepare_data(cfg, root, rows, classes, built.preprocessing.resize_size, built.preprocessing.interpolation)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ConfigError("no readable training or validation images")
-    trainer = Trainer(cfg, built, data, out, taxonomy.to_dict(), device, dtype)
+    trainer = Trainer(cfg, built, data, out, taxonomy.to_dict(), device, dtype, teacher=teacher)
     t0 = time.time()
     trainer.fit(last)
     train_seconds = time.time() - t0
