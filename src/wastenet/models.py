@@ -234,9 +234,12 @@ def create_model(
     *,
     weights: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    img_size: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
 ) -> BuiltModel:
-    """Build ``arch`` with a fresh ``num_classes`` head, optionally from pretrained weights."""
+    """Build ``arch`` with a fresh ``num_classes`` head, optionally from pretrained weights.
+
+    ``img_size``: a side (square centre crop) or (height, width) (the whole image resized, no crop).
+    """
     kwargs = dict(model_kwargs or {})
     sidecar: dict[str, Any] = {}
     pkg = weight_package(weights) if weights not in (None, "hub") and not Path(weights).is_file() else None

@@ -96,7 +96,7 @@ def cpu_latency_ms(checkpoint_path: Path, runs: int) -> float:
     ck = checkpoint.load(checkpoint_path)
     model = model_from_checkpoint(ck)
     size = ck["preprocessing"]["input_size"]
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(1, 3, size, ck["preprocessing"].get("input_width") or size)
     times = []
     with torch.inference_mode():
         for i in range(runs + 5):

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"package's architecture, else {DEFAULT_MODEL})")
     g.add_argument("--weights", help="local weights file (with NAME.json sidecar), an installed weights package "
                    f"({', '.join(WEIGHT_PACKAGES)}), 'hub' (default: download) or 'none'")
-    g.add_argument("--img-size", type=int, help="input size (default: the model's own)")
+    g.add_argument("--img-size", help="input size: N for the square centre crop (default: the model's own), or "
+                   "HxW (e.g. 256x320) to resize the whole photo to H x W, aspect kept, nothing cropped")
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", default=d.recipe, choices=RECIPES)
     g.add_argument("--loss", default=d.loss, choices=LOSSES)

@@ -108,11 +108,13 @@ class KerasAugment(nn.Module):
         return self.ops(x) if len(self.ops) else x
 
 
-def center_crop_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre crop ``[..., H, W]`` with torchvision's rounding (matches ``preprocessing.center_crop``)."""
+def center_crop_tensor(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Centre crop ``[..., H, W]`` to a side or (height, width) with torchvision's rounding
+    (matches ``preprocessing.center_crop``)."""
+    ch, cw = (size, size) if isinstance(size, int) else size
     h, w = x.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return x[..., top : top + size, left : left + size]
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return x[..., top : top + ch, left : left + cw]
 
 
 def to_model_batch(
@@ -131,7 +133,7 @@ def to_model_batch(
     x = images_u8.to(device, non_blocking=True).float().div_(255.0)
     if augment is not None:
         x = augment(x)
-    x = center_crop_tensor(x, prep.input_size)
+    x = center_crop_tensor(x, prep.hw)  # the identity in the aspect-preserving mode
     if hflip:
         x = x.flip(-1)
     mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)

@@ -24,7 +24,7 @@ import numpy as np
 
 from wastenet.data.images import IMAGE_EXTENSIONS, ImageDecodeError, iter_image_files, load_image
 from wastenet.errors import ConfigError
-from wastenet.preprocessing import fit_square
+from wastenet.preprocessing import cache_image
 
 SPLITS = ("train", "val", "test")
 
@@ -186,12 +186,13 @@ def build_cache(
     root: str | Path,
     rows: list[Row],
     classes: list[str],
-    size: int,
+    size: int | tuple[int, int],
     interpolation: str = "bicubic",
     workers: int = 2,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> ImageCache:
-    """Decode every image once (EXIF, alpha, modes handled by ``load_image``) into a square cache.
+    """Decode every image once (EXIF, alpha, modes handled by ``load_image``) into a cache of
+    ``size`` squares, or of exact (height, width) images for the aspect-preserving mode.
 
     Files that cannot be read are reported in ``skipped`` with the reason and left out.
     """
@@ -203,11 +204,12 @@ def build_cache(
 
     def decode(row: Row) -> np.ndarray | str:
         try:
-            return fit_square(load_image(root / row.path), size, interpolation)
+            return cache_image(load_image(root / row.path), size, interpolation)
         except ImageDecodeError as exc:
             return exc.reason
 
-    images = np.empty((len(rows), 3, size, size), np.uint8)
+    h, w = (size, size) if isinstance(size, int) else size
+    images = np.empty((len(rows), 3, h, w), np.uint8)
     keep: list[int] = []
     skipped: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL releases the GIL while decoding

@@ -132,7 +132,7 @@ class Evaluator:
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
         subject = Subject(model_from_checkpoint(ckpt).to(self.device), prep, classes, tax,
                           temperature=ckpt["temperature"], threshold=threshold, device=self.device, tta=tta)
-        cache = build_cache(data, wanted, classes, prep.resize_size, prep.interpolation)
+        cache = build_cache(data, wanted, classes, prep.cache_size, prep.interpolation)
         for path, reason in cache.skipped:
             say(f"skipped {path}: {reason}")
         suggestion = None
@@ -140,7 +140,7 @@ class Evaluator:
             val_rows = [r for r in rows if r.split == "val"]
             if not val_rows:
                 raise ConfigError("--target-contamination and --recalibrate need validation rows in the split file")
-            val = build_cache(data, val_rows, classes, prep.resize_size, prep.interpolation)
+            val = build_cache(data, val_rows, classes, prep.cache_size, prep.interpolation)
             val_logits = subject.logits(val.images)
             if recalibrate:
                 subject.temperature = ckpt["temperature"] = float(cal.fit_temperature(val_logits, val.labels))

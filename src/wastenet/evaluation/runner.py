@@ -52,7 +52,7 @@ def _gallery(model, prep, classes, images_u8: np.ndarray, probs: np.ndarray, lab
     folder = out_dir / "mistakes"
     folder.mkdir(exist_ok=True)
     idx = [w["index"] for w in worst]
-    crops = center_crop_tensor(torch.from_numpy(images_u8[idx]), prep.input_size).permute(0, 2, 3, 1).numpy()
+    crops = center_crop_tensor(torch.from_numpy(images_u8[idx]), prep.hw).permute(0, 2, 3, 1).numpy()
     heatmaps = None
     try:
         from wastenet.data.augment import to_model_batch

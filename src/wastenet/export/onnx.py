@@ -133,7 +133,7 @@ def spread(items: Sequence[Any], n: int) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- fp32 export
-def _static_same_padding(model: Any, input_size: int) -> Any:
+def _static_same_padding(model: Any, input_size: int | tuple[int, int]) -> Any:
     """A copy of ``model`` whose TF-style 'same' padding is fixed for ``input_size`` inputs.
 
     timm's ``Conv2dSame`` / ``MaxPool2dSame`` / ``AvgPool2dSame`` (mobilenetv2_100 with
@@ -164,7 +164,7 @@ def _static_same_padding(model: Any, input_size: int) -> Any:
     hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: sizes.__setitem__(n, tuple(args[0].shape[-2:])))
              for name, m in targets.items()]
     with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size))
+        model(torch.zeros(1, 3, *_hw(input_size)))
     for h in hooks:
         h.remove()
 
@@ -201,12 +201,17 @@ def _pair(v: Any) -> list[int]:
     return list(v) if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
 
-def _torch_export(model: Any, path: Path, input_size: int, opset: int, outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
-    """Trace ``model`` to ``path`` (one self-contained file, dynamic batch)."""
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _torch_export(model: Any, path: Path, input_size: int | tuple[int, int], opset: int,
+                  outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
+    """Trace ``model`` to ``path`` (one self-contained file, dynamic batch; (H, W) fixed)."""
     import torch
 
     outputs = list(outputs)
-    dummy = torch.zeros(2, 3, input_size, input_size)
+    dummy = torch.zeros(2, 3, *_hw(input_size))  # (H, W) fixed by the preprocessing; batch dynamic
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated but is the one that writes opset 13 in one file
         warnings.simplefilter("ignore")
@@ -331,7 +336,7 @@ def export_onnx(
                           + (f" ({skipped[0]})" if skipped else ""))
 
     ood = ckpt.get("ood")
-    graph_model = _static_same_padding(model, prep.input_size)
+    graph_model = _static_same_padding(model, prep.hw)
     outputs = [OUTPUT_NAME]
     if ood:  # the unknown-item score becomes a second graph output (torch-free at the edge)
         from wastenet.inference.ood_model import ScoredNet
@@ -340,7 +345,7 @@ def export_onnx(
         outputs.append(OOD_OUTPUT)
     with atomic_path(out_path) as tmp:  # renamed over out_path only if every check passes
         try:
-            _torch_export(graph_model, tmp, prep.input_size, opset, outputs)
+            _torch_export(graph_model, tmp, prep.hw, opset, outputs)
         except WastenetError:
             raise
         except Exception as exc:  # noqa: BLE001 - exporter failures are reported as one line

@@ -121,8 +121,12 @@ def _resize_for(image: Any, classifier: Any) -> Any:
     prep = getattr(classifier, "preprocessing", None)
     if prep is None:
         return image
-    from wastenet.preprocessing import resize_shorter
+    from PIL import Image
 
+    from wastenet.preprocessing import resize_exact, resize_shorter
+
+    if getattr(prep, "input_width", None):  # aspect-preserving mode: the exact resize is the whole transform
+        return Image.fromarray(resize_exact(image, prep.hw, prep.interpolation))
     # the exact first step of the eval transform, so the result is identical
     return resize_shorter(image, prep.resize_size, prep.interpolation)
 

@@ -37,7 +37,7 @@ class TrainConfig:
     recipe: str = "wastenet"
     loss: str = "ce"
     epochs: int = 8                       # finetune: all epochs; wastenet: the last (all-layer) step
-    img_size: int | None = None           # default: the model's own
+    img_size: int | str | None = None     # default: the model's own; N (square crop) or "HxW" (aspect-preserving resize)
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -130,7 +130,8 @@ class TrainConfig:
         if self.fill not in FILL_MODES:
             raise ConfigError(f"--fill must be one of {', '.join(FILL_MODES)}, not {self.fill!r}")
         self.threshold = check_threshold(self.threshold, name="--threshold")
-        if self.img_size is not None and self.img_size < 32:
+        size = parse_img_size(self.img_size)
+        if size is not None and min((size, size) if isinstance(size, int) else size) < 32:
             raise ConfigError("--img-size must be at least 32")
         if self.taxonomy is not None:
             _check_taxonomy_name(self.taxonomy)
@@ -194,6 +195,7 @@ class TrainConfig:
                   "float": isinstance(value, (int, float)) and not isinstance(value, bool),
                   "bool": isinstance(value, bool),
                   "str": isinstance(value, str),
+                  "int | str": isinstance(value, (int, str)) and not isinstance(value, bool),
                   "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
             if not ok:
                 raise ConfigError(f"{f.name} must be {kind}, got {value!r}")
@@ -233,6 +235,25 @@ def _check_taxonomy_name(spec: str) -> None:
 
     if spec not in BUILTIN_TAXONOMIES and not Path(spec).is_file():
         raise ConfigError(f"--taxonomy must be {' or '.join(BUILTIN_TAXONOMIES)} or a YAML file; not found: {spec}")
+
+
+def parse_img_size(value: int | str | None) -> int | tuple[int, int] | None:
+    """``224`` / ``"224"`` -> 224 (square crop); ``"256x320"`` -> (256, 320) (height x width,
+    the whole image resized, no crop); a bad value is a ConfigError.
+
+    >>> parse_img_size("256x320"), parse_img_size(288), parse_img_size(None)
+    ((256, 320), 288, None)
+    """
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    try:
+        if "x" in text:
+            h, w = (int(v) for v in text.split("x"))
+            return (h, w)
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--img-size must be N (square crop) or HxW (e.g. 256x320), not {value!r}") from None
 
 
 def _check_model_name(name: str) -> None:

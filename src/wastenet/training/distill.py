@@ -61,7 +61,7 @@ class InputAdapter(nn.Module):
 
     def __init__(self, student: Preprocessing, teacher: Preprocessing) -> None:
         super().__init__()
-        self.size = (teacher.input_size, teacher.input_size)
+        self.size = teacher.hw
         self.register_buffer("s_mean", torch.tensor(student.mean).view(1, 3, 1, 1))
         self.register_buffer("s_std", torch.tensor(student.std).view(1, 3, 1, 1))
         self.register_buffer("t_mean", torch.tensor(teacher.mean).view(1, 3, 1, 1))

@@ -152,4 +152,4 @@ def frozen_logits(model: nn.Module, images_u8: np.ndarray, prep, device: torch.d
 
 def prep_hw(prep) -> tuple[int, int]:
     """The model input's (height, width) under ``prep``."""
-    return (int(prep.input_size), int(prep.input_size))
+    return prep.hw

@@ -45,7 +45,7 @@ from wastenet.inference.runtime import autocast, autocast_for, predict_logits, r
 from wastenet.models import BuiltModel, count_parameters, create_model, group_modules, merge_groups, resolve_weights_arg, safe_name
 from wastenet.progress import Progress, emit, set_log_file
 from wastenet.training import distributed
-from wastenet.training.config import TrainConfig
+from wastenet.training.config import TrainConfig, parse_img_size
 from wastenet.training.distill import Teacher, distillation_loss
 from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass, prep_hw
 from wastenet.training.losses import build_loss
@@ -101,7 +101,8 @@ def prepare_rows(cfg: TrainConfig, root: Path, out: Path) -> tuple[list[Row], li
     return _limit(rows, cfg.limit_per_class), classes
 
 
-def prepare_data(cfg: TrainConfig, root: Path, rows: list[Row], classes: list[str], size: int, interpolation: str) -> Prepared:
+def prepare_data(cfg: TrainConfig, root: Path, rows: list[Row], classes: list[str], size: int | tuple[int, int],
+                 interpolation: str) -> Prepared:
     t0 = time.time()
     def bar(it):
         with Progress(len(rows), "decode", enabled=distributed.is_main()) as p:
@@ -255,7 +256,7 @@ class Trainer:
             adapt = t.adapter(self.prep).to(self.device)
             # frozen for the whole run: backend chosen as for a pass over every training view
             runner = self.frozen_runner(t.model, len(self.data.train) * (1 + self.cfg.head_views), what="teacher",
-                                        input_hw=(t.prep.input_size, t.prep.input_size))
+                                        input_hw=t.prep.hw)
             self._teacher_run = lambda batch: runner(adapt(batch))
         return self._teacher_run(x)
 
@@ -634,7 +635,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     teacher = Teacher.load(cfg.teacher, classes) if cfg.teacher else None  # wrong classes: fail before decoding
-    built = create_model(cfg.model, len(classes), weights=weights, img_size=cfg.img_size)
+    built = create_model(cfg.model, len(classes), weights=weights, img_size=parse_img_size(cfg.img_size))
     dtype = autocast_for(device, cfg.amp)
     log(f"device {device}, precision {dtype or torch.float32}".replace("torch.", ""))
     distributed.barrier()  # every rank has read a resumed run's split.csv before rank 0 rewrites it
@@ -645,7 +646,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
         write_split_file(rows, out / "split.csv")
         cfg.save(out / "config.yaml", run=run_info(device, dtype))
 
-    data = prepare_data(cfg, root, rows, classes, built.preprocessing.resize_size, built.preprocessing.interpolation)
+    data = prepare_data(cfg, root, rows, classes, built.preprocessing.cache_size, built.preprocessing.interpolation)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ConfigError("no readable training or validation images")
     trainer = Trainer(cfg, built, data, out, taxonomy.to_dict(), device, dtype, teacher=teacher)
