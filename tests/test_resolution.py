@@ -61,7 +61,7 @@ def test_train_predict_export_carry_height_and_width(tmp_path, image_folder):
 
     from wastenet import checkpoint
     from wastenet.cli import main
-    from wastenet.inference import export as ex
+    from wastenet.export import onnx as ex
     from wastenet.inference.predictor import Classifier
 
     out = tmp_path / "run"

@@ -121,7 +121,8 @@ def test_lite0_exports_quantises_and_runs_without_torch(lite0_installed, tmp_pat
     import onnx
 
     from wastenet import checkpoint
-    from wastenet.inference import export as ex
+    from wastenet.export import int8
+    from wastenet.export import onnx as ex
     from wastenet.models import create_model
 
     from test_edge import _env_without_torch
@@ -134,10 +135,10 @@ def test_lite0_exports_quantises_and_runs_without_torch(lite0_installed, tmp_pat
     assert fp32.max_abs_diff < 1e-3
     assert onnx.load(str(fp32.path)).opset_import[0].version == 13
     images = sorted(image_folder.rglob("*.jpg"))
-    int8 = ex.quantize_int8(fp32.path, tmp_path / "lite0.int8.onnx", calib_images=images[::2])
-    assert int8.size_bytes < 0.4 * fp32.size_bytes
-    assert ex.read_metadata(int8.path)["arch"] == "tf_efficientnet_lite0"
-    res = subprocess.run([sys.executable, "-m", "wastenet", "predict", "--checkpoint", str(int8.path),
+    q = int8.quantize_int8(fp32.path, tmp_path / "lite0.int8.onnx", calib_images=images[::2])
+    assert q.size_bytes < 0.4 * fp32.size_bytes
+    assert ex.read_metadata(q.path)["arch"] == "tf_efficientnet_lite0"
+    res = subprocess.run([sys.executable, "-m", "wastenet", "predict", "--checkpoint", str(q.path),
                           *map(str, images[:3]), "--format", "csv"],
                          env=_env_without_torch(tmp_path), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

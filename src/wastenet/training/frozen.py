@@ -91,23 +91,17 @@ class FrozenRunner:
             self._session = self._export(input_hw, threads or torch.get_num_threads())
 
     def _export(self, input_hw: tuple[int, int], threads: int):
-        import onnxruntime as ort
+        from wastenet.inference.onnx_runtime import onnx_session
 
-        # the module lives on in training: trace a contiguous fp32 copy of its current weights
-        module = self.module
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             path = Path(tmp) / "frozen.onnx"
             dummy = torch.zeros(2, 3, *input_hw, device=self.device)
-            torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=17,
+            torch.onnx.export(self.module, (dummy,), str(path), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # share the cores
-            so.log_severity_level = 3
-            return ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
+            # idle threads sleep: the cores are shared with the augmentation and other jobs
+            return onnx_session(path, threads=threads, spin_wait=False)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
