@@ -244,9 +244,10 @@ class Classifier:
     def _check_graph(self, path: Path) -> None:
         """One blank image through the graph at load time: metadata that disagrees with it
         (input size, number of classes) fails here, once, not on every request."""
-        size = int(self.preprocessing.input_size)
+        h, w = self.preprocessing.hw  # (H, W): square crop or the aspect-preserving --img-size HxW
+        size = f"{h}" if h == w else f"{h}x{w}"
         try:
-            out = self.backend.predict_arrays(np.zeros((1, 3, size, size), np.float32))
+            out = self.backend.predict_arrays(np.zeros((1, 3, h, w), np.float32))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ConfigError(f"{path}: the graph does not take the {size} px input its metadata declares "
                               f"({' '.join(str(exc).split())[:160]})") from None
