@@ -63,27 +63,36 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return extract_features(model, x)
 
 
+class FeaturesAndLogits(nn.Module):
+    """Pooled features and logits side by side ``[N, D + C]``: one frozen pass gives both."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model.forward_features(x)
+        return torch.cat([self.model.forward_head(f, pre_logits=True), self.model.forward_head(f)], dim=1)
+
+
 @torch.no_grad()
 def features_and_logits(model: nn.Module, images_u8: np.ndarray, prep: Any, device: Any = "cpu",
                         batch_size: int = 64, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """Pooled fp32 features ``[N, D]`` and logits ``[N, C]`` of cached uint8 squares (eval transform)."""
-    import sys
-
-    from tqdm import tqdm
-
-    from wastenet.data.augment import to_model_batch
+    """Pooled fp32 features ``[N, D]`` and logits ``[N, C]`` of cached uint8 squares (eval transform),
+    through the frozen-pass backend rule and progress of :mod:`wastenet.training.frozen`."""
+    from wastenet.training.frozen import FrozenRunner, choose_backend, frozen_pass, prep_hw
 
     model.eval()
-    feats, logits = [], []
-    steps = range(0, len(images_u8), batch_size)
-    for i in tqdm(steps, desc=desc, unit="batch", file=sys.stderr, mininterval=10, leave=False):
-        x = to_model_batch(torch.from_numpy(images_u8[i : i + batch_size]), prep, device=device)
-        f = model.forward_features(x)
-        feats.append(model.forward_head(f, pre_logits=True).float().cpu().numpy())
-        logits.append(model.forward_head(f).float().cpu().numpy())
-    if not feats:
+    if len(images_u8) == 0:
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(feats), np.concatenate(logits)
+    device = torch.device(device)
+    both = FeaturesAndLogits(model).eval()
+    n_logits = int(model.forward_head(model.forward_features(
+        torch.zeros(1, 3, *prep_hw(prep), device=device))).shape[1])
+    runner = FrozenRunner(both, device, None, False, choose_backend("auto", device, len(images_u8)),
+                          input_hw=prep_hw(prep))
+    out = frozen_pass(runner, images_u8, prep, device=device, desc=desc, batch_size=batch_size).float().cpu().numpy()
+    return out[:, :-n_logits], out[:, -n_logits:]
 
 
 def fit_unknown_detector(model: nn.Module, prep: Any, train: tuple[np.ndarray, np.ndarray],
