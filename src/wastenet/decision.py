@@ -192,3 +192,16 @@ def combine_thresholds(base: float, per_bin: Mapping[str, float] | None, bin_nam
         return base
     check_threshold(dict(per_bin), bin_names)
     return {b: float(per_bin.get(b, base)) for b in bin_names}
+
+
+def cli_threshold(threshold: float | None, bin_spec: str | None, bin_names: Sequence[str],
+                  model_threshold: Threshold) -> Threshold | None:
+    """``--threshold`` and ``--bin-thresholds`` as the one threshold to decide with.
+
+    ``None`` (no option given) keeps the model's own; named bins take ``bin_spec``'s values, the
+    others ``threshold`` or else the model's threshold.
+    """
+    if not bin_spec:
+        return threshold
+    base = model_threshold if threshold is None else threshold
+    return combine_thresholds(base, parse_bin_thresholds(bin_spec, bin_names), bin_names)

@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_field(args: argparse.Namespace) -> int:
     """The field report: every image of a foreign folder, scored as `predict` decides it."""
+    from wastenet.decision import cli_threshold
     from wastenet.errors import ConfigError
     from wastenet.evaluation.field import VIEWS, evaluate_field, field_items, load_class_map
     from wastenet.inference.predictor import Classifier
@@ -65,13 +66,7 @@ def run_field(args: argparse.Namespace) -> int:
     clf = Classifier.load(args.checkpoint, device=args.device if args.device != "auto" else "cpu")
     cmap = load_class_map(args.class_map, clf.classes, clf.taxonomy.bin_names)
     items = field_items(args.data, cmap, args.boxes)
-    threshold = args.threshold
-    if args.bin_thresholds:
-        from wastenet.decision import combine_thresholds, parse_bin_thresholds
-
-        bins = clf.taxonomy.bin_names
-        base = clf.threshold if threshold is None else threshold
-        threshold = combine_thresholds(base, parse_bin_thresholds(args.bin_thresholds, bins), bins)
+    threshold = cli_threshold(args.threshold, args.bin_thresholds, clf.taxonomy.bin_names, clf.threshold)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.data).name}"
     results = evaluate_field(clf, args.data, items, out, views=views, threshold=threshold,
                              ood_threshold=args.ood_threshold)

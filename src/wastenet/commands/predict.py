@@ -95,7 +95,7 @@ def make_group_key(spec: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wastenet.decision import check_threshold
+    from wastenet.decision import check_threshold, cli_threshold
     from wastenet.errors import ConfigError
     from wastenet.inference.predictor import Classifier, Prediction
     from wastenet.taxonomy import load_taxonomy
@@ -112,12 +112,7 @@ def run(args: argparse.Namespace) -> int:
     group_key = make_group_key(args.group_by) if args.group_by else None
     clf = Classifier.load(args.checkpoint, device=args.device)
     taxonomy = load_taxonomy(args.taxonomy, clf.classes) if args.taxonomy else None
-    if args.bin_thresholds:
-        from wastenet.decision import combine_thresholds, parse_bin_thresholds
-
-        bins = (taxonomy or clf.taxonomy).bin_names
-        base = clf.threshold if threshold is None else threshold
-        threshold = combine_thresholds(base, parse_bin_thresholds(args.bin_thresholds, bins), bins)
+    threshold = cli_threshold(threshold, args.bin_thresholds, (taxonomy or clf.taxonomy).bin_names, clf.threshold)
 
     inputs, missing = expand_paths(args.paths)
     progress = sys.stderr.isatty() and len(inputs) > _PROGRESS_MIN_INPUTS

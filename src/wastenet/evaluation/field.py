@@ -28,10 +28,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from wastenet.decision import MANUAL_SORT, UNKNOWN  # the decision rule's words ("unknown": manual sort)
 from wastenet.errors import ConfigError
 
-UNKNOWN = "unknown"
-MANUAL_SORT = "manual_sort"
 # An item crop is the item's box grown by this share of its size on each side, then made
 # square: a little context, as a drop-tray camera would frame it.
 CROP_MARGIN = 0.15
@@ -272,7 +271,7 @@ def evaluate_field(clf: Any, root: str | Path, items: Sequence[FieldItem], out_d
         preds = clf.predict([images[i] for i in good], threshold=threshold, batch_size=batch_size,
                             topk=len(clf.classes), progress=progress, ood_threshold=ood_threshold)
         result = score(preds, [its[i] for i in good], clf.classes, clf.taxonomy, view)
-        result["skipped"] = [(its[i].path, str(images[i])) for i in range(len(images)) if i not in set(good)]
+        result["skipped"] = [(its[i].path, str(img)) for i, img in enumerate(images) if isinstance(img, Exception)]
         _write_rows(out / f"field-{view}.csv", result["rows"])
         result["figures"] = {
             "confidence": R.plot_confidence_split(result["rows"], out / f"confidence-{view}.png").name,
