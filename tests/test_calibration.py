@@ -12,7 +12,15 @@ from wastenet.evaluation.calibration import (
     reliability_bins,
     softmax,
 )
-from wastenet.evaluation.decisions import coverage_curve, decision_analysis, suggest_threshold
+from wastenet.evaluation.decisions import (
+    bin_suggestion_line,
+    contamination_targets,
+    coverage_curve,
+    decision_analysis,
+    suggest_bin_thresholds,
+    suggest_threshold,
+)
+from wastenet.errors import ConfigError
 
 
 class FakeTaxonomy:
@@ -212,3 +220,83 @@ def test_suggest_threshold_unachievable_and_unknown_bin():
 
     with pytest.raises(ConfigError):
         suggest_threshold(PROBS, LABELS, CLASSES, TAX, 0.1, bin_name="hazardous")
+
+
+# Per-bin targets: a bin's contamination depends on its own threshold only, so each is chosen alone.
+
+
+def test_per_bin_suggestion_meets_each_target_on_the_data_it_was_chosen_on():
+    logits, labels = synthetic(300, 5, seed=3)
+    probs = softmax(logits * 1.5)
+    targets = {"recyclable": 0.05, "compostable": 0.2, "landfill": 0.01}
+    s = suggest_bin_thresholds(probs, labels, CLASSES, TAX, targets)
+    assert s["achievable"] and list(s["threshold"]) == TAX.bin_names  # every bin, taxonomy order
+    at = decision_analysis(probs, labels, CLASSES, TAX, threshold=s["threshold"])
+    assert at["coverage"] == pytest.approx(s["coverage"])
+    for row, got in zip(s["per_bin"], at["per_bin"]):
+        assert got["contamination"] <= targets[row["bin"]]
+        assert got["contamination"] == pytest.approx(row["contamination"])
+        assert got["count"] == pytest.approx(row["coverage"] * row["items"])
+    # The lowest: any lower confidence of a bin's items as its threshold (the others kept) misses its target.
+    bp = TAX.bin_probabilities(probs, CLASSES)
+    conf, pred = bp.max(axis=1), bp.argmax(axis=1)
+    for j, b in enumerate(TAX.bin_names):
+        lower = np.unique(conf[(pred == j) & (conf < s["threshold"][b])])
+        assert lower.size > 0
+        for t in lower:
+            lowered = {**s["threshold"], b: float(t)}
+            at_lower = decision_analysis(probs, labels, CLASSES, TAX, threshold=lowered)
+            assert at_lower["per_bin"][j]["contamination"] > targets[b]
+
+
+def test_per_bin_suggestion_hand_made_and_other_bins_keep_their_threshold():
+    # Recyclable holds 0.6 (food), 0.945 (trash), 0.96, 0.97, 0.98: clean from 0.96 on; the short
+    # decimal 0.96 lies between the last rejected (0.945) and the first accepted confidence.
+    s = suggest_bin_thresholds(PROBS, LABELS, CLASSES, TAX, {"recyclable": 0.0}, base=0.8)
+    assert s["threshold"] == {"recyclable": 0.96, "compostable": 0.8, "landfill": 0.8}
+    assert s["per_bin"] == [{"bin": "recyclable", "target": 0.0, "threshold": 0.96, "items": 5, "coverage": 0.6,
+                             "contamination": 0.0, "achievable": True}]
+    line = bin_suggestion_line(s)
+    assert line == ("suggested: --bin-thresholds recyclable=0.96,compostable=0.8,landfill=0.8 "
+                    "(validation: recyclable 0.0% contamination at 60% of its items)")
+    # Bins are independent: adding a landfill target leaves recyclable's threshold alone.
+    both = suggest_bin_thresholds(PROBS, LABELS, CLASSES, TAX, {"recyclable": 0.0, "landfill": 0.5}, base=0.8)
+    assert both["threshold"]["recyclable"] == 0.96 and both["threshold"]["landfill"] == 0.6
+
+
+def test_per_bin_suggestion_says_when_a_target_cannot_be_met():
+    # One item, certain and wrong: even t = 1.0 accepts it into recyclable.
+    probs = np.array([[1.0, 0.0, 0.0, 0.0, 0.0]])
+    s = suggest_bin_thresholds(probs, np.array([4]), CLASSES, TAX, {"recyclable": 0.1, "landfill": 0.1}, base=0.9)
+    rec, land = s["per_bin"]
+    assert rec["achievable"] is False and rec["contamination"] == 1.0 and s["achievable"] is False
+    assert "recyclable 100.0% contamination at 100% of its items (target 10.0% not met)" in bin_suggestion_line(s)
+    # Nothing went to landfill: the data show nothing, so it keeps its threshold and says so.
+    assert land == {"bin": "landfill", "target": 0.1, "threshold": 0.9, "items": 0, "coverage": 0.0,
+                    "contamination": 0.0, "achievable": False}
+
+
+def test_contamination_targets_are_one_float_or_per_bin(tmp_path):
+    names = TAX.bin_names
+    assert contamination_targets("0.01", names) == 0.01 and contamination_targets(0.02) == 0.02
+    assert contamination_targets("recyclable=0.02, landfill=0.3", names) == {"recyclable": 0.02, "landfill": 0.3}
+    (tmp_path / "targets.yaml").write_text("recyclable: 0.02\n")
+    assert contamination_targets(str(tmp_path / "targets.yaml"), names) == {"recyclable": 0.02}
+    assert contamination_targets({"landfill": 0.1}, names) == {"landfill": 0.1}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("1.0", r"must be in \[0, 1\)"),
+    ("nan", r"must be in \[0, 1\)"),
+    ("recyclable=1", r"for bin 'recyclable' must be in \[0, 1\)"),
+    ("recyclable=-0.1", "for bin 'recyclable' must be in"),
+    ("hazardous=0.1", "unknown bin hazardous"),
+    ("recyclable", "expected BIN=THRESHOLD"),
+    ("recyclable=lots", "must be a number"),
+    ("missing.yaml", "cannot read missing.yaml"),
+    ({}, "no bin targets"),
+])
+def test_bad_contamination_targets_fail_in_one_line(spec, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        contamination_targets(spec, TAX.bin_names)
+    assert "--target-contamination" in str(err.value) and "\n" not in str(err.value)

@@ -29,3 +29,68 @@ def test_evaluator_checks_its_options(tiny_checkpoint, image_folder, tmp_path):
             ev.evaluate(image_folder, out=tmp_path, **kwargs)
     with pytest.raises(ConfigError, match="dataset folder not found"):
         ev.evaluate(tmp_path / "nowhere")
+
+
+# --target-contamination on the command line: one float (today's single threshold) or per-bin targets.
+SPLIT_BINS = "bins: {recyclable: [glass, metal], compostable: [paper], landfill: []}\n"
+
+
+@pytest.fixture
+def eval_args(tiny_checkpoint, image_folder, tmp_path):
+    """`wastenet eval` arguments with a val/test split file and a taxonomy whose bins can be wrong."""
+    from wastenet.data.datasets import Row, scan_folder, write_split_file
+
+    rows = [Row(r.path, r.label, ("val", "test")[i % 2]) for i, r in enumerate(scan_folder(image_folder)[0])]
+    (tmp_path / "bins.yaml").write_text(SPLIT_BINS)
+    return ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--split-file",
+            str(write_split_file(rows, tmp_path / "split.csv")), "--taxonomy", str(tmp_path / "bins.yaml")]
+
+
+def test_eval_per_bin_targets_print_a_line_to_paste_and_confirm_it_on_the_split(eval_args, tmp_path, capsys):
+    from wastenet.cli import main
+    from wastenet.decision import parse_bin_thresholds
+
+    out = tmp_path / "ev"
+    assert main([*eval_args, "--split", "val", "--target-contamination", "recyclable=0.3,compostable=0.5",
+                 "--out", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("suggested: --bin-thresholds "))
+    s = json.loads((out / "metrics.json").read_text())["suggested_threshold"]
+    assert s["target"] == {"recyclable": 0.3, "compostable": 0.5}
+    assert parse_bin_thresholds(line.split()[2]) == s["threshold"]  # pasted, it is exactly what was suggested
+    assert list(s["threshold"]) == ["recyclable", "compostable", "landfill"] and s["threshold"]["landfill"] == 0.9
+    # Confirmed on the evaluated split, here the validation split itself: the same numbers.
+    assert s["confirmed"]["split"] == "val"
+    confirmed = {r["bin"]: r for r in s["confirmed"]["per_bin"]}
+    for row in s["per_bin"]:
+        assert confirmed[row["bin"]]["contamination"] == pytest.approx(row["contamination"])
+        assert confirmed[row["bin"]]["coverage"] == pytest.approx(row["coverage"])
+        assert not row["achievable"] or row["contamination"] <= row["target"]
+    report = (out / "report.md").read_text()
+    assert "## Suggested per-bin thresholds" in report and line in report
+
+
+def test_eval_float_target_suggests_one_threshold_as_before(eval_args, tmp_path, capsys):
+    from wastenet.cli import main
+
+    assert main([*eval_args, "--target-contamination", "0.5", "--out", str(tmp_path / "ev")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("suggested"))
+    assert line.startswith("suggested threshold for contamination <= 0.5: ")
+    s = json.loads((tmp_path / "ev" / "metrics.json").read_text())["suggested_threshold"]
+    assert set(s) == {"threshold", "coverage", "contamination", "achievable", "target"}
+    assert isinstance(s["threshold"], float) and s["target"] == 0.5
+    assert "## Suggested threshold\n" in (tmp_path / "ev" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("1.5", "--target-contamination must be in [0, 1)"),
+    ("recyclable=1.0", "--target-contamination for bin 'recyclable' must be in [0, 1)"),
+    ("hazardous=0.1", "--target-contamination for unknown bin hazardous"),
+    ("recyclable:0.1", "--target-contamination: expected BIN=THRESHOLD"),
+])
+def test_eval_bad_targets_fail_in_one_line_before_any_work(eval_args, tmp_path, capsys, spec, message):
+    from wastenet.cli import main
+
+    assert main([*eval_args, "--target-contamination", spec, "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ev").exists()  # nothing evaluated

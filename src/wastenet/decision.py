@@ -36,6 +36,8 @@ __all__ = [
     "bin_thresholds",
     "check_threshold",
     "decide",
+    "format_bin_thresholds",
+    "parse_bin_thresholds",
 ]
 
 #: The decision threshold a model gets when nothing else says otherwise.
@@ -74,7 +76,7 @@ def check_threshold(threshold: Any, bin_names: Sequence[str] | None = None, name
         if bin_names is not None:
             unknown = sorted(set(checked) - set(bin_names))
             if unknown:
-                raise ConfigError(f"threshold for unknown bin {', '.join(unknown)}; "
+                raise ConfigError(f"{name} for unknown bin {', '.join(unknown)}; "
                                   f"the bins are {', '.join(bin_names)}")
         return checked
     return _one(threshold, name)
@@ -184,6 +186,14 @@ def parse_bin_thresholds(spec: str, bin_names: Sequence[str] | None = None,
         if not pairs:
             raise ConfigError(f"{name}: no BIN=THRESHOLD pairs in {spec!r}")
     return check_threshold(dict(pairs), bin_names, name=name)  # type: ignore[return-value]
+
+
+def format_bin_thresholds(thresholds: Mapping[str, float]) -> str:
+    """The ``--bin-thresholds`` spelling of a mapping, the inverse of :func:`parse_bin_thresholds`::
+
+        format_bin_thresholds({"recyclable": 0.97, "landfill": 0.6})   # 'recyclable=0.97,landfill=0.6'
+    """
+    return ",".join(f"{b}={float(t)!r}" for b, t in thresholds.items())  # repr: round-trips exactly
 
 
 def combine_thresholds(base: float, per_bin: Mapping[str, float] | None, bin_names: Sequence[str]) -> Threshold:

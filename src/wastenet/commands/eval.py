@@ -28,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     p.add_argument("--taxonomy", help="override the checkpoint's taxonomy")
-    p.add_argument("--target-contamination", type=float,
-                   help="suggest the lowest threshold whose worst-bin contamination on the validation split meets this")
+    p.add_argument("--target-contamination", metavar="P|BIN=P,...|FILE.yaml",
+                   help="suggest the lowest threshold whose worst-bin contamination on the validation split meets P; "
+                        "per bin (e.g. recyclable=0.02,landfill=0.3): a threshold for each named bin, printed as "
+                        "--bin-thresholds and confirmed on --split")
     p.add_argument("--recalibrate", action="store_true",
                    help="fit the temperature again on the validation split and store it in the checkpoint")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")

@@ -5,17 +5,20 @@ It mirrors the command line as :class:`~wastenet.inference.predictor.Classifier`
 
     ev = Evaluator.load("runs/densenet121/best.pt", device="auto")
     report = ev.evaluate("data/trashnet", split="test", target_contamination=0.01)
+    ev.evaluate("data/trashnet", target_contamination={"recyclable": 0.02, "landfill": 0.3})  # per bin
     report.metrics["accuracy"], report.decision["coverage"], report.out / "report.md"
     print(report.summary())          # the lines `wastenet eval` prints
 
     wastenet eval --checkpoint runs/densenet121/best.pt --data data/trashnet --target-contamination 0.01
+    wastenet eval --checkpoint runs/densenet121/best.pt --data data/trashnet \
+        --target-contamination recyclable=0.02,landfill=0.3
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from wastenet.decision import Threshold, check_threshold
 from wastenet.errors import ConfigError
@@ -59,7 +62,11 @@ class EvalReport:
                  f"calibration: T={c['temperature']:.3f}  ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}",
                  f"threshold {self.threshold}: coverage {dec['coverage']:.4f}  accepted bin accuracy "
                  f"{dec['accepted_bin_accuracy']}"]
-        if s:
+        if s and "per_bin" in s:
+            from wastenet.evaluation.decisions import bin_suggestion_line
+
+            lines.append(bin_suggestion_line(s))
+        elif s:
             lines.append(f"suggested threshold for contamination <= {s['target']}: {s['threshold']:.4f} "
                          f"(val coverage {s['coverage']:.4f}, achievable {s['achievable']})")
         lines.append(f"report: {self.out / 'report.md'}")
@@ -89,20 +96,24 @@ class Evaluator:
 
     def evaluate(self, data: str | Path, *, split: str = "test", split_file: str | Path | None = None,
                  threshold: Threshold | None = None, taxonomy: Any = None,
-                 target_contamination: float | None = None, recalibrate: bool = False, tta: bool = False,
-                 out: str | Path | None = None, log: Callable[[str], None] | None = None) -> EvalReport:
+                 target_contamination: float | str | Mapping[str, float] | None = None, recalibrate: bool = False,
+                 tta: bool = False, out: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> EvalReport:
         """Evaluate on ``split`` of ``data`` and write the report into ``out``.
 
         ``split_file`` defaults to the run's ``split.csv`` beside the checkpoint; without one every
         image is evaluated (split ``all``). ``threshold``/``taxonomy`` override the checkpoint's;
         ``target_contamination`` suggests the lowest threshold whose worst-bin contamination on the
-        validation split meets it; ``recalibrate`` refits the temperature on the validation split
-        and stores it in the checkpoint; ``tta`` adds the mirror image as ``predict --tta`` does.
-        ``out`` defaults to ``CHECKPOINT_DIR/eval-SPLIT``; ``log`` receives progress lines.
+        validation split meets it, or, given per bin (``{"recyclable": 0.02}`` or the command line's
+        ``"recyclable=0.02,landfill=0.3"`` / YAML file), a threshold per targeted bin, confirmed on
+        ``split`` (:func:`~wastenet.evaluation.decisions.suggest_bin_thresholds`); ``recalibrate``
+        refits the temperature on the validation split and stores it in the checkpoint; ``tta`` adds
+        the mirror image as ``predict --tta`` does. ``out`` defaults to ``CHECKPOINT_DIR/eval-SPLIT``; ``log`` receives progress lines.
         """
         from wastenet import checkpoint
         from wastenet.data.datasets import build_cache
         from wastenet.evaluation import calibration as cal
+        from wastenet.evaluation.decisions import contamination_targets
         from wastenet.evaluation.runner import Subject, evaluate, suggest_for
         from wastenet.models import model_from_checkpoint
         from wastenet.preprocessing import Preprocessing
@@ -113,13 +124,13 @@ class Evaluator:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
         if threshold is not None:
             threshold = check_threshold(threshold, name="--threshold")
-        if target_contamination is not None and not 0 <= target_contamination < 1:
-            raise ConfigError("--target-contamination must be in [0, 1)")
-        if not Path(data).is_dir():
-            raise ConfigError(f"dataset folder not found: {data}")
         ckpt, classes = self.ckpt, self.classes
         spec = taxonomy or ckpt.get("taxonomy") or default_taxonomy_for(classes) or identity_taxonomy(classes)
         tax = load_taxonomy(spec, classes)
+        if target_contamination is not None:  # per-bin targets need the bin names: after the taxonomy
+            target_contamination = contamination_targets(target_contamination, tax.bin_names)
+        if not Path(data).is_dir():
+            raise ConfigError(f"dataset folder not found: {data}")
         if threshold is None:
             threshold = ckpt["threshold"]
         elif isinstance(threshold, dict):  # bins it does not name keep the checkpoint's threshold

@@ -305,6 +305,30 @@ def _threshold(t: Any) -> str:
     return f"{float(t):g}"
 
 
+def bin_suggestion_section(s: Mapping[str, Any]) -> str:
+    """The report.md section of a per-bin threshold suggestion (``suggest_bin_thresholds`` + ``confirmed``)."""
+    from wastenet.evaluation.decisions import bin_suggestion_line
+
+    confirmed = {r["bin"]: r for r in (s.get("confirmed") or {}).get("per_bin", [])}
+    split = (s.get("confirmed") or {}).get("split", "evaluated split")
+    rows = []
+    for r in s["per_bin"]:
+        c = confirmed.get(r["bin"], {})
+        rows.append([r["bin"], _pct(r["target"]), f"{r['threshold']!r}", r["items"], _pct(r["coverage"]),
+                     _pct(r["contamination"]), "yes" if r["achievable"] else "no",
+                     _pct(c.get("coverage")), _pct(c.get("contamination"))])
+    return "\n".join([
+        "For each bin with a target, the lowest threshold keeping its contamination at or below the target on "
+        "the validation split, chosen on its own (a bin's contamination depends on its own threshold only); "
+        "the other bins keep theirs. Coverage is the share of the items predicted into that bin that it accepts.",
+        "",
+        f"`{bin_suggestion_line(s)}`",
+        "",
+        _table(["bin", "target", "threshold", "validation items", "validation coverage", "validation contamination",
+                "achievable", f"{split} coverage", f"{split} contamination"], rows),
+    ])
+
+
 def _image(alt: str, rel: str) -> str:
     return f"![{alt}]({Path(rel).as_posix()})"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -111,8 +111,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics, calibration and decision analysis of ``subject`` on ``data`` (an ImageCache: images,
     labels, rows); writes metrics.json, the PNGs and report.md into ``out_dir``. ``suggestion`` is a
-    :func:`~wastenet.evaluation.decisions.suggest_threshold` result (with its ``target``) for the
-    report; ``logits`` skips the forward pass when they are already known."""
+    :func:`suggest_for` result for the report (a per-bin one is confirmed on ``data`` first, as its
+    ``confirmed`` entry); ``logits`` skips the forward pass when they are already known."""
     s = subject
     classes, taxonomy, temperature, threshold = s.classes, s.taxonomy, s.temperature, s.threshold
     labels = data.labels
@@ -133,6 +133,9 @@ def evaluate(
         "nll_after": cal.nll(logits, labels, temperature),
     }
     decision = dec.decision_analysis(probs, labels, classes, taxonomy, threshold)
+    if suggestion and "per_bin" in suggestion:  # per-bin thresholds: do they hold on this split?
+        suggestion = {**suggestion, "confirmed": {
+            "split": split, **dec.confirm_bin_thresholds(probs, labels, classes, taxonomy, suggestion["threshold"])}}
     curve = dec.coverage_curve(probs, labels, taxonomy, classes)
     figures = {
         "confusion_matrix": R.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png").name,
@@ -153,7 +156,9 @@ def evaluate(
     }
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
     extra_sections = {}
-    if suggestion:
+    if suggestion and "per_bin" in suggestion:
+        extra_sections["Suggested per-bin thresholds"] = R.bin_suggestion_section(suggestion)
+    elif suggestion:
         t = suggestion
         extra_sections["Suggested threshold"] = (
             f"Lowest threshold meeting contamination <= {t['target']:.3f} on the validation split: "
@@ -226,9 +231,20 @@ def evaluate_after_training(trainer: Any, train_seconds: float) -> dict[str, Any
 SUGGESTION_TARGET = 0.01
 
 
-def suggest_for(subject: Subject, val_logits: np.ndarray, val_labels: np.ndarray, target: float) -> dict[str, Any]:
-    """The lowest threshold meeting ``target`` worst-bin contamination on validation logits, with its target."""
+def suggest_for(subject: Subject, val_logits: np.ndarray, val_labels: np.ndarray,
+                target: float | Mapping[str, float]) -> dict[str, Any]:
+    """The suggestion for ``target`` on validation logits, with its target: one threshold for a float
+    (the lowest meeting it in the worst bin), per-bin thresholds for ``{bin: target}`` (the other
+    bins keep the subject's threshold)::
+
+        suggest_for(subject, val_logits, val_labels, {"recyclable": 0.02})["threshold"]   # {bin: t}
+    """
     probs = cal.softmax(val_logits, subject.temperature)
-    suggestion = dec.suggest_threshold(probs, val_labels, subject.classes, subject.taxonomy, target)
-    suggestion["target"] = target
+    if isinstance(target, Mapping):
+        suggestion = dec.suggest_bin_thresholds(probs, val_labels, subject.classes, subject.taxonomy, target,
+                                                base=subject.threshold)
+        suggestion["target"] = dict(target)
+    else:
+        suggestion = dec.suggest_threshold(probs, val_labels, subject.classes, subject.taxonomy, target)
+        suggestion["target"] = target
     return suggestion
