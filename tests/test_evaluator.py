@@ -29,6 +29,10 @@ def test_evaluator_checks_its_options(tiny_checkpoint, image_folder, tmp_path):
             ev.evaluate(image_folder, out=tmp_path, **kwargs)
     with pytest.raises(ConfigError, match="dataset folder not found"):
         ev.evaluate(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="--threshold for unknown bin hazardous"):  # not silently dropped
+        ev.evaluate(image_folder, threshold={"hazardous": 0.5}, out=tmp_path)
+    with pytest.raises(ConfigError, match="--bin-thresholds for unknown bin hazardous"):
+        ev.evaluate(image_folder, bin_thresholds="hazardous=0.5", out=tmp_path)
 
 
 # --target-contamination on the command line: one float (today's single threshold) or per-bin targets.
@@ -67,6 +71,11 @@ def test_eval_per_bin_targets_print_a_line_to_paste_and_confirm_it_on_the_split(
         assert not row["achievable"] or row["contamination"] <= row["target"]
     report = (out / "report.md").read_text()
     assert "## Suggested per-bin thresholds" in report and line in report
+    # Pasted into eval itself, the line decides as confirmed.
+    assert main([*eval_args, "--split", "val", *line.split()[1:3], "--out", str(tmp_path / "pasted")]) == 0
+    decision = json.loads((tmp_path / "pasted" / "metrics.json").read_text())["decision"]
+    assert decision["threshold"] == s["threshold"]
+    assert [r["count"] for r in decision["per_bin"]] == [r["count"] for r in s["confirmed"]["per_bin"]]
 
 
 def test_eval_float_target_suggests_one_threshold_as_before(eval_args, tmp_path, capsys):

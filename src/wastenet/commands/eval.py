@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-file", help="CSV path,label,split (default: the run's split.csv beside the checkpoint)")
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
+    p.add_argument("--bin-thresholds", metavar="BIN=P,...|FILE.yaml",
+                   help="per-bin thresholds, e.g. recyclable=0.97,landfill=0.6 (other bins: --threshold)")
     p.add_argument("--taxonomy", help="override the checkpoint's taxonomy")
     p.add_argument("--target-contamination", metavar="P|BIN=P,...|FILE.yaml",
                    help="suggest the lowest threshold whose worst-bin contamination on the validation split meets P; "
@@ -42,8 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "through predict (a .pt or .onnx model)")
     g.add_argument("--boxes", metavar="CSV", help="path,label,bbox (xmin,ymin,xmax,ymax): also score item crops "
                                                  "and floor-only crops (which must go to manual sort)")
-    g.add_argument("--bin-thresholds", metavar="BIN=P,...|FILE.yaml",
-                   help="per-bin thresholds, e.g. recyclable=0.97,landfill=0.6 (other bins: --threshold)")
     g.add_argument("--ood-threshold", type=float, help="unknown-item score threshold (default: the model's)")
     g.add_argument("--views", default=None, help="comma-separated views: full, crop, floor (default: full, and "
                                                  "crop,floor when --boxes is given)")
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.class_map:
         return run_field(args)
     report = Evaluator.load(args.checkpoint, device=args.device).evaluate(
-        args.data, split=args.split, split_file=args.split_file, threshold=args.threshold, taxonomy=args.taxonomy,
+        args.data, split=args.split, split_file=args.split_file, threshold=args.threshold,
+        bin_thresholds=args.bin_thresholds, taxonomy=args.taxonomy,
         target_contamination=args.target_contamination, recalibrate=args.recalibrate, tta=args.tta, out=args.out,
         log=lambda msg: print(msg, flush=True))
     print(report.summary())

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from wastenet.decision import Threshold, check_threshold
+from wastenet.decision import Threshold, check_threshold, cli_threshold
 from wastenet.errors import ConfigError
 
 __all__ = ["EvalReport", "Evaluator", "SPLITS"]
@@ -95,7 +95,7 @@ class Evaluator:
         return list(self.ckpt["classes"])
 
     def evaluate(self, data: str | Path, *, split: str = "test", split_file: str | Path | None = None,
-                 threshold: Threshold | None = None, taxonomy: Any = None,
+                 threshold: Threshold | None = None, bin_thresholds: str | None = None, taxonomy: Any = None,
                  target_contamination: float | str | Mapping[str, float] | None = None, recalibrate: bool = False,
                  tta: bool = False, out: str | Path | None = None,
                  log: Callable[[str], None] | None = None) -> EvalReport:
@@ -103,6 +103,8 @@ class Evaluator:
 
         ``split_file`` defaults to the run's ``split.csv`` beside the checkpoint; without one every
         image is evaluated (split ``all``). ``threshold``/``taxonomy`` override the checkpoint's;
+        ``bin_thresholds`` is ``--bin-thresholds`` (``"recyclable=0.97"`` or a YAML file: the named
+        bins take these, the others ``threshold`` or else the checkpoint's);
         ``target_contamination`` suggests the lowest threshold whose worst-bin contamination on the
         validation split meets it, or, given per bin (``{"recyclable": 0.02}`` or the command line's
         ``"recyclable=0.02,landfill=0.3"`` / YAML file), a threshold per targeted bin, confirmed on
@@ -122,12 +124,17 @@ class Evaluator:
         say = log or (lambda _msg: None)
         if split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
-        if threshold is not None:
-            threshold = check_threshold(threshold, name="--threshold")
         ckpt, classes = self.ckpt, self.classes
         spec = taxonomy or ckpt.get("taxonomy") or default_taxonomy_for(classes) or identity_taxonomy(classes)
         tax = load_taxonomy(spec, classes)
-        if target_contamination is not None:  # per-bin targets need the bin names: after the taxonomy
+        # per-bin values need the bin names: checked after the taxonomy, still before any work
+        if threshold is not None:
+            threshold = check_threshold(threshold, tax.bin_names, name="--threshold")
+        if bin_thresholds:
+            if isinstance(threshold, dict):
+                raise ConfigError("per-bin thresholds twice: give threshold={bin: t} or bin_thresholds, not both")
+            threshold = cli_threshold(threshold, bin_thresholds, tax.bin_names, ckpt["threshold"])
+        if target_contamination is not None:
             target_contamination = contamination_targets(target_contamination, tax.bin_names)
         if not Path(data).is_dir():
             raise ConfigError(f"dataset folder not found: {data}")
