@@ -24,7 +24,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import random
 import signal
 import sqlite3
@@ -39,6 +38,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model, wait_for_health  # noqa: E402
 from load_test import REPO, SHARED, _free_port, load_photos  # noqa: E402 - one photo loader, one port picker
 
 TOKEN = "crash-check-token"
@@ -60,16 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="every N-th request asks threshold=1 (manual sort: a photo is stored for the reviewer)")
     p.add_argument("--json", default=None, metavar="FILE")
     return p.parse_args(argv)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -98,16 +88,8 @@ class Server:
             [sys.executable, "-m", "wastenet", "serve", "--checkpoint", str(self.checkpoint), "--host", "127.0.0.1",
              "--port", str(self.port), "--log-db", str(self.db), "--review-token", TOKEN, "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while time.monotonic() - t0 < 180:
-            if self.proc.poll() is not None:
-                sys.exit(f"server exited with status {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/api/health", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.kill()
-        sys.exit("server did not start within 180 s")
+        wait_for_health(self.proc, self.url)
+        return time.monotonic() - t0
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -33,16 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _common import cpu_model
 
 
 def read_split(split_file: Path, root: Path, split: str) -> list[tuple[Path, str]]:
@@ -226,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    env = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
            "loadavg_start": list(os.getloadavg()), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     with tempfile.TemporaryDirectory(prefix="edge-latency-") as tmp:

@@ -29,23 +29,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import cpu_description, timed_rounds
 
 MODEL_KWARGS = {"mobilenetv2_100": {"pad_type": "same"}}
-
-
-def cpu_description() -> str:
-    """CPU model name and the ISA flags that decide CPU precision (AVX2 / AVX-512 / bf16 / AMX)."""
-    name, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(isa) or 'no AVX2'})"
 
 
 class Features(torch.nn.Module):
@@ -60,7 +46,6 @@ class Features(torch.nn.Module):
 
 
 def bench_model(arch: str, n_images: int, batch: int, size: int, rounds: int, threads: int) -> dict:
-    import numpy as np
     import onnxruntime as ort
     import timm
 
@@ -99,14 +84,7 @@ def bench_model(arch: str, n_images: int, batch: int, size: int, rounds: int, th
     runners["onnxruntime fp32"] = lambda: [sess.run(None, {"input": b}) for b in np_batches]
     runners["eager channels-last fp32"] = eager(True, False)
     runners["eager channels-last bf16"] = eager(True, True)
-    for run in runners.values():  # warm-up: oneDNN and ORT build kernels on the first calls
-        run()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            t = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t)
+    times = timed_rounds(runners, rounds)
     rate = {k: n_images / statistics.median(v) for k, v in times.items()}
     today = "eager channels-last bf16" if today_dtype is torch.bfloat16 else "eager channels-last fp32"
     return {

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import wait_for_health
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WASTENET_SHARED", REPO.parent / "shared"))
@@ -99,17 +100,8 @@ def start_server(checkpoint: str, extra: str, log_db: Path) -> tuple[subprocess.
            "--log-db", str(log_db), "--log-level", "warning", *shlex.split(extra)]
     proc = subprocess.Popen(cmd, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with status {proc.returncode}")
-        try:
-            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    sys.exit("server did not start within 180 s")
+    wait_for_health(proc, url)
+    return proc, url
 
 
 # --------------------------------------------------------------------------- load

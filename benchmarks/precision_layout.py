@@ -12,27 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
+from _common import cpu_model, timed_rounds
 
 MODEL_KWARGS = {"mobilenetv2_100": {"pad_type": "same"}}  # as the shared weights' sidecar asks
-
-
-def timed(fn, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):  # oneDNN builds its kernels on the first calls
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def measure(arch: str, bf16: bool, channels_last: bool, batch: int, size: int, repeats: int, warmup: int) -> dict:
@@ -57,8 +45,8 @@ def measure(arch: str, bf16: bool, channels_last: bool, batch: int, size: int, r
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             model(x)
 
-    train_s = statistics.median(timed(train_step, repeats, warmup))
-    infer_s = statistics.median(timed(infer, repeats, warmup))
+    train_s = statistics.median(timed_rounds({"train": train_step}, repeats, warmup)["train"])
+    infer_s = statistics.median(timed_rounds({"infer": infer}, repeats, warmup)["infer"])
     return {"model": arch, "precision": "bf16" if bf16 else "fp32",
             "layout": "channels_last" if channels_last else "nchw",
             "train_img_s": round(batch / train_s, 1), "infer_img_s": round(batch / infer_s, 1)}
@@ -87,7 +75,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['precision']} | {r['layout']} | {r['train_img_s']} | {r['infer_img_s']} |")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        a.out.write_text(json.dumps({"torch": torch.__version__, "cpu": cpu_model(),
                                      "threads": a.threads, "batch": a.batch, "size": a.size,
                                      "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
                                      "rows": rows}, indent=2))
