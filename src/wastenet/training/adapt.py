@@ -49,29 +49,33 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _sample(rows: list[Row], per_class: int, seed: int) -> list[Row]:
+def _shuffled_by_label(rows: list[Row], seed: int) -> list[list[Row]]:
+    """The rows grouped by label (labels sorted), each group shuffled by one ``seed``-ed generator
+    in that order, so that a seed always draws the same items::
+
+        [g[:2] for g in _shuffled_by_label(rows, seed=0)]   # two random items of every class
+    """
     rng = random.Random(seed)
     by: dict[str, list[Row]] = {}
     for r in rows:
         by.setdefault(r.label, []).append(r)
-    out: list[Row] = []
+    groups = []
     for label in sorted(by):
         rs = by[label][:]
         rng.shuffle(rs)
-        out += rs[:per_class]
-    return out
+        groups.append(rs)
+    return groups
+
+
+def _sample(rows: list[Row], per_class: int, seed: int) -> list[Row]:
+    """Up to ``per_class`` random rows of every class."""
+    return [r for rs in _shuffled_by_label(rows, seed) for r in rs[:per_class]]
 
 
 def _split_reviewed(rows: list[Row], share: float, seed: int) -> tuple[list[Row], list[Row]]:
     """Stratified: each class keeps at least one training item; classes with one item give no val."""
-    rng = random.Random(seed)
     train, val = [], []
-    by: dict[str, list[Row]] = {}
-    for r in rows:
-        by.setdefault(r.label, []).append(r)
-    for label in sorted(by):
-        rs = by[label][:]
-        rng.shuffle(rs)
+    for rs in _shuffled_by_label(rows, seed):
         n_val = int(math.floor(len(rs) * share)) if len(rs) > 1 else 0
         val += rs[:n_val]
         train += rs[n_val:]
