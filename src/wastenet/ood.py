@@ -11,8 +11,17 @@ more unusual* inputs:
   top ``dims`` eigen-directions plus one isotropic variance for the rest, so the stored
   statistics are ``D x dims`` instead of ``D x D`` (1280 x 128 floats = 0.6 MB for MobileNetV2)
   and the small-variance directions, where unfamiliar inputs stand out most, still count;
-- ``knn``: the cosine distance to the k-th nearest training feature (Sun et al. 2022); for
-  comparison only (it needs every training feature at run time).
+- ``knn``: the cosine distance to the k-th nearest of a bank of training features (Sun et al.
+  2022): at most ``MAX_BANK`` of them, from the clean photos *and* their field-augmented views
+  (items on new floors are familiar; a floor with nothing on it is not);
+- ``imagenet``: what *kind* of thing the photo shows, through the backbone's own pretrained
+  ImageNet head (only while the backbone is unchanged, i.e. the ``linear`` recipe):
+  ``-sum_c q_c(x) log(pi_c + eps)``, the cross-entropy of the photo's ImageNet posterior ``q``
+  against the mean posterior ``pi`` of the training photos. A banana, a jumper or a plank
+  (ImageNet classes the training photos never show) scores high; a bottle on a new floor
+  ("water bottle", as in training) scores low. Feature distances cannot tell those two apart;
+- ``knn+imagenet``: both, each scaled by its validation median and 95th percentile, the larger
+  one counting (the default when the ImageNet head is usable; otherwise ``knn``).
 
 Fit on the training features at the end of training; choose the threshold on the validation
 split only (``threshold_for_coverage``: the score below which ``keep`` of the known
@@ -30,8 +39,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-METHODS = ("mahalanobis", "energy", "msp")
-DEFAULT_METHOD = "mahalanobis"
+METHODS = ("mahalanobis", "energy", "msp", "knn", "imagenet", "knn+imagenet")
+#: the scores computed from the pooled features (inside the ONNX graph at the edge)
+FEATURE_METHODS = ("mahalanobis", "knn", "imagenet", "knn+imagenet")
+DEFAULT_METHOD = "knn+imagenet"      # where the pretrained ImageNet head is usable
+FALLBACK_METHOD = "knn"              # where it is not (fine-tuned backbones)
+MAX_BANK = 1024                      # k-NN bank rows (1024 x 1280 floats = 5.2 MB for MobileNetV2)
+KNN_K = 10
+PRIOR_EPS = 1e-3                     # floor under the training posterior (no log of zero)
 DEFAULT_KEEP = 0.95      # the default threshold keeps this share of known validation items
 DEFAULT_DIMS = 128
 SHRINKAGE = 0.05         # covariance shrinkage towards its mean variance (stabilises the inverse)
@@ -109,6 +124,59 @@ def knn_score(features: np.ndarray, bank: np.ndarray, k: int = 10) -> np.ndarray
     return 1.0 - np.sort(sim, axis=1)[:, -k]
 
 
+def fit_knn_bank(features: np.ndarray, max_rows: int = MAX_BANK, seed: int = 0) -> np.ndarray:
+    """L2-normalised float32 rows of ``features``, at most ``max_rows`` (a seeded sample)."""
+    f = np.asarray(features, dtype=np.float64)
+    if len(f) > max_rows:
+        f = f[np.sort(np.random.default_rng(seed).choice(len(f), max_rows, replace=False))]
+    return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+
+
+def imagenet_logits(features: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
+    """The pretrained ImageNet head on pooled features ``[N, 1000]``."""
+    w, b = np.asarray(head["weight"], np.float64), np.asarray(head["bias"], np.float64)
+    return np.asarray(features, np.float64) @ w.T + b
+
+
+def fit_imagenet_prior(train_features: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
+    """``log(pi + eps)``: pi = the training photos' mean ImageNet posterior."""
+    z = imagenet_logits(train_features, head)
+    q = np.exp(z - _logsumexp(z)[:, None])
+    return np.log(q.mean(0) + PRIOR_EPS).astype(np.float32)
+
+
+def imagenet_score(features: np.ndarray, head: Mapping[str, Any], log_prior: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each photo's ImageNet posterior against the training prior ``[N]``."""
+    z = imagenet_logits(features, head)
+    q = np.exp(z - _logsumexp(z)[:, None])
+    return -(q * np.asarray(log_prior, np.float64)[None]).sum(1)
+
+
+def fit_scale(val_scores: np.ndarray) -> tuple[float, float]:
+    """(median, 95th percentile) of known validation scores: puts two scores on one scale."""
+    v = np.asarray(val_scores, np.float64)
+    return float(np.median(v)), float(np.quantile(v, 0.95))
+
+
+def feature_score(method: str, features: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
+    """A feature-space score (``FEATURE_METHODS``) from a fitted rule: ``stats`` (Mahalanobis),
+    ``bank`` (k-NN), ``imagenet`` {weight, bias, log_prior}, ``scales`` {method: (median, p95)}."""
+    if method == "mahalanobis":
+        return mahalanobis_score(features, rule["stats"])
+    if method == "knn":
+        return knn_score(features, rule["bank"], KNN_K)
+    if method == "imagenet":
+        im = rule["imagenet"]
+        return imagenet_score(features, im, im["log_prior"])
+    if "+" in method:
+        parts = []
+        for m in method.split("+"):
+            med, top = (float(v) for v in rule["scales"][m])
+            parts.append((feature_score(m, features, rule) - med) / max(top - med, 1e-9))
+        return np.max(parts, axis=0)
+    raise ValueError(f"{method!r} is not a feature-space score; those are {', '.join(FEATURE_METHODS)}")
+
+
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     """Probability that an unknown item scores higher than a known one (ties count half)."""
     a = np.asarray(known, dtype=np.float64)
@@ -139,14 +207,14 @@ def threshold_for_coverage(known_scores: np.ndarray, keep: float = DEFAULT_KEEP)
 
 
 def scores(method: str, logits: np.ndarray, temperature: float, features: np.ndarray | None = None,
-           stats: Mapping[str, Any] | None = None) -> np.ndarray:
-    """The named score (``METHODS``) for a batch; ``mahalanobis`` needs features and stats."""
+           rule: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The named score (``METHODS``) for a batch; the feature scores need features and a fitted rule."""
     if method == "energy":
         return energy_score(logits, temperature)
     if method == "msp":
         return msp_score(logits, temperature)
-    if method == "mahalanobis":
-        if features is None or stats is None:
-            raise ValueError("the mahalanobis score needs features and fitted stats")
-        return mahalanobis_score(features, stats)
+    if method in FEATURE_METHODS:
+        if features is None or rule is None:
+            raise ValueError(f"the {method} score needs features and a fitted rule")
+        return feature_score(method, features, rule)
     raise ValueError(f"unknown OOD method {method!r}; choose from {', '.join(METHODS)}")

@@ -341,7 +341,7 @@ def export_onnx(
     if ood:  # the unknown-item score becomes a second graph output (torch-free at the edge)
         from wastenet.inference.ood_model import ScoredNet
 
-        graph_model = ScoredNet(graph_model, ood["stats"]).eval()
+        graph_model = ScoredNet(graph_model, ood).eval()
         outputs.append(OOD_OUTPUT)
     with atomic_path(out_path) as tmp:  # renamed over out_path only if every check passes
         try:
@@ -366,8 +366,10 @@ def export_onnx(
             "wastenet_version": __version__,
         }
         if ood:
+            from wastenet.inference.ood_model import graph_method
+
             meta["ood"] = {"method": ood["method"], "thresholds": dict(ood["thresholds"]), "keep": ood.get("keep"),
-                           "output": OOD_OUTPUT}
+                           "graph_method": graph_method(ood), "output": OOD_OUTPUT}
         set_metadata(proto, meta)
         proto.producer_name, proto.producer_version = "wastenet", __version__
         proto.doc_string = f"wastenet {ckpt['arch']} classifier ({len(ckpt['classes'])} classes)"

@@ -29,7 +29,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: Any, device: str = "cpu", channels_last: bool = False,
-                 ood_stats: Mapping[str, Any] | None = None) -> None:
+                 ood_rule: Mapping[str, Any] | None = None) -> None:
         import torch
 
         from wastenet.inference.runtime import resolve_device
@@ -41,10 +41,10 @@ class TorchBackend:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.scored = None
-        if ood_stats is not None:  # the same module `wastenet export` writes to ONNX
+        if ood_rule:  # the same module `wastenet export` writes to ONNX
             from wastenet.inference.ood_model import ScoredNet
 
-            self.scored = ScoredNet(self.model, ood_stats).to(self.device).eval()
+            self.scored = ScoredNet(self.model, ood_rule).to(self.device).eval()
 
     def _tensor(self, x: np.ndarray) -> Any:
         torch = self._torch

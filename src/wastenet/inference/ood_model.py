@@ -1,11 +1,11 @@
-"""The network plus its unknown-item score, as one module: logits and a Mahalanobis score.
+"""The network plus its unknown-item score, as one module: logits and a feature-space score.
 
 The same module runs in PyTorch and is what ``wastenet export`` writes to ONNX (outputs
 ``logits`` and ``ood``), so the torch-free runtime gets the feature-space score from the graph
 without carrying the statistics separately::
 
-    net = ScoredNet(model, stats)         # stats = wastenet.ood.fit_mahalanobis(...)
-    logits, ood = net(x)                  # [N, C], [N]; same numbers as ood.mahalanobis_score
+    net = ScoredNet(model, rule)          # rule = checkpoint["ood"] (see unknown_rule)
+    logits, ood = net(x)                  # [N, C], [N]; same numbers as wastenet.ood.feature_score
 """
 
 from __future__ import annotations
@@ -43,13 +43,76 @@ class MahalanobisScore(nn.Module):
         return (inside + residual * self.inv_rest).min(dim=1).values
 
 
+class KnnScore(nn.Module):
+    """``wastenet.ood.knn_score`` against a stored bank (MatMul, TopK)."""
+
+    def __init__(self, bank: Any, k: int) -> None:
+        super().__init__()
+        self.register_buffer("bank", torch.as_tensor(np.asarray(bank, dtype=np.float32)))  # [M, D], unit rows
+        self.k = int(min(k, self.bank.shape[0]))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        f = f.float()
+        f = f / (f.norm(dim=1, keepdim=True) + 1e-12)
+        sim = f @ self.bank.T
+        return 1.0 - sim.topk(self.k, dim=1).values[:, -1]
+
+
+class ImagenetScore(nn.Module):
+    """``wastenet.ood.imagenet_score``: the pretrained ImageNet head, its posterior against the training prior."""
+
+    def __init__(self, head: Mapping[str, Any]) -> None:
+        super().__init__()
+        for name in ("weight", "bias", "log_prior"):
+            self.register_buffer(name, torch.as_tensor(np.asarray(head[name], dtype=np.float32)))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        z = f.float() @ self.weight.T + self.bias
+        return -(torch.softmax(z, dim=1) * self.log_prior).sum(1)
+
+
+class FeatureScore(nn.Module):
+    """The rule's feature-space score (``wastenet.ood.FEATURE_METHODS``; ``a+b``: the larger of the scaled scores)."""
+
+    def __init__(self, rule: Mapping[str, Any], method: str) -> None:
+        super().__init__()
+        from wastenet import ood
+
+        parts = method.split("+")
+        self.parts = nn.ModuleList([self._part(rule, m, ood.KNN_K) for m in parts])
+        scales = [rule["scales"][m] for m in parts] if len(parts) > 1 else [(0.0, 1.0)]
+        self.register_buffer("median", torch.tensor([float(a) for a, _ in scales]))
+        self.register_buffer("spread", torch.tensor([max(float(b) - float(a), 1e-9) for a, b in scales]))
+
+    @staticmethod
+    def _part(rule: Mapping[str, Any], method: str, k: int) -> nn.Module:
+        if method == "mahalanobis":
+            return MahalanobisScore(rule["stats"])
+        if method == "knn":
+            return KnnScore(rule["bank"], k)
+        if method == "imagenet":
+            return ImagenetScore(rule["imagenet"])
+        raise ValueError(f"{method!r} is not a feature-space score")
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0](f)
+        s = torch.stack([p(f) for p in self.parts], dim=1)          # [N, parts]
+        return ((s - self.median) / self.spread).max(dim=1).values
+
+
+def graph_method(rule: Mapping[str, Any]) -> str:
+    """The score the graph's ``ood`` output computes (rules written before there was a choice: Mahalanobis)."""
+    return str(rule.get("graph_method") or "mahalanobis")
+
+
 class ScoredNet(nn.Module):
     """A classifier that also returns the unknown-item score of its pooled features."""
 
-    def __init__(self, model: nn.Module, stats: Mapping[str, Any]) -> None:
+    def __init__(self, model: nn.Module, rule: Mapping[str, Any]) -> None:
         super().__init__()
         self.model = model
-        self.score = MahalanobisScore(stats)
+        self.score = FeatureScore(rule, graph_method(rule))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(x)
@@ -75,58 +138,120 @@ class FeaturesAndLogits(nn.Module):
         return torch.cat([self.model.forward_head(f, pre_logits=True), self.model.forward_head(f)], dim=1)
 
 
-@torch.no_grad()
+class FeaturePasses:
+    """Pooled fp32 features ``[N, D]`` and logits ``[N, C]`` of cached uint8 squares, pass after
+    pass through one runner of :mod:`wastenet.training.frozen` (its backend rule and progress;
+    one ONNX export however many passes)::
+
+        passes = FeaturePasses(model, prep, "cpu", n_images=len(train) * 3)
+        feats, logits = passes(train_u8, desc="train")
+        views, _ = passes(train_u8, augment=aug, desc="train, augmented")
+    """
+
+    def __init__(self, model: nn.Module, prep: Any, device: Any = "cpu", n_images: int = 0) -> None:
+        from wastenet.training.frozen import FrozenRunner, choose_backend, prep_hw
+
+        model.eval()
+        self.prep, self.device = prep, torch.device(device)
+        with torch.no_grad():
+            self.n_logits = int(model.forward_head(model.forward_features(
+                torch.zeros(1, 3, *prep_hw(prep), device=self.device))).shape[1])
+        self.runner = FrozenRunner(FeaturesAndLogits(model).eval(), self.device, None, False,
+                                   choose_backend("auto", self.device, n_images), input_hw=prep_hw(prep))
+
+    @torch.no_grad()
+    def __call__(self, images_u8: np.ndarray, desc: str = "features", augment: nn.Module | None = None,
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        from wastenet.training.frozen import frozen_pass
+
+        if len(images_u8) == 0:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+        out = frozen_pass(self.runner, images_u8, self.prep, device=self.device, desc=desc, batch_size=batch_size,
+                          augment=augment).float().cpu().numpy()
+        return out[:, :-self.n_logits], out[:, -self.n_logits:]
+
+
 def features_and_logits(model: nn.Module, images_u8: np.ndarray, prep: Any, device: Any = "cpu",
                         batch_size: int = 64, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """Pooled fp32 features ``[N, D]`` and logits ``[N, C]`` of cached uint8 squares (eval transform),
-    through the frozen-pass backend rule and progress of :mod:`wastenet.training.frozen`."""
-    from wastenet.training.frozen import FrozenRunner, choose_backend, frozen_pass, prep_hw
-
-    model.eval()
+    """One :class:`FeaturePasses` pass (eval transform)."""
     if len(images_u8) == 0:
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    device = torch.device(device)
-    both = FeaturesAndLogits(model).eval()
-    n_logits = int(model.forward_head(model.forward_features(
-        torch.zeros(1, 3, *prep_hw(prep), device=device))).shape[1])
-    runner = FrozenRunner(both, device, None, False, choose_backend("auto", device, len(images_u8)),
-                          input_hw=prep_hw(prep))
-    out = frozen_pass(runner, images_u8, prep, device=device, desc=desc, batch_size=batch_size).float().cpu().numpy()
-    return out[:, :-n_logits], out[:, -n_logits:]
+    return FeaturePasses(model, prep, device, len(images_u8))(images_u8, desc=desc, batch_size=batch_size)
+
+
+#: field-augmented views of each training photo added to the k-NN bank and the ImageNet prior
+BANK_VIEWS = 2
 
 
 def fit_unknown_detector(model: nn.Module, prep: Any, train: tuple[np.ndarray, np.ndarray],
                          val_images: np.ndarray, n_classes: int, temperature: float,
-                         device: Any = "cpu", keep: float | None = None, method: str | None = None) -> dict[str, Any]:
+                         device: Any = "cpu", keep: float | None = None, method: str | None = None,
+                         augment: nn.Module | None = None, imagenet_head: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Fit the unknown-item scores at the end of training; thresholds from the validation split only.
 
-    Computes the clean features of the train and validation images, then :func:`unknown_rule`.
+    Computes the clean features of the train and validation images and, with ``augment`` (the
+    run's training augmentation), ``BANK_VIEWS`` augmented views of the train images for the
+    k-NN bank and the ImageNet prior; then :func:`unknown_rule`. ``imagenet_head``
+    ({weight, bias} of the backbone's pretrained 1000-class head) only while the backbone is
+    unchanged (``models.pretrained_imagenet_head``).
     """
-    train_feats, _ = features_and_logits(model, train[0], prep, device, desc="unknown-item statistics (train)")
-    val_feats, val_logits = features_and_logits(model, val_images, prep, device, desc="unknown-item threshold (val)")
-    return unknown_rule(train_feats, train[1], val_feats, val_logits, n_classes, temperature, keep, method)
+    n_views = BANK_VIEWS if augment is not None else 0
+    passes = FeaturePasses(model, prep, device, len(train[0]) * (1 + n_views) + len(val_images))
+    train_feats, _ = passes(train[0], desc="unknown-item statistics (train)")
+    torch.manual_seed(0)
+    views = [passes(train[0], augment=augment, desc=f"unknown-item bank (train view {v + 1}/{n_views})")[0]
+             for v in range(n_views)]
+    val_feats, val_logits = passes(val_images, desc="unknown-item threshold (val)")
+    extra = np.concatenate(views) if views else None
+    return unknown_rule(train_feats, train[1], val_feats, val_logits, n_classes, temperature, keep, method,
+                        extra_feats=extra, imagenet_head=imagenet_head)
 
 
 def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: np.ndarray, val_logits: np.ndarray,
                  n_classes: int, temperature: float, keep: float | None = None,
-                 method: str | None = None) -> dict[str, Any]:
+                 method: str | None = None, extra_feats: np.ndarray | None = None,
+                 imagenet_head: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint's ``ood`` entry from features already computed.
 
-    The default method, a threshold per method (the score under which ``keep`` of the
-    validation items fall) and the Mahalanobis statistics as tensors
-    (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
+    Mahalanobis statistics of the clean train features; a k-NN bank (and the ImageNet prior,
+    with ``imagenet_head``) of the clean plus ``extra_feats`` (augmented views) features; a
+    threshold per method (the score under which ``keep`` of the validation items fall); the
+    default method; and which score the graph's ``ood`` output computes. Arrays are stored as
+    tensors (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
     """
     from wastenet import ood
+    from wastenet.errors import ConfigError
 
     keep = ood.DEFAULT_KEEP if keep is None else keep
-    method = method or ood.DEFAULT_METHOD
-    stats = ood.fit_mahalanobis(train_feats, train_labels, n_classes)
-    val_scores = {m: ood.scores(m, val_logits, temperature, val_feats, stats) for m in ood.METHODS}
+    known = np.concatenate([train_feats, extra_feats]) if extra_feats is not None and len(extra_feats) else train_feats
+    rule: dict[str, Any] = {"stats": ood.fit_mahalanobis(train_feats, train_labels, n_classes),
+                            "bank": ood.fit_knn_bank(known)}
+    available = ["mahalanobis", "energy", "msp", "knn"]
+    if imagenet_head is not None:
+        head = {k: np.asarray(imagenet_head[k], np.float32) for k in ("weight", "bias")}
+        rule["imagenet"] = {**head, "log_prior": ood.fit_imagenet_prior(known, head)}
+        available += ["imagenet", "knn+imagenet"]
+    method = method or (ood.DEFAULT_METHOD if imagenet_head is not None else ood.FALLBACK_METHOD)
+    if method not in available:
+        raise ConfigError(f"unknown-item method {method!r} is not available here; choose from {', '.join(available)}")
+    rule["scales"] = {m: ood.fit_scale(ood.feature_score(m, val_feats, rule)) for m in ("knn", "imagenet") if m in available}
+    val_scores = {m: ood.scores(m, val_logits, temperature, val_feats, rule) for m in available}
+
+    def tensors(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: tensors(v) for k, v in x.items()}
+        return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
     return {
         "method": method,
+        "graph_method": method if method in ood.FEATURE_METHODS else (
+            ood.DEFAULT_METHOD if imagenet_head is not None else ood.FALLBACK_METHOD),
         "keep": float(keep),
         "thresholds": {m: ood.threshold_for_coverage(s, keep) for m, s in val_scores.items()},
-        "dims": int(np.asarray(stats["basis"]).shape[1]),
-        "stats": {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in stats.items()},
-        "fitted_on": {"train": int(len(train_feats)), "val": int(len(val_feats))},
+        "dims": int(np.asarray(rule["stats"]["basis"]).shape[1]),
+        "stats": tensors(rule["stats"]),
+        "bank": tensors(rule["bank"]),
+        **({"imagenet": tensors(rule["imagenet"])} if "imagenet" in rule else {}),
+        "scales": {m: [float(a), float(b)] for m, (a, b) in rule["scales"].items()},
+        "fitted_on": {"train": int(len(train_feats)), "bank": int(len(rule["bank"])), "val": int(len(val_feats))},
     }

@@ -217,7 +217,7 @@ class Classifier:
         ckpt = checkpoint.load(path)
         model = model_from_checkpoint(ckpt)
         ood = ckpt.get("ood")
-        backend = TorchBackend(model, device, channels_last, ood_stats=(ood or {}).get("stats"))
+        backend = TorchBackend(model, device, channels_last, ood_rule=ood)
         return cls(backend, classes=ckpt["classes"], ood=ood,
                    preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]),
                    taxonomy=ckpt.get("taxonomy"), temperature=ckpt.get("temperature", 1.0),
@@ -289,19 +289,22 @@ class Classifier:
         With ``tta`` the logits combine as :mod:`wastenet.inference.tta` defines; the
         feature-space score is averaged over the image and its mirror image.
         """
-        logits, maha = self.backend.predict_scored(x)
+        logits, graph_score = self.backend.predict_scored(x)
         if tta:
-            mirrored, maha_m = self.backend.predict_scored(np.ascontiguousarray(x[..., ::-1]))
+            mirrored, graph_m = self.backend.predict_scored(np.ascontiguousarray(x[..., ::-1]))
             logits = tta_logits(np.stack([logits, mirrored]))
-            maha = None if maha is None else (maha + maha_m) / 2.0
+            graph_score = None if graph_score is None else (graph_score + graph_m) / 2.0
         method = ood_method or (self.ood or {}).get("method")
         score = None
-        if method == "mahalanobis":
-            score = maha
-        elif method is not None:
+        if method is not None and method == (self.ood or {}).get("graph_method"):
+            score = graph_score  # the feature-space score is computed inside the network
+        elif method in ("msp", "energy"):
             from wastenet import ood as ood_scores
 
             score = ood_scores.scores(method, logits, self.temperature)
+        elif method is not None:
+            raise ConfigError(f"this model scores unknown items with {self.ood['graph_method']}, msp or energy, "
+                              f"not {method}")
         return softmax(logits, self.temperature), score
 
     def unknown_threshold(self, override: float | None = None, method: str | None = None) -> float | None:
@@ -450,10 +453,12 @@ class Classifier:
 
 # --------------------------------------------------------------------------- helpers
 def _onnx_ood_rule(meta: Mapping[str, Any], backend: Any) -> Mapping[str, Any] | None:
-    """An ONNX file's unknown-item rule: the Mahalanobis score needs the graph's ``ood`` output;
+    """An ONNX file's unknown-item rule: a feature-space score needs the graph's ``ood`` output;
     energy and MSP come from the logits alone."""
+    from wastenet.ood import FEATURE_METHODS
+
     rule = meta.get("ood") or None
-    if rule is None or (rule.get("method") == "mahalanobis" and backend.ood_output is None):
+    if rule is None or (rule.get("method") in FEATURE_METHODS and backend.ood_output is None):
         return None
     return rule
 
@@ -469,7 +474,9 @@ def _check_ood(ood: Mapping[str, Any] | None) -> dict[str, Any] | None:
         raise ConfigError(f"the model's unknown-item rule is unreadable ({exc})") from None
     if method not in thresholds:
         raise ConfigError(f"the model's unknown-item rule has no threshold for its method {method!r}")
-    return {"method": method, "thresholds": thresholds, "keep": ood.get("keep")}
+    # rules written before the graph's score was a choice computed Mahalanobis there
+    return {"method": method, "thresholds": thresholds, "keep": ood.get("keep"),
+            "graph_method": str(ood.get("graph_method") or "mahalanobis")}
 
 
 def _done(value: Any) -> Future:

@@ -101,10 +101,10 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     import torch.nn.functional as F
 
     from wastenet import checkpoint
-    from wastenet.data.augment import AugmentConfig, KerasAugment, to_model_batch
+    from wastenet.data.augment import AugmentConfig, KerasAugment
     from wastenet.data.composite import CameraJitter
     from wastenet.evaluation.calibration import fit_temperature
-    from wastenet.inference.ood_model import features_and_logits, unknown_rule
+    from wastenet.inference.ood_model import FeaturePasses, unknown_rule
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
 
@@ -138,22 +138,15 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     torch.manual_seed(cfg.seed)
     augment = torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
 
-    @torch.no_grad()
+    n_images = sum(len(p) * (1 + (cfg.views if "train" in k else 0)) for k, p in parts.items() if p is not None)
+    passes = FeaturePasses(model, prep, device, n_images)  # one runner (one ONNX export) for every pass
+
     def views_of(c: Any, n_views: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean features first (rows ``:len(c)``, reused for the unknown-item rule), then the views."""
-        feats, labels = [], []
-        f0, _ = features_and_logits(model, c.images, prep, device, desc=f"{desc} (clean)")
-        feats.append(torch.from_numpy(f0))
-        labels.append(torch.from_numpy(c.labels))
-        for v in range(n_views):
-            out_v = []
-            for i in range(0, len(c.images), cfg.batch_size):
-                x = to_model_batch(torch.from_numpy(c.images[i : i + cfg.batch_size]), prep, augment=augment, device=device)
-                out_v.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
-            feats.append(torch.cat(out_v))
-            labels.append(torch.from_numpy(c.labels))
-            _log(f"{desc}: view {v + 1}/{n_views}")
-        return torch.cat(feats), torch.cat(labels).long()
+        feats = [torch.from_numpy(passes(c.images, desc=f"{desc} (clean)")[0])]
+        feats += [torch.from_numpy(passes(c.images, augment=augment, desc=f"{desc} (view {v + 1}/{n_views})")[0])
+                  for v in range(n_views)]
+        return torch.cat(feats), torch.from_numpy(np.tile(c.labels, 1 + n_views)).long()
 
     x_rev, y_rev = views_of(parts["reviewed train"], cfg.views, "reviewed features")
     x_mix, y_mix = (views_of(parts["mix train"], cfg.views, "rehearsal features") if parts["mix train"] is not None
@@ -161,7 +154,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     val_parts = [p for p in (parts["reviewed val"], parts["mix val"]) if p is not None]
     val_feats, val_labels = [], []
     for p in val_parts:
-        f, _ = features_and_logits(model, p.images, prep, device, desc="validation features")
+        f, _ = passes(p.images, desc="validation features")
         val_feats.append(torch.from_numpy(f))
         val_labels.append(torch.from_numpy(p.labels).long())
     x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
@@ -202,7 +195,13 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     n_mix = len(parts["mix train"]) if parts["mix train"] is not None else 0
     clean = torch.cat([x_rev[:n_rev], x_mix[:n_mix]]).numpy()
     clean_labels = torch.cat([y_rev[:n_rev], y_mix[:n_mix]]).numpy()
-    ckpt["ood"] = unknown_rule(clean, clean_labels, x_val.numpy(), val_logits, len(classes), temperature)
+    views = torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy()
+    base_rule = ckpt.get("ood") or {}
+    # the backbone did not change, so a pretrained ImageNet head the base model used still fits it
+    head = base_rule.get("imagenet")
+    ckpt["ood"] = unknown_rule(clean, clean_labels, x_val.numpy(), val_logits, len(classes), temperature,
+                               keep=base_rule.get("keep"), method=base_rule.get("method"), extra_feats=views,
+                               imagenet_head=None if head is None else {k: head[k].numpy() for k in ("weight", "bias")})
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ckpt["temperature"] = float(temperature)
     seconds = time.time() - t0
