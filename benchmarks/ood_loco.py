@@ -4,7 +4,8 @@ For each class k: a linear head (the `linear` recipe's cheap stand-in: frozen Im
 backbone, logistic regression on its pooled features) trains on the train split *without*
 class k; the temperature and the unknown-score threshold are chosen on the validation split
 without class k (keep 95% of known items); then the test split scores known classes against
-class k. Every score of wastenet.ood is compared::
+class k. Every score of wastenet.ood is compared (the ImageNet scores where the weights carry the
+ImageNet head; the k-NN bank here holds the clean train features only)::
 
     python benchmarks/ood_loco.py --model mobilenetv2_100 --weights ../shared/weights/mobilenetv2_100.safetensors \
         --data ../shared/data/trashnet --split-file ../shared/data/trashnet-split.csv --out benchmarks/results/loco-mnv2.json
@@ -21,22 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wastenet import ood
-from wastenet.data.augment import to_model_batch
 from wastenet.data.datasets import build_cache, read_split_file
 from wastenet.evaluation.calibration import fit_temperature
-from wastenet.models import create_model, extract_features, resolve_weights_arg
-
-
-def features_of(model, prep, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    out = []
-    with torch.inference_mode():
-        for i in tqdm(range(0, len(images), batch), desc="features", unit="batch", file=sys.stderr, mininterval=5):
-            x = to_model_batch(torch.from_numpy(images[i : i + batch]), prep)
-            out.append(extract_features(model, x).float().numpy())
-    return np.concatenate(out)
+from wastenet.inference.ood_model import FeaturePasses, unknown_rule
+from wastenet.models import create_model, pretrained_imagenet_head, resolve_weights_arg
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float = 1e-3, steps: int = 300) -> torch.nn.Linear:
@@ -72,8 +63,9 @@ def main() -> int:
     classes = sorted({r.label for r in rows})
     built = create_model(args.model, len(classes), weights=resolve_weights_arg(args.weights))
     model, prep = built.model.eval(), built.preprocessing
+    head = pretrained_imagenet_head(model, resolve_weights_arg(args.weights))  # None: no ImageNet scores
     cache = build_cache(args.data, rows, classes, prep.resize_size, prep.interpolation)
-    feats = features_of(model, prep, cache.images)
+    feats, _ = FeaturePasses(model, prep, "cpu", len(cache.images))(cache.images, desc="features")
     split = np.array([r.split for r in cache.rows])
     y = cache.labels
     print(f"features of {len(feats)} images in {time.time() - t0:.0f}s", file=sys.stderr)
@@ -94,17 +86,12 @@ def main() -> int:
         with torch.no_grad():
             logits = head(torch.from_numpy(z).float()).numpy()
         t = fit_temperature(logits[va], y_va)
-        stats = ood.fit_mahalanobis(feats[tr], y_tr, len(known), dims=args.dims)
-        all_scores = {
-            "msp": ood.msp_score(logits, t),
-            "energy": ood.energy_score(logits, t),
-            "mahalanobis": ood.mahalanobis_score(feats, stats),
-            "knn": ood.knn_score(feats, feats[tr]),
-        }
+        # the product's own rule (wastenet.inference.ood_model.unknown_rule) on the fold's known classes
+        rule = unknown_rule(feats[tr], y_tr, feats[va], logits[va], len(known), t, keep=args.keep, imagenet_head=head)
         fold = {"unknown_class": name, "known_test_accuracy": float((logits[te_known].argmax(1) ==
                                                                        np.array([remap[c] for c in y[te_known]])).mean())}
-        for m, s in all_scores.items():
-            thr = ood.threshold_for_coverage(s[va], args.keep)
+        for m, thr in rule["thresholds"].items():
+            s = ood.scores(m, logits, t, feats, rule)
             fold[m] = {
                 "auroc": ood.auroc(s[te_known], s[te_unknown]),
                 "unknown_rejected": float((s[te_unknown] > thr).mean()),
@@ -112,11 +99,11 @@ def main() -> int:
             }
         folds.append(fold)
         print(f"[{name}] " + "  ".join(f"{m} AUROC {fold[m]['auroc']:.3f} rej {fold[m]['unknown_rejected']:.2f}"
-                                      for m in all_scores), file=sys.stderr)
+                                      for m in rule["thresholds"]), file=sys.stderr)
     summary = {m: {"mean_auroc": float(np.mean([f[m]["auroc"] for f in folds])),
                    "mean_unknown_rejected": float(np.mean([f[m]["unknown_rejected"] for f in folds])),
                    "mean_known_kept": float(np.mean([f[m]["known_kept"] for f in folds]))}
-               for m in ("msp", "energy", "mahalanobis", "knn")}
+               for m in folds[0] if isinstance(folds[0][m], dict)}
     result = {"model": args.model, "keep": args.keep, "dims": args.dims, "folds": folds, "summary": summary,
               "seconds": round(time.time() - t0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
