@@ -63,7 +63,7 @@ def main() -> int:
     classes = sorted({r.label for r in rows})
     built = create_model(args.model, len(classes), weights=resolve_weights_arg(args.weights))
     model, prep = built.model.eval(), built.preprocessing
-    head = pretrained_imagenet_head(model, resolve_weights_arg(args.weights))  # None: no ImageNet scores
+    imagenet_head = pretrained_imagenet_head(model, resolve_weights_arg(args.weights))  # None: no ImageNet scores
     cache = build_cache(args.data, rows, classes, prep.resize_size, prep.interpolation)
     feats, _ = FeaturePasses(model, prep, "cpu", len(cache.images))(cache.images, desc="features")
     split = np.array([r.split for r in cache.rows])
@@ -87,7 +87,8 @@ def main() -> int:
             logits = head(torch.from_numpy(z).float()).numpy()
         t = fit_temperature(logits[va], y_va)
         # the product's own rule (wastenet.inference.ood_model.unknown_rule) on the fold's known classes
-        rule = unknown_rule(feats[tr], y_tr, feats[va], logits[va], len(known), t, keep=args.keep, imagenet_head=head)
+        rule = unknown_rule(feats[tr], y_tr, feats[va], logits[va], len(known), t, keep=args.keep,
+                            imagenet_head=imagenet_head)
         fold = {"unknown_class": name, "known_test_accuracy": float((logits[te_known].argmax(1) ==
                                                                        np.array([remap[c] for c in y[te_known]])).mean())}
         for m, thr in rule["thresholds"].items():
