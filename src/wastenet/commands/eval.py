@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--boxes", metavar="CSV", help="path,label,bbox (xmin,ymin,xmax,ymax): also score item crops "
                                                  "and floor-only crops (which must go to manual sort)")
     g.add_argument("--ood-threshold", type=float, help="unknown-item score threshold (default: the model's)")
+    g.add_argument("--search", action="store_true",
+                   help="look at windows of each photo too; the most item-like one decides (as predict --search)")
     g.add_argument("--views", default=None, help="comma-separated views: full, crop, floor (default: full, and "
                                                  "crop,floor when --boxes is given)")
     p.add_argument("--out", help="report folder (default: CHECKPOINT_DIR/eval-SPLIT)")
@@ -71,7 +73,7 @@ def run_field(args: argparse.Namespace) -> int:
     threshold = cli_threshold(args.threshold, args.bin_thresholds, clf.taxonomy.bin_names, clf.threshold)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.data).name}"
     results = evaluate_field(clf, args.data, items, out, views=views, threshold=threshold,
-                             ood_threshold=args.ood_threshold)
+                             ood_threshold=args.ood_threshold, search=args.search)
     print(f"report: {out / 'report.md'}")
     return 1 if any(r["errors"] or r["skipped"] for r in results.values()) else 0
 
@@ -79,8 +81,13 @@ def run_field(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from wastenet.evaluation.evaluator import Evaluator
 
+    from wastenet.errors import ConfigError
+
     if args.class_map:
         return run_field(args)
+    field_only = [f"--{n.replace('_', '-')}" for n in ("boxes", "ood_threshold", "search", "views") if getattr(args, n)]
+    if field_only:
+        raise ConfigError(f"{', '.join(field_only)} belong to the field mode: add --class-map")
     report = Evaluator.load(args.checkpoint, device=args.device).evaluate(
         args.data, split=args.split, split_file=args.split_file, threshold=args.threshold,
         bin_thresholds=args.bin_thresholds, taxonomy=args.taxonomy,

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="several photos of one item: DIR groups by folder, a regex by its first group (or "
                              "whole match) on the path; one decision per group from the combined probabilities "
                              "and unknown-item scores" + _NO_DEFAULT)
+    parser.add_argument("--search", action="store_true",
+                        help="also look at windows of each photo and let the most item-like one decide "
+                             "(for a small item in a wide frame; ~50x the model calls)")
     parser.add_argument("--taxonomy", default=None, metavar="FILE|trashnet|household",
                         help="class -> bin map to use instead of the model's (YAML file or built-in name)" + _NO_DEFAULT)
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     inputs, missing = expand_paths(args.paths)
     progress = sys.stderr.isatty() and len(inputs) > _PROGRESS_MIN_INPUTS
     options = dict(threshold=threshold, taxonomy=taxonomy, batch_size=args.batch_size, topk=args.topk,
-                   progress=progress, tta=args.tta, ood_threshold=args.ood_threshold)
+                   progress=progress, tta=args.tta, ood_threshold=args.ood_threshold, search=args.search)
     preds: list[Prediction] = []
     if group_key is not None:  # one row per item, in order of its first photo
         groups: dict[str, list[str]] = {}

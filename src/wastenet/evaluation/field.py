@@ -254,7 +254,7 @@ def _counts(values: Any) -> dict[str, int]:
 # --------------------------------------------------------------------------- the mode
 def evaluate_field(clf: Any, root: str | Path, items: Sequence[FieldItem], out_dir: str | Path,
                    views: Sequence[str] = ("full",), threshold: Any = None, batch_size: int = 32,
-                   progress: bool = True, ood_threshold: float | None = None) -> dict[str, Any]:
+                   progress: bool = True, ood_threshold: float | None = None, search: bool = False) -> dict[str, Any]:
     """Score every view, write ``field.json``, ``field-VIEW.csv`` and ``report.md`` (with figures)."""
     from wastenet.evaluation import field_report as R
 
@@ -269,7 +269,7 @@ def evaluate_field(clf: Any, root: str | Path, items: Sequence[FieldItem], out_d
         its = [it for it, _ in pairs]
         good = [i for i, img in enumerate(images) if not isinstance(img, Exception)]
         preds = clf.predict([images[i] for i in good], threshold=threshold, batch_size=batch_size,
-                            topk=len(clf.classes), progress=progress, ood_threshold=ood_threshold)
+                            topk=len(clf.classes), progress=progress, ood_threshold=ood_threshold, search=search)
         result = score(preds, [its[i] for i in good], clf.classes, clf.taxonomy, view)
         result["skipped"] = [(its[i].path, str(img)) for i, img in enumerate(images) if isinstance(img, Exception)]
         _write_rows(out / f"field-{view}.csv", result["rows"])

@@ -326,7 +326,7 @@ class Classifier:
     def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: Threshold | None = None,
                 taxonomy: Any = None, batch_size: int = 32, topk: int = 3, progress: bool = False,
                 tta: bool = False, decode_workers: int = 2, ood_threshold: float | None = None,
-                ood_method: str | None = None, unknown_rule: bool = True) -> list[Prediction]:
+                ood_method: str | None = None, unknown_rule: bool = True, search: bool = False) -> list[Prediction]:
         """Classify ``images`` and decide a bin for each; results in input order.
 
         ``threshold`` defaults to the model file's; a ``{bin: threshold}`` mapping sets some bins'
@@ -337,6 +337,8 @@ class Classifier:
         The unknown-item rule (a model trained with one) sends an item whose score exceeds
         ``ood_threshold`` (default: fitted on validation data) to manual sort with reason
         ``unknown``; ``unknown_rule=False`` reports the score but does not act on it.
+        ``search`` also looks at windows of each photo and lets the most item-like one decide
+        (:mod:`wastenet.inference.search`; ~51 model inputs for a 320 x 427 photo).
         """
         items = _as_list(images)
         thr = self.threshold if threshold is None else check_threshold(threshold)
@@ -359,13 +361,16 @@ class Classifier:
                     while next_batch < len(batches) and len(pending) <= workers:
                         idx = batches[next_batch]
                         job = [items[i] for i in idx]
-                        pending.append(pool.submit(self._prepare, job, idx) if workers else _done(self._prepare(job, idx)))
+                        pending.append(pool.submit(self._prepare, job, idx, search) if workers
+                                       else _done(self._prepare(job, idx, search)))
                         next_batch += 1
-                    x, ok_idx, failures = pending.popleft().result()
+                    x, ok_idx, failures, counts = pending.popleft().result()
                     for i, reason in failures:
                         results[i] = Prediction.failed(names[i], reason)
                     if ok_idx:
-                        probs, score = self.scored_probabilities(x, tta=tta, ood_method=ood_method)
+                        probs, score = self._scored_in_chunks(x, batch_size, tta, ood_method)
+                        if search:
+                            probs, score = _best_windows(probs, score, counts)
                         unknown = None
                         if unknown_rule and score is not None and ood_thr is not None:
                             unknown = np.asarray(score) > ood_thr
@@ -420,17 +425,34 @@ class Classifier:
                 out[p.path] = p
         return [out[k] for k in groups]
 
-    def _prepare(self, batch: list[ImageInput], idx: list[int]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    def _prepare(self, batch: list[ImageInput], idx: list[int], search: bool = False
+                 ) -> tuple[np.ndarray, list[int], list[tuple[int, str]], list[int]]:
+        """Decoded, preprocessed inputs; with ``search`` each photo's windows (``counts`` per photo)."""
+        from wastenet.inference.search import windows
+
         pils: list[Image.Image] = []
         ok: list[int] = []
+        counts: list[int] = []
         failures: list[tuple[int, str]] = []
         for i, item in zip(idx, batch):
             try:
-                pils.append(_to_pil(item))
-                ok.append(i)
+                views = windows(_to_pil(item)) if search else [_to_pil(item)]
             except ImageDecodeError as err:
                 failures.append((i, err.reason))
-        return self.preprocess(pils), ok, failures
+                continue
+            pils.extend(views)
+            counts.append(len(views))
+            ok.append(i)
+        return self.preprocess(pils), ok, failures, counts
+
+    def _scored_in_chunks(self, x: np.ndarray, chunk: int, tta: bool, ood_method: str | None
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``scored_probabilities`` ``chunk`` inputs at a time (a searched batch holds ~51 per photo)."""
+        parts = [self.scored_probabilities(x[i : i + chunk], tta=tta, ood_method=ood_method)
+                 for i in range(0, len(x), max(1, chunk))]
+        probs = np.concatenate([p for p, _ in parts])
+        score = None if any(s is None for _, s in parts) else np.concatenate([s for _, s in parts])
+        return probs, score
 
     def _predictions(self, names: list[str], probs: np.ndarray, tax: Taxonomy, threshold: Any,
                      k: int, ood_score: np.ndarray | None = None, unknown: np.ndarray | None = None) -> list[Prediction]:
@@ -452,6 +474,18 @@ class Classifier:
 
 
 # --------------------------------------------------------------------------- helpers
+def _best_windows(probs: np.ndarray, score: np.ndarray | None, counts: Sequence[int]
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each photo's deciding window (``search.pick``) out of its ``counts[i]`` consecutive rows."""
+    from wastenet.inference.search import pick
+
+    rows, start = [], 0
+    for n in counts:
+        rows.append(start + pick(None if score is None else score[start : start + n], probs[start : start + n]))
+        start += n
+    return probs[rows], None if score is None else score[rows]
+
+
 def _onnx_ood_rule(meta: Mapping[str, Any], backend: Any) -> Mapping[str, Any] | None:
     """An ONNX file's unknown-item rule: a feature-space score needs the graph's ``ood`` output;
     energy and MSP come from the logits alone."""
