@@ -276,3 +276,25 @@ def test_search_decides_from_one_window_and_reports_its_score(ood_checkpoint, it
     assert searched.ok and 0.0 <= searched.confidence <= 1.0
 
 
+
+
+def test_the_rule_tables_are_stored_in_half_precision_and_score_the_same(imagenet_checkpoint, image_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from wastenet.export.onnx import export_onnx, half_score_tables, run_session
+    from wastenet.inference.predictor import Classifier
+
+    out = export_onnx(imagenet_checkpoint, tmp_path / "m.onnx", opset=13).path
+    proto = onnx.load(str(out))
+    # the tiny model's ImageNet head (1000 x D) is under the 1 MB default; the small tables (not rounded) stay float32
+    halved = half_score_tables(proto, min_bytes=100_000)
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in halved.graph.initializer)
+    onnx.save(halved, str(tmp_path / "half.onnx"))
+    clf = Classifier.load(out)
+    x = clf.preprocess([Image.open(f).convert("RGB") for f in sorted(image_folder.rglob("*.jpg"))[:4]])
+    from wastenet.inference.onnx_runtime import onnx_session
+
+    a = run_session(onnx_session(out), x, output="ood")
+    b = run_session(onnx_session(tmp_path / "half.onnx"), x, output="ood")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the fit already rounded the tables to float16

@@ -22,7 +22,7 @@ import numpy as np
 
 from wastenet import __version__
 from wastenet.errors import ConfigError, WastenetError
-from wastenet.export.onnx import (ExportResult, load_images, model_opset, run_session, save_checked, set_metadata,
+from wastenet.export.onnx import (ExportResult, half_score_tables, load_images, model_opset, run_session, save_checked, set_metadata,
                                   spread)
 from wastenet.files import atomic_path
 from wastenet.inference.onnx_runtime import INPUT_NAME, onnx_session, read_metadata
@@ -242,7 +242,7 @@ def quantize_int8(
                     raise ConfigError("INT8 calibration: none of the calibration images could be read"
                                       + (f" ({reader.skipped[0]})" if reader.skipped else "")) from exc
                 raise WastenetError(f"INT8 calibration failed: {exc}") from exc
-        proto = onnx.load(str(tmp))
+        proto = half_score_tables(onnx.load(str(tmp)))  # the quantizer's preprocessing widened them again
         n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
         qmeta = dict(meta)
         qmeta.update({

@@ -223,6 +223,41 @@ def _torch_export(model: Any, path: Path, input_size: int | tuple[int, int], ops
         )
 
 
+def half_score_tables(model: Any, min_bytes: int = 1 << 20) -> Any:
+    """Store the unknown-item rule's large tables (the k-NN bank, the ImageNet head) in float16
+    behind a Cast: half their size in the file, the same values (the fit rounded them already).
+
+    The exporter's constant folding turns the module's half-precision buffers back into float32
+    initializers; this undoes it for initializers of at least ``min_bytes`` read only by the
+    score's nodes (``/score/*``, which INT8 also leaves in float).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    casts = []
+    for init in list(graph.initializer):
+        users = readers.get(init.name, [])
+        if (init.data_type != onnx.TensorProto.FLOAT or not users
+                or not all(u.name.startswith("/score/") for u in users)):
+            continue
+        table = numpy_helper.to_array(init)
+        if table.nbytes < min_bytes:
+            continue
+        half = numpy_helper.from_array(table.astype(np.float16), f"{init.name}_fp16")
+        graph.initializer.remove(init)
+        graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                      name=f"/score/half_table_{len(casts)}"))
+    for i, node in enumerate(casts):
+        graph.node.insert(i, node)
+    return model
+
+
 def _fold_constants(model: Any) -> Any:
     """Evaluate every node whose inputs are all constants and store its outputs as initializers.
 
@@ -246,7 +281,10 @@ def _fold_constants(model: Any) -> Any:
             folded.add(node.output[0])
             continue
         inputs = [i for i in node.input if i]
-        if (node.domain in ("", "ai.onnx") and inputs and all(i in known for i in inputs)
+        # a Cast of a stored half-precision table (the unknown-item bank) stays a Cast: folding it
+        # would store the table in float32, twice the file
+        widening = node.op_type == "Cast" and inputs and inputs[0] in known and known[inputs[0]].dtype == np.float16
+        if (node.domain in ("", "ai.onnx") and inputs and all(i in known for i in inputs) and not widening
                 and not any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute)):
             try:
                 outs = ReferenceEvaluator(node, opsets=opsets).run(None, {i: known[i] for i in inputs})
@@ -350,7 +388,7 @@ def export_onnx(
             raise
         except Exception as exc:  # noqa: BLE001 - exporter failures are reported as one line
             raise WastenetError(f"ONNX export of {ckpt['arch']} failed: {' '.join(str(exc).split())[:300]}") from exc
-        proto = _fold_constants(onnx.load(str(tmp)))
+        proto = half_score_tables(_fold_constants(onnx.load(str(tmp))))
         meta = {
             "format": "wastenet-onnx",
             "version": 1,

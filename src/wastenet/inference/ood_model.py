@@ -48,13 +48,14 @@ class KnnScore(nn.Module):
 
     def __init__(self, bank: Any, k: int) -> None:
         super().__init__()
-        self.register_buffer("bank", torch.as_tensor(np.asarray(bank, dtype=np.float32)))  # [M, D], unit rows
+        # [M, D] unit rows, stored in half precision (half the file; the fit used the same rounded values)
+        self.register_buffer("bank", torch.as_tensor(np.asarray(bank, dtype=np.float16)))
         self.k = int(min(k, self.bank.shape[0]))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         f = f.float()
         f = f / (f.norm(dim=1, keepdim=True) + 1e-12)
-        sim = f @ self.bank.T
+        sim = f @ self.bank.float().T
         return 1.0 - sim.topk(self.k, dim=1).values[:, -1]
 
 
@@ -63,11 +64,12 @@ class ImagenetScore(nn.Module):
 
     def __init__(self, head: Mapping[str, Any]) -> None:
         super().__init__()
-        for name in ("weight", "bias", "log_prior"):
+        self.register_buffer("weight", torch.as_tensor(np.asarray(head["weight"], dtype=np.float16)))  # as the fit
+        for name in ("bias", "log_prior"):
             self.register_buffer(name, torch.as_tensor(np.asarray(head[name], dtype=np.float32)))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        z = f.float() @ self.weight.T + self.bias
+        z = f.float() @ self.weight.float().T + self.bias
         return -(torch.softmax(z, dim=1) * self.log_prior).sum(1)
 
 
@@ -224,11 +226,12 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
 
     keep = ood.DEFAULT_KEEP if keep is None else keep
     known = np.concatenate([train_feats, extra_feats]) if extra_feats is not None and len(extra_feats) else train_feats
+    # the two large tables are kept in half precision (the graph stores them so): fit with the same values
     rule: dict[str, Any] = {"stats": ood.fit_mahalanobis(train_feats, train_labels, n_classes),
-                            "bank": ood.fit_knn_bank(known)}
+                            "bank": ood.fit_knn_bank(known).astype(np.float16)}
     available = ["mahalanobis", "energy", "msp", "knn"]
     if imagenet_head is not None:
-        head = {k: np.asarray(imagenet_head[k], np.float32) for k in ("weight", "bias")}
+        head = {"weight": np.asarray(imagenet_head["weight"], np.float16), "bias": np.asarray(imagenet_head["bias"], np.float32)}
         rule["imagenet"] = {**head, "log_prior": ood.fit_imagenet_prior(known, head)}
         available += ["imagenet", "knn+imagenet"]
     method = method or (ood.DEFAULT_METHOD if imagenet_head is not None else ood.FALLBACK_METHOD)
@@ -240,7 +243,8 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
     def tensors(x: Any) -> Any:
         if isinstance(x, dict):
             return {k: tensors(v) for k, v in x.items()}
-        return torch.as_tensor(np.asarray(x, dtype=np.float32))
+        x = np.asarray(x)
+        return torch.as_tensor(x if x.dtype == np.float16 else x.astype(np.float32))
 
     return {
         "method": method,
