@@ -103,10 +103,11 @@ def test_graph_module_gives_the_numpy_score():
     np.testing.assert_allclose(got, ood.mahalanobis_score(probe, stats), rtol=1e-3, atol=1e-3)
 
 
-@pytest.fixture(scope="module")
-def ood_checkpoint(tmp_path_factory, image_folder):
-    """The tiny checkpoint with an unknown-item rule fitted on generated studio images."""
+def _fitted_checkpoint(folder_factory, image_folder, name: str, imagenet: bool = False):
+    """The tiny checkpoint with an unknown-item rule fitted on generated studio images; with
+    ``imagenet`` also a (random) pretrained ImageNet head and augmented views in the bank."""
     from wastenet import checkpoint
+    from wastenet.data.augment import AugmentConfig, KerasAugment
     from wastenet.data.datasets import build_cache, scan_folder
     from wastenet.inference.ood_model import fit_unknown_detector
     from wastenet.models import create_model
@@ -116,11 +117,19 @@ def ood_checkpoint(tmp_path_factory, image_folder):
     built = create_model("test_resnet", len(classes), weights=None, img_size=64)
     prep = built.preprocessing
     cache = build_cache(image_folder, rows, classes, prep.resize_size, prep.interpolation)
-    rule = fit_unknown_detector(built.model.eval(), prep, (cache.images, cache.labels), cache.images, len(classes), 1.0)
+    extra = (dict(augment=KerasAugment(AugmentConfig()), imagenet_head=_imagenet_head(built.model.num_features))
+             if imagenet else {})
+    rule = fit_unknown_detector(built.model.eval(), prep, (cache.images, cache.labels), cache.images, len(classes),
+                                1.0, **extra)
     tax = load_taxonomy({"bins": {"recyclable": ["glass", "metal", "paper"]}}, classes)
     ckpt = checkpoint.make_checkpoint(built, classes=classes, taxonomy=tax.to_dict())
     ckpt["ood"] = rule
-    return checkpoint.save(ckpt, tmp_path_factory.mktemp("ood") / "ood.pt")
+    return checkpoint.save(ckpt, folder_factory.mktemp(name) / "ood.pt")
+
+
+@pytest.fixture(scope="module")
+def ood_checkpoint(tmp_path_factory, image_folder):
+    return _fitted_checkpoint(tmp_path_factory, image_folder, "ood")
 
 
 def test_fitted_rule_is_stored_and_predict_applies_it(ood_checkpoint, image_folder):
@@ -169,25 +178,7 @@ def test_onnx_file_carries_the_score_and_matches_torch(ood_checkpoint, image_fol
 
 @pytest.fixture(scope="module")
 def imagenet_checkpoint(tmp_path_factory, image_folder):
-    """As ood_checkpoint, with a (random) pretrained ImageNet head and augmented views in the bank."""
-    from wastenet import checkpoint
-    from wastenet.data.augment import AugmentConfig, KerasAugment
-    from wastenet.data.datasets import build_cache, scan_folder
-    from wastenet.inference.ood_model import fit_unknown_detector
-    from wastenet.models import create_model
-    from wastenet.taxonomy import load_taxonomy
-
-    rows, classes = scan_folder(image_folder)
-    built = create_model("test_resnet", len(classes), weights=None, img_size=64)
-    prep = built.preprocessing
-    cache = build_cache(image_folder, rows, classes, prep.resize_size, prep.interpolation)
-    d = built.model.num_features
-    rule = fit_unknown_detector(built.model.eval(), prep, (cache.images, cache.labels), cache.images, len(classes), 1.0,
-                                augment=KerasAugment(AugmentConfig()), imagenet_head=_imagenet_head(d))
-    tax = load_taxonomy({"bins": {"recyclable": ["glass", "metal", "paper"]}}, classes)
-    ckpt = checkpoint.make_checkpoint(built, classes=classes, taxonomy=tax.to_dict())
-    ckpt["ood"] = rule
-    return checkpoint.save(ckpt, tmp_path_factory.mktemp("ood-imagenet") / "ood.pt")
+    return _fitted_checkpoint(tmp_path_factory, image_folder, "ood-imagenet", imagenet=True)
 
 
 def test_with_an_imagenet_head_the_default_is_knn_plus_imagenet_and_the_bank_holds_the_views(imagenet_checkpoint):
