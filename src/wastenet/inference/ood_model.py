@@ -173,14 +173,6 @@ class FeaturePasses:
         return out[:, :-self.n_logits], out[:, -self.n_logits:]
 
 
-def features_and_logits(model: nn.Module, images_u8: np.ndarray, prep: Any, device: Any = "cpu",
-                        batch_size: int = 64, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """One :class:`FeaturePasses` pass (eval transform)."""
-    if len(images_u8) == 0:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return FeaturePasses(model, prep, device, len(images_u8))(images_u8, desc=desc, batch_size=batch_size)
-
-
 #: field-augmented views of each training photo added to the k-NN bank and the ImageNet prior
 BANK_VIEWS = 2
 
