@@ -198,10 +198,10 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     views = torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy()
     base_rule = ckpt.get("ood") or {}
     # the backbone did not change, so a pretrained ImageNet head the base model used still fits it
-    head = base_rule.get("imagenet")
+    imagenet = base_rule.get("imagenet")
     ckpt["ood"] = unknown_rule(clean, clean_labels, x_val.numpy(), val_logits, len(classes), temperature,
                                keep=base_rule.get("keep"), method=base_rule.get("method"), extra_feats=views,
-                               imagenet_head=None if head is None else {k: head[k].numpy() for k in ("weight", "bias")})
+                               imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")})
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ckpt["temperature"] = float(temperature)
     seconds = time.time() - t0
