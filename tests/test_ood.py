@@ -289,3 +289,14 @@ def test_the_rule_tables_are_stored_in_half_precision_and_score_the_same(imagene
     a = run_session(onnx_session(out), x, output="ood")
     b = run_session(onnx_session(tmp_path / "half.onnx"), x, output="ood")
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the fit already rounded the tables to float16
+
+
+def test_adapt_keeps_the_imagenet_kinds_rule_and_refits_it_with_the_site_items(imagenet_checkpoint, image_folder, tmp_path):
+    from wastenet import checkpoint
+    from wastenet.training.adapt import AdaptConfig, adapt
+
+    result = adapt(imagenet_checkpoint, image_folder, tmp_path / "site", cfg=AdaptConfig(views=1, epochs=2))
+    before, after = checkpoint.load(imagenet_checkpoint)["ood"], checkpoint.load(result["checkpoint"])["ood"]
+    assert after["method"] == after["graph_method"] == "knn+imagenet"
+    assert torch.equal(after["imagenet"]["weight"], before["imagenet"]["weight"])  # the backbone did not change
+    assert not torch.equal(after["imagenet"]["log_prior"], before["imagenet"]["log_prior"])  # the site's photos count
