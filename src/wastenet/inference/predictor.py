@@ -349,7 +349,10 @@ class Classifier:
         ood_thr = self.unknown_threshold(ood_threshold, ood_method)
         names = [_display_name(item, i) for i, item in enumerate(items)]
         results: list[Prediction | None] = [None] * len(items)
-        batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+        from wastenet.inference.search import photos_per_batch
+
+        step = photos_per_batch(batch_size) if search else batch_size  # a searched photo is ~51 inputs
+        batches = [list(range(i, min(i + step, len(items)))) for i in range(0, len(items), step)]
         bar = _progress_bar(len(items), progress)
         try:
             workers = max(0, int(decode_workers))

@@ -49,6 +49,12 @@ def _starts(length: int, side: int, step: int) -> list[int]:
     return starts
 
 
+def photos_per_batch(batch_size: int) -> int:
+    """Photos decoded together under search: ``batch_size`` model inputs hold ~1/16 as many photos
+    (51 windows each), so a prepared batch stays near the size of an unsearched one in memory."""
+    return max(1, int(batch_size) // 16)
+
+
 def pick(ood_scores: np.ndarray | None, probs: np.ndarray) -> int:
     """The window that decides: the lowest unknown-item score, else the highest top probability."""
     if ood_scores is not None:
