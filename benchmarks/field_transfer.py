@@ -91,7 +91,7 @@ def loco(feats: np.ndarray, y: np.ndarray, split: np.ndarray, n_classes: int, ke
     return {m: float(np.mean(v)) for m, v in res.items()}
 
 
-def study(spec: str, args, rows, classes, taxonomy, items, targets) -> dict:
+def study(spec: str, args, rows, classes, items, targets) -> dict:
     t0 = time.time()
     name, weights, size = parse_spec(spec)
     built = create_model(name, len(classes), weights=resolve_weights_arg(weights), img_size=size)
@@ -181,7 +181,7 @@ def main() -> int:
     results = []
     out = Path(args.out)
     for spec in args.spec:
-        results.append(study(spec, args, rows, classes, taxonomy, items, targets))
+        results.append(study(spec, args, rows, classes, items, targets))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"views": args.views, "keep": args.keep, "cpu": cpu_model(), "results": results},
                                   indent=2))

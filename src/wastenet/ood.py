@@ -132,24 +132,21 @@ def fit_knn_bank(features: np.ndarray, max_rows: int = MAX_BANK, seed: int = 0) 
     return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
 
 
-def imagenet_logits(features: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
-    """The pretrained ImageNet head on pooled features ``[N, 1000]``."""
+def imagenet_posterior(features: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
+    """The pretrained ImageNet head's softmax on pooled features ``[N, 1000]``."""
     w, b = np.asarray(head["weight"], np.float64), np.asarray(head["bias"], np.float64)
-    return np.asarray(features, np.float64) @ w.T + b
+    z = np.asarray(features, np.float64) @ w.T + b
+    return np.exp(z - _logsumexp(z)[:, None])
 
 
 def fit_imagenet_prior(train_features: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
     """``log(pi + eps)``: pi = the training photos' mean ImageNet posterior."""
-    z = imagenet_logits(train_features, head)
-    q = np.exp(z - _logsumexp(z)[:, None])
-    return np.log(q.mean(0) + PRIOR_EPS).astype(np.float32)
+    return np.log(imagenet_posterior(train_features, head).mean(0) + PRIOR_EPS).astype(np.float32)
 
 
 def imagenet_score(features: np.ndarray, head: Mapping[str, Any], log_prior: np.ndarray) -> np.ndarray:
     """Cross-entropy of each photo's ImageNet posterior against the training prior ``[N]``."""
-    z = imagenet_logits(features, head)
-    q = np.exp(z - _logsumexp(z)[:, None])
-    return -(q * np.asarray(log_prior, np.float64)[None]).sum(1)
+    return -(imagenet_posterior(features, head) * np.asarray(log_prior, np.float64)[None]).sum(1)
 
 
 def fit_scale(val_scores: np.ndarray) -> tuple[float, float]:
