@@ -308,3 +308,74 @@ def test_adapt_keeps_the_imagenet_kinds_rule_and_refits_it_with_the_site_items(i
     assert after["method"] == after["graph_method"] == "knn+imagenet"
     assert torch.equal(after["imagenet"]["weight"], before["imagenet"]["weight"])  # the backbone did not change
     assert not torch.equal(after["imagenet"]["log_prior"], before["imagenet"]["log_prior"])  # the site's photos count
+
+
+@pytest.fixture(scope="module")
+def studio_photos(tmp_path_factory):
+    """24 generated studio photos large enough to be searched (windows of 75 and 52 px)."""
+    from conftest import make_image
+
+    root = tmp_path_factory.mktemp("studio")
+    paths = []
+    for i in range(24):
+        paths.append(root / f"p{i}.png")
+        make_image(("glass", "metal", "paper")[i % 3], seed=500 + i, size=(200, 150)).save(paths[-1])
+    return paths
+
+
+def test_the_searched_threshold_is_fitted_on_the_deciding_windows_of_known_photos(ood_checkpoint, studio_photos):
+    from wastenet.inference.predictor import Classifier
+    from wastenet.inference.search import fit_search_thresholds
+
+    clf = Classifier.load(ood_checkpoint)
+    fitted = fit_search_thresholds(clf, studio_photos, keep=0.9)
+    searched = [p.ood_score for p in clf.predict(studio_photos, search=True, unknown_rule=False)]
+    whole = [p.ood_score for p in clf.predict(studio_photos, unknown_rule=False)]
+    assert fitted == {"knn": pytest.approx(ood.threshold_for_coverage(np.array(searched), 0.9), rel=1e-4)}
+    # the most familiar of many windows scores lower than the whole photo: a whole-photo threshold would be too lax
+    assert fitted["knn"] < ood.threshold_for_coverage(np.array(whole), 0.9)
+
+
+def test_too_few_photos_give_no_searched_threshold(ood_checkpoint, studio_photos):
+    from wastenet.inference.predictor import Classifier
+    from wastenet.inference.search import MIN_CALIBRATION_PHOTOS, fit_search_thresholds
+
+    assert fit_search_thresholds(Classifier.load(ood_checkpoint), studio_photos[: MIN_CALIBRATION_PHOTOS - 1]) == {}
+
+
+def test_predict_under_search_takes_the_searched_threshold_in_both_backends(ood_checkpoint, studio_photos, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from wastenet import checkpoint
+    from wastenet.export.onnx import export_onnx
+    from wastenet.inference.predictor import Classifier
+
+    ck = checkpoint.load(ood_checkpoint)
+    ck["ood"]["search_thresholds"] = {"knn": -1.0}  # every searched photo is unknown, whole photos are judged as before
+    path = checkpoint.save(ck, tmp_path / "m.pt")
+    for clf in (Classifier.load(path), Classifier.load(export_onnx(path, tmp_path / "m.onnx", opset=13).path)):
+        assert clf.unknown_threshold(search=True) == -1.0
+        assert clf.unknown_threshold() == ck["ood"]["thresholds"]["knn"]
+        assert all(p.reason == "unknown" for p in clf.predict(studio_photos[:4], threshold=0.0, search=True))
+        plain = clf.predict(studio_photos[:4], threshold=0.0)
+        assert [p.reason == "unknown" for p in plain] == [p.ood_score > clf.unknown_threshold() for p in plain]
+
+
+def test_a_model_without_a_searched_threshold_searches_with_the_whole_photo_one(ood_checkpoint):
+    from wastenet.inference.predictor import Classifier
+
+    clf = Classifier.load(ood_checkpoint)  # fitted by fit_unknown_detector alone, as models before it were
+    assert clf.unknown_threshold(search=True) == clf.unknown_threshold()
+
+
+def test_searched_thresholds_through_the_frozen_pass_runtime_match_the_classifier(ood_checkpoint, studio_photos):
+    from wastenet import checkpoint
+    from wastenet.evaluation.runner import searched_thresholds
+    from wastenet.inference.predictor import Classifier
+    from wastenet.inference.search import fit_search_thresholds
+    from wastenet.models import model_from_checkpoint
+    from wastenet.preprocessing import Preprocessing
+
+    ck = checkpoint.load(ood_checkpoint)
+    got = searched_thresholds(model_from_checkpoint(ck), ck, Preprocessing.from_dict(ck["preprocessing"]), studio_photos)
+    want = fit_search_thresholds(Classifier.load(ood_checkpoint), studio_photos)
+    assert got["knn"] == pytest.approx(want["knn"], rel=1e-3)

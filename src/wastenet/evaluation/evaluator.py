@@ -162,9 +162,18 @@ class Evaluator:
             val_logits = subject.logits(val.images)
             if recalibrate:
                 subject.temperature = ckpt["temperature"] = float(cal.fit_temperature(val_logits, val.labels))
+                if ckpt.get("ood"):  # the searched threshold comes from the same validation photos
+                    from wastenet.evaluation.runner import searched_thresholds
+
+                    ckpt["ood"]["search_thresholds"] = searched_thresholds(
+                        subject.model, ckpt, prep, [Path(data) / r.path for r in val_rows], self.device)
                 checkpoint.save(ckpt, self.path)
-                say(f"temperature {ckpt['temperature']:.3f} fitted on {len(val.labels)} validation images, "
-                    f"saved in {self.path}")
+                msg = f"temperature {ckpt['temperature']:.3f} fitted on {len(val.labels)} validation images"
+                if (ckpt.get("ood") or {}).get("search_thresholds"):
+                    from wastenet.inference.search import CALIBRATION_PHOTOS
+
+                    msg += f", the searched unknown-item threshold on {min(len(val_rows), CALIBRATION_PHOTOS)} of them"
+                say(f"{msg}; saved in {self.path}")
             if target_contamination is not None:
                 suggestion = suggest_for(subject, val_logits, val.labels, target_contamination)
         out = Path(out) if out else self.path.parent / f"eval-{split}"

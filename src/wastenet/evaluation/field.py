@@ -191,6 +191,7 @@ def score(predictions: Sequence[Any], items: Sequence[FieldItem], classes: Seque
             "path": it.path, "foreign": it.foreign, "target": str(target), "label": p.label,
             "confidence": p.confidence, "bin": p.bin, "bin_confidence": p.bin_confidence,
             "decision": p.decision, "reason": getattr(p, "reason", "") or "",
+            "ood_score": getattr(p, "ood_score", None),  # re-threshold without a new pass
             "class_ok": target.kind == "class" and p.label == target.name,
             "bin_ok": true_bin is not None and p.bin == true_bin,
             "true_bin": true_bin, "accepted": accepted,

@@ -213,6 +213,11 @@ def evaluate_after_training(trainer: Any, train_seconds: float) -> dict[str, Any
                                      augment=trainer.augment, imagenet_head=head)
     _log(f"unknown-item rule: {ck['ood']['method']} score, threshold {ck['ood']['thresholds'][ck['ood']['method']]:.4g} "
          f"keeps {ck['ood']['keep']:.0%} of the validation images")
+    ck["ood"]["search_thresholds"] = searched_thresholds(model, ck, trainer.prep, [d.root / r.path for r in d.val.rows],
+                                                         trainer.device, cfg.seed)
+    if ck["ood"]["search_thresholds"]:
+        _log(f"unknown-item threshold under --search: {ck['ood']['search_thresholds'][ck['ood']['method']]:.4g} "
+             f"(fitted on searched validation photos)")
     checkpoint.save(ck, out / "best.pt")
     if len(d.test) == 0:
         _log("no test rows: skipping the test report")
@@ -230,6 +235,24 @@ def evaluate_after_training(trainer: Any, train_seconds: float) -> dict[str, Any
          f"ECE {result['calibration']['ece_before']:.4f} -> {result['calibration']['ece_after']:.4f} "
          f"({len(d.test)} images); report in {out / 'report.md'}")
     return {**m, "calibration": result["calibration"], "decision": result["decision"]}
+
+
+def searched_thresholds(model: Any, ck: dict[str, Any], prep: Any, val_photos: list[Path], device: Any = "cpu",
+                        seed: int = 0) -> dict[str, float]:
+    """The rule's threshold for ``predict --search``, fitted the way search runs on a seeded sample of
+    the validation photos, through the frozen-pass runtime (``inference.search.fit_search_thresholds``)::
+
+        ck["ood"]["search_thresholds"] = searched_thresholds(model, ck, prep, val_paths)
+    """
+    from wastenet.inference import search
+    from wastenet.inference.backends import FrozenPassBackend
+    from wastenet.inference.predictor import Classifier
+
+    photos = search.calibration_sample(val_photos, seed=seed)
+    backend = FrozenPassBackend(model, ck["ood"], prep.hw, device, n_inputs=search.TYPICAL_WINDOWS * len(photos))
+    clf = Classifier(backend, classes=ck["classes"], preprocessing=prep, taxonomy=ck.get("taxonomy"),
+                     temperature=ck["temperature"], threshold=ck["threshold"], arch=ck["arch"], ood=ck["ood"])
+    return search.fit_search_thresholds(clf, photos, progress=True)
 
 
 #: The worst-bin contamination the end of training suggests a threshold for (on validation data).

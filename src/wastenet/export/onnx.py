@@ -406,7 +406,8 @@ def export_onnx(
         if ood:
             from wastenet.inference.ood_model import graph_method
 
-            meta["ood"] = {"method": ood["method"], "thresholds": dict(ood["thresholds"]), "keep": ood.get("keep"),
+            meta["ood"] = {"method": ood["method"], "thresholds": dict(ood["thresholds"]),
+                           "search_thresholds": dict(ood.get("search_thresholds") or {}), "keep": ood.get("keep"),
                            "graph_method": graph_method(ood), "output": OOD_OUTPUT}
         set_metadata(proto, meta)
         proto.producer_name, proto.producer_version = "wastenet", __version__

@@ -8,6 +8,9 @@ onnxruntime session over a wastenet ONNX file (torch-free, for the edge install)
     backend = OnnxBackend("model.onnx", spin_wait=False)
     logits = backend.predict_arrays(x)
     meta = backend.metadata()          # classes, preprocessing, temperature, ...
+
+``FrozenPassBackend`` runs a network and its rule inside training, through the frozen passes'
+fastest runtime (``training.frozen.choose_backend``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from wastenet.inference.onnx_runtime import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAME, onnx_session, read_metadata
 
-__all__ = ["OnnxBackend", "TorchBackend"]
+__all__ = ["FrozenPassBackend", "OnnxBackend", "TorchBackend"]
 
 
 class TorchBackend:
@@ -93,3 +96,34 @@ class OnnxBackend:
         x = np.ascontiguousarray(x, dtype=np.float32)
         logits, score = self.session.run([self.output_name, self.ood_output], {self.input_name: x})
         return np.asarray(logits, dtype=np.float32), np.asarray(score, dtype=np.float32)
+
+
+class FrozenPassBackend:
+    """A PyTorch network with its unknown-item rule run like training's frozen passes (onnxruntime
+    fp32 on a CPU where installed, else eager): for the passes at the end of training that go
+    through :class:`~wastenet.inference.predictor.Classifier`, e.g. fitting the searched threshold::
+
+        backend = FrozenPassBackend(model, ckpt["ood"], input_hw=(224, 224), n_inputs=5000)
+    """
+
+    name = "torch"
+
+    def __init__(self, model: Any, ood_rule: Mapping[str, Any], input_hw: tuple[int, int], device: str = "cpu",
+                 n_inputs: int = 0) -> None:
+        import torch
+
+        from wastenet.inference.ood_model import ScoredSideBySide
+        from wastenet.training.frozen import FrozenRunner, choose_backend
+
+        self._torch = torch
+        dev = torch.device(device)
+        self.model = model
+        self.runner = FrozenRunner(ScoredSideBySide(model, ood_rule).to(dev), dev, None, False,
+                                   choose_backend("auto", dev, n_inputs), input_hw=input_hw)
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_scored(x)[0]
+
+    def predict_scored(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.runner(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).cpu().numpy()
+        return out[:, :-1], out[:, -1]

@@ -123,6 +123,18 @@ class ScoredNet(nn.Module):
         return self.model.forward_head(feats), self.score(pooled)
 
 
+class ScoredSideBySide(nn.Module):
+    """``ScoredNet``'s logits and score as one ``[N, C + 1]`` output (a frozen-pass runner takes one)."""
+
+    def __init__(self, model: nn.Module, rule: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.scored = ScoredNet(model, rule)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, score = self.scored(x)
+        return torch.cat([logits.float(), score.float()[:, None]], dim=1)
+
+
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The features the score is fitted on (what the head sees)."""
     return extract_features(model, x)

@@ -19,7 +19,6 @@ while the model works on the current one.
 from __future__ import annotations
 
 import os
-import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -307,13 +306,18 @@ class Classifier:
                               f"not {method}")
         return softmax(logits, self.temperature), score
 
-    def unknown_threshold(self, override: float | None = None, method: str | None = None) -> float | None:
-        """The unknown-item threshold in force: ``override``, else the one fitted for the method."""
+    def unknown_threshold(self, override: float | None = None, method: str | None = None,
+                          search: bool = False) -> float | None:
+        """The unknown-item threshold in force: ``override``, else the one fitted for the method
+        (under ``search``, the one fitted on searched validation photos where the model has it)."""
         if override is not None:
             return float(override)
         if not self.ood:
             return None
-        return self.ood["thresholds"].get(method or self.ood["method"])
+        method = method or self.ood["method"]
+        if search and method in self.ood["search_thresholds"]:
+            return self.ood["search_thresholds"][method]
+        return self.ood["thresholds"].get(method)
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images -> the model's normalised float32 input (same code for every backend)."""
@@ -326,7 +330,8 @@ class Classifier:
     def predict(self, images: Iterable[ImageInput] | ImageInput, threshold: Threshold | None = None,
                 taxonomy: Any = None, batch_size: int = 32, topk: int = 3, progress: bool = False,
                 tta: bool = False, decode_workers: int = 2, ood_threshold: float | None = None,
-                ood_method: str | None = None, unknown_rule: bool = True, search: bool = False) -> list[Prediction]:
+                ood_method: str | None = None, unknown_rule: bool = True, search: bool = False,
+                progress_desc: str = "predict") -> list[Prediction]:
         """Classify ``images`` and decide a bin for each; results in input order.
 
         ``threshold`` defaults to the model file's; a ``{bin: threshold}`` mapping sets some bins'
@@ -338,7 +343,8 @@ class Classifier:
         ``ood_threshold`` (default: fitted on validation data) to manual sort with reason
         ``unknown``; ``unknown_rule=False`` reports the score but does not act on it.
         ``search`` also looks at windows of each photo and lets the most item-like one decide
-        (:mod:`wastenet.inference.search`; ~51 model inputs for a 320 x 427 photo).
+        (:mod:`wastenet.inference.search`; ~51 model inputs for a 320 x 427 photo) and takes the
+        unknown-item threshold fitted on searched validation photos where the model has one.
         """
         items = _as_list(images)
         thr = self.threshold if threshold is None else check_threshold(threshold)
@@ -346,14 +352,14 @@ class Classifier:
         if int(batch_size) < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         k = max(1, min(int(topk), len(self.classes)))
-        ood_thr = self.unknown_threshold(ood_threshold, ood_method)
+        ood_thr = self.unknown_threshold(ood_threshold, ood_method, search)
         names = [_display_name(item, i) for i, item in enumerate(items)]
         results: list[Prediction | None] = [None] * len(items)
         from wastenet.inference.search import photos_per_batch
 
         step = photos_per_batch(batch_size) if search else batch_size  # a searched photo is ~51 inputs
         batches = [list(range(i, min(i + step, len(items)))) for i in range(0, len(items), step)]
-        bar = _progress_bar(len(items), progress)
+        bar = _progress_bar(len(items), progress, progress_desc)
         try:
             workers = max(0, int(decode_workers))
             # decode + preprocess up to `workers` batches ahead while the model runs (PIL releases the GIL)
@@ -421,7 +427,7 @@ class Classifier:
         out: dict[str, Prediction] = {k: Prediction.failed(k, why) for k, why in errors.items()}
         if rows:
             score = None if any(s is None for s in scores) else np.asarray(scores)
-            limit = self.unknown_threshold(ood_threshold)
+            limit = self.unknown_threshold(ood_threshold, kwargs.get("ood_method"), bool(kwargs.get("search")))
             unknown = None if score is None or limit is None else score > limit
             k = max(1, min(int(topk), len(self.classes)))
             for p in self._predictions(names, np.stack(rows), tax, thr, k, score, unknown):
@@ -507,12 +513,13 @@ def _check_ood(ood: Mapping[str, Any] | None) -> dict[str, Any] | None:
     try:
         method = str(ood["method"])
         thresholds = {str(m): float(t) for m, t in dict(ood["thresholds"]).items()}
+        searched = {str(m): float(t) for m, t in dict(ood.get("search_thresholds") or {}).items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"the model's unknown-item rule is unreadable ({exc})") from None
     if method not in thresholds:
         raise ConfigError(f"the model's unknown-item rule has no threshold for its method {method!r}")
     # rules written before the graph's score was a choice computed Mahalanobis there
-    return {"method": method, "thresholds": thresholds, "keep": ood.get("keep"),
+    return {"method": method, "thresholds": thresholds, "search_thresholds": searched, "keep": ood.get("keep"),
             "graph_method": str(ood.get("graph_method") or "mahalanobis")}
 
 
@@ -565,9 +572,10 @@ def _to_pil(item: ImageInput) -> Image.Image:
     raise ImageDecodeError(f"unsupported input type {type(item).__name__}")
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _progress_bar(total: int, enabled: bool, desc: str = "predict") -> Any:
+    """A bar on a terminal, one line per 10% in a log (``wastenet.progress``); None when off."""
     if not enabled or total == 0:
         return None
-    from tqdm import tqdm
+    from wastenet.progress import Progress
 
-    return tqdm(total=total, unit="img", file=sys.stderr, desc="predict", leave=False)
+    return Progress(total, desc, unit="img")

@@ -10,20 +10,31 @@ rule the most confident window decides::
 
     wins = windows(img)                 # [full photo, 15 + 35 windows for a 320 x 427 frame]
     best = pick(ood_scores, probs)      # index into wins
+
+The deciding window is the *least* unusual of ~51, so its score runs lower than a whole photo's:
+a threshold fitted on whole photos lets empty floors through. Training therefore also fits the
+threshold the way search runs (``fit_search_thresholds``: the deciding window's score of a
+sample of validation photos) and ``predict(search=True)`` uses that one::
+
+    rule["search_thresholds"] = fit_search_thresholds(clf, calibration_sample(val_paths))
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from wastenet.inference.predictor import Classifier, ImageInput
 
 #: window sides as shares of the photo's shorter side: an item with a little floor around it
 #: (0.35, the field set's item-crop framing for a median item) and with more context (0.5)
 WINDOW_SIDES: tuple[float, ...] = (0.5, 0.35)
 OVERLAP = 0.5      # a window's step is (1 - OVERLAP) of its side
 MIN_SIDE = 32      # pixels; smaller windows say nothing
+TYPICAL_WINDOWS = 51   # model inputs for a 320 x 427 or 384 x 512 photo (the full photo + 15 + 35)
 
 
 def windows(img: Image.Image, sides: Sequence[float] = WINDOW_SIDES, overlap: float = OVERLAP) -> list[Image.Image]:
@@ -60,3 +71,36 @@ def pick(ood_scores: np.ndarray | None, probs: np.ndarray) -> int:
     if ood_scores is not None:
         return int(np.argmin(ood_scores))
     return int(np.argmax(np.asarray(probs).max(axis=1)))
+
+
+#: validation photos the searched threshold is fitted on: a seeded sample, since each photo is ~51
+#: model inputs (96 photos: ~25 s for MobileNetV2, ~2 min for DenseNet121 on 2 CPU cores)
+CALIBRATION_PHOTOS = 96
+#: fewer searched photos than this give no quantile worth keeping (predict falls back to the whole-photo one)
+MIN_CALIBRATION_PHOTOS = 20
+
+
+def calibration_sample(photos: Sequence["ImageInput"], n: int = CALIBRATION_PHOTOS, seed: int = 0) -> list["ImageInput"]:
+    """At most ``n`` of ``photos``, a seeded sample in their original order."""
+    if len(photos) <= n:
+        return list(photos)
+    keep = np.sort(np.random.default_rng(seed).choice(len(photos), n, replace=False))
+    return [photos[int(i)] for i in keep]
+
+
+def fit_search_thresholds(clf: "Classifier", photos: Sequence["ImageInput"], keep: float | None = None,
+                          batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+    """``{method: threshold}`` for searched photos: the score under which ``keep`` (default: the
+    rule's) of the deciding windows of known ``photos`` fall; ``{}`` without a rule or with fewer
+    than ``MIN_CALIBRATION_PHOTOS`` readable photos."""
+    from wastenet import ood
+
+    if not clf.ood:
+        return {}
+    keep = float(keep if keep is not None else clf.ood.get("keep") or ood.DEFAULT_KEEP)
+    preds = clf.predict(photos, search=True, unknown_rule=False, batch_size=batch_size, progress=progress,
+                        progress_desc="unknown-item threshold (searched val)")
+    scores = [p.ood_score for p in preds if p.ok and p.ood_score is not None]
+    if len(scores) < MIN_CALIBRATION_PHOTOS:
+        return {}
+    return {clf.ood["method"]: ood.threshold_for_coverage(np.asarray(scores), keep)}

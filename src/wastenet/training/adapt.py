@@ -138,7 +138,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     torch.manual_seed(cfg.seed)
     augment = torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
 
-    n_images = sum(len(p) * (1 + (cfg.views if "train" in k else 0)) for k, p in parts.items() if p is not None)
+    augmented = ("reviewed train", "mix train")  # the parts seen through cfg.views augmented views
+    n_images = sum(len(p) * (1 + (cfg.views if k in augmented else 0)) for k, p in parts.items() if p is not None)
     passes = FeaturePasses(model, prep, device, n_images)  # one runner (one ONNX export) for every pass
 
     def views_of(c: Any, n_views: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +205,11 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
                                imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")})
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     ckpt["temperature"] = float(temperature)
+    # predict --search's threshold, from the same validation photos (the site's look as they are taken)
+    from wastenet.evaluation.runner import searched_thresholds
+
+    val_photos = [Path(data) / r.path for r in rev_val] + [Path(mix) / r.path for r in mix_val]
+    ckpt["ood"]["search_thresholds"] = searched_thresholds(model, ckpt, prep, val_photos, device, cfg.seed)
     seconds = time.time() - t0
     ckpt["adapted"] = {"from": str(checkpoint_path), "reviewed_train": len(rev_train), "reviewed_val": len(rev_val),
                        "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1)}
