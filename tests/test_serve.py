@@ -721,3 +721,39 @@ def test_an_unknown_item_is_manual_sort_with_its_reason_on_the_answer_and_in_the
         assert (p["decision"], p["reason"]) == ("manual_sort", "unknown") and p["ood_score"] >= 0
         logged = rows(c)[-1]
         assert (logged["decision"], logged["reason"]) == ("manual_sort", "unknown")
+
+
+def test_a_service_started_with_search_decides_each_photo_as_predict_search_does(tiny_checkpoint, tmp_path):
+    import torch
+
+    import numpy as np
+
+    from wastenet.inference.predictor import Classifier
+
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    dim = 96  # test_resnet's pooled features
+    ckpt["ood"] = {"method": "mahalanobis", "keep": 0.95, "thresholds": {"mahalanobis": 1e9, "energy": 0.0, "msp": 0.0},
+                   "stats": {"means": torch.zeros(len(ckpt["classes"]), dim), "basis": torch.eye(dim)[:, :4],
+                             "inv_var": torch.ones(4), "inv_rest": torch.tensor(1.0)}}
+    torch.save(ckpt, tmp_path / "ood.pt")
+    clf = Classifier.load(tmp_path / "ood.pt")
+    rng = np.random.default_rng(0)
+    floor = rng.normal(120, 8, (300, 400, 3)).clip(0, 255).astype(np.uint8)
+    floor[20:80, 300:360] = (200, 40, 40)  # a small item in a corner of a wide frame
+    buf = io.BytesIO()
+    Image.fromarray(floor).save(buf, format="PNG")
+    photo = buf.getvalue()
+    # the service keeps an upload at searched_side (enough pixels for the smallest window) and runs a
+    # lone photo's windows as one micro-batch: the same here
+    from wastenet.inference.search import searched_side
+    from wastenet.preprocessing import resize_shorter
+
+    prep = clf.preprocessing
+    kept = resize_shorter(Image.open(io.BytesIO(photo)), searched_side(prep.resize_size), prep.interpolation)
+    searched, plain = clf.predict([kept], search=True, batch_size=1)[0], clf.predict([kept])[0]
+    assert searched.ood_score != pytest.approx(plain.ood_score)
+    with TestClient(create_app(clf, log_path=tmp_path / "d.sqlite", search=True)) as c:
+        assert c.get("/api/health").json()["search"] is True
+        served = c.post("/api/predict", files=upload(photo, "floor.png", "image/png")).json()
+    assert served["ood_score"] == pytest.approx(searched.ood_score, abs=1e-6)  # the answer keeps 6 decimals
+    assert served["label"] == searched.label and served["confidence"] == pytest.approx(searched.confidence, abs=1e-6)

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most concurrent requests stacked into one forward pass (1 = no batching)")
     parser.add_argument("--threads", type=int, default=None,
                         help="PyTorch CPU threads per process (None = cores / workers)")
+    parser.add_argument("--search", action="store_true",
+                        help="look at each photo through windows, the most item-like one decides (predict --search; "
+                             "~51 model calls a photo)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run a .pt model in channels-last (NHWC) memory layout, often faster on CPU")
     parser.add_argument("--onnx-spin", action="store_true",
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                              threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
                              channels_last=args.channels_last, onnx_spin=args.onnx_spin,
                              review_token=token, host=args.host, allowed_hosts=tuple(args.allowed_host),
-                             log_max_bytes=log_max_bytes, max_decodes=args.max_decodes)
+                             log_max_bytes=log_max_bytes, max_decodes=args.max_decodes, search=args.search)
     if args.workers == 1:
         from wastenet.serve.app import create_app
 

@@ -60,6 +60,12 @@ def _starts(length: int, side: int, step: int) -> list[int]:
     return starts
 
 
+def searched_side(resize_size: int) -> int:
+    """The shorter side a photo needs so that its smallest window still fills the model's resize
+    (``serve --search`` shrinks uploads to this, not to the model's input)."""
+    return int(np.ceil(int(resize_size) / min(WINDOW_SIDES)))
+
+
 def photos_per_batch(batch_size: int) -> int:
     """Photos decoded together under search: ``batch_size`` model inputs hold ~1/16 as many photos
     (51 windows each), so a prepared batch stays near the size of an unsearched one in memory."""

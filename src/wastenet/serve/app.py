@@ -117,13 +117,19 @@ def _upload_name(filename: str | None) -> str:
     return (name or "upload")[:200]
 
 
-def _resize_for(image: Any, classifier: Any) -> Any:
+def _resize_for(image: Any, classifier: Any, search: bool = False) -> Any:
     prep = getattr(classifier, "preprocessing", None)
     if prep is None:
         return image
     from PIL import Image
 
     from wastenet.preprocessing import resize_exact, resize_shorter
+
+    if search:  # windows are cut from the photo: keep enough pixels for the smallest one
+        from wastenet.inference.search import searched_side
+
+        side = searched_side(prep.resize_size)
+        return resize_shorter(image, side, prep.interpolation) if min(image.size) > side else image
 
     if getattr(prep, "input_width", None):  # aspect-preserving mode: the exact resize is the whole transform
         return Image.fromarray(resize_exact(image, prep.hw, prep.interpolation))
@@ -156,6 +162,7 @@ def create_app(
     log_max_bytes: int | None = DEFAULT_LOG_MAX_BYTES,
     max_pixels: int = SERVICE_MAX_PIXELS,
     max_decodes: int = DEFAULT_MAX_DECODES,
+    search: bool = False,
 ) -> FastAPI:
     """Build the service around one classifier (a checkpoint/ONNX path or a ``Classifier``).
 
@@ -171,7 +178,8 @@ def create_app(
     (LAN names such as ``bin-3.local``) are the ``Host`` names accepted besides IP addresses
     and ``localhost``. ``log_max_bytes`` caps the decision log (None: no cap); ``max_pixels``
     (lower than offline ``predict``'s) and ``max_decodes`` (images decoded at once) bound the
-    memory one upload, or many at once, can take.
+    memory one upload, or many at once, can take. ``search`` looks at every photo through windows
+    as ``predict --search`` does (~51 model calls a photo; uploads are kept at ``searched_side``).
 
     >>> from fastapi.testclient import TestClient        # doctest: +SKIP
     >>> client = TestClient(create_app("best.pt", log_path="d.sqlite"))
@@ -222,11 +230,15 @@ def create_app(
                                max_bytes=log_max_bytes)
     decision_log.set_classes(classes)
     model_lock = threading.Lock()  # the batcher's thread, Grad-CAM and multi-photo items take turns
-    batcher = Batcher(classifier, model_lock, max_batch=max_batch)
+    batcher = Batcher(classifier, model_lock, max_batch=max_batch, search=search)
     decode_slots = threading.BoundedSemaphore(max_decodes)
     # a JPEG is decoded at a reduced DCT scale, never below what the model or a reviewer needs
     prep = getattr(classifier, "preprocessing", None)
     draft_size = max(REVIEW_MAX_SIDE, int(getattr(prep, "resize_size", 0) or 0))
+    if search and prep is not None:  # windows need more pixels than the model's input
+        from wastenet.inference.search import searched_side
+
+        draft_size = max(draft_size, searched_side(prep.resize_size))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -301,6 +313,7 @@ def create_app(
             "max_upload_bytes": max_upload_bytes,
             "explain": backend == "torch",
             "batching": batcher.stats(),
+            "search": search,
         }
 
     @app.post("/api/predict")
@@ -340,12 +353,12 @@ def create_app(
         for data in blobs:
             with decode_slots:
                 full = load_image(data, max_pixels=max_pixels, draft_size=draft_size)  # -> 415/422
-                smalls.append(_resize_for(full, classifier))
+                smalls.append(_resize_for(full, classifier, search))
                 if first is None:
                     first = review_copy(full)
                 del full
         with model_lock:  # outside the batcher: one call for the whole item, under the model's lock
-            pred = classifier.predict_groups({name: smalls}, threshold=thr)[0]
+            pred = classifier.predict_groups({name: smalls}, threshold=thr, search=search)[0]
         if pred.decision == "error":
             raise ImageDecodeError(str(pred.error or "unreadable image"))
         out = _plain(pred.to_dict())
@@ -365,7 +378,7 @@ def create_app(
             full = load_image(data, max_pixels=max_pixels, draft_size=draft_size)  # ImageDecodeError -> 415/422
             # The costly part of preprocessing (the resize) happens here, in parallel across
             # requests; the model thread's own resize is then a no-op and only crops.
-            small = _resize_for(full, classifier)
+            small = _resize_for(full, classifier, search)
             image = review_copy(full)
             del full
         pred = batcher.predict(small, thr)

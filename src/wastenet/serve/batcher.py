@@ -26,8 +26,9 @@ class Batcher:
     uploaded or decoded was tried: batches did not grow under 8 clients, so it went.)
     """
 
-    def __init__(self, classifier: Any, lock: threading.Lock, max_batch: int = 8) -> None:
+    def __init__(self, classifier: Any, lock: threading.Lock, max_batch: int = 8, search: bool = False) -> None:
         self.classifier = classifier
+        self.search = search  # item search (inference.search) for every photo
         self.lock = lock
         self.max_batch = max(1, int(max_batch))
         self.images = 0  # totals, for /api/health
@@ -95,7 +96,7 @@ class Batcher:
     def _predict(self, items: list[tuple[Any, float, Future]], threshold: float) -> list[Any]:
         with self.lock:
             preds = self.classifier.predict([it[0] for it in items], threshold=threshold,
-                                            batch_size=len(items))
+                                            batch_size=len(items), search=self.search)
         if len(preds) != len(items):
             raise RuntimeError(f"classifier returned {len(preds)} predictions for {len(items)} images")
         return preds

@@ -51,6 +51,7 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     log_max_bytes: int | None = DEFAULT_LOG_MAX_BYTES   # None: no cap
     max_decodes: int = DEFAULT_MAX_DECODES
+    search: bool = False                 # item search: windows of each photo (~51 model calls each)
 
     def app_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`wastenet.serve.app.create_app` (all but the model)."""
