@@ -379,3 +379,20 @@ def test_searched_thresholds_through_the_frozen_pass_runtime_match_the_classifie
     got = searched_thresholds(model_from_checkpoint(ck), ck, Preprocessing.from_dict(ck["preprocessing"]), studio_photos)
     want = fit_search_thresholds(Classifier.load(ood_checkpoint), studio_photos)
     assert got["knn"] == pytest.approx(want["knn"], rel=1e-3)
+
+
+def test_fitting_the_rule_leaves_the_callers_random_state_alone(image_folder):
+    from wastenet.data.augment import AugmentConfig, KerasAugment
+    from wastenet.data.datasets import build_cache, scan_folder
+    from wastenet.inference.ood_model import fit_unknown_detector
+    from wastenet.models import create_model
+
+    rows, classes = scan_folder(image_folder)
+    built = create_model("test_resnet", len(classes), weights=None, img_size=64)
+    cache = build_cache(image_folder, rows, classes, built.preprocessing.resize_size)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fit_unknown_detector(built.model.eval(), built.preprocessing, (cache.images, cache.labels), cache.images,
+                         len(classes), 1.0, augment=KerasAugment(AugmentConfig()))
+    assert torch.equal(torch.rand(3), expected)

@@ -204,9 +204,10 @@ def fit_unknown_detector(model: nn.Module, prep: Any, train: tuple[np.ndarray, n
     n_views = BANK_VIEWS if augment is not None else 0
     passes = FeaturePasses(model, prep, device, len(train[0]) * (1 + n_views) + len(val_images))
     train_feats, _ = passes(train[0], desc="unknown-item statistics (train)")
-    torch.manual_seed(0)
-    views = [passes(train[0], augment=augment, desc=f"unknown-item bank (train view {v + 1}/{n_views})")[0]
-             for v in range(n_views)]
+    with torch.random.fork_rng():  # the same views every time, without resetting the caller's random state
+        torch.manual_seed(0)
+        views = [passes(train[0], augment=augment, desc=f"unknown-item bank (train view {v + 1}/{n_views})")[0]
+                 for v in range(n_views)]
     val_feats, val_logits = passes(val_images, desc="unknown-item threshold (val)")
     extra = np.concatenate(views) if views else None
     return unknown_rule(train_feats, train[1], val_feats, val_logits, n_classes, temperature, keep, method,
