@@ -15,17 +15,21 @@ from wastenet.training.loop import Prepared, Trainer, one_cycle, param_groups, p
 from wastenet.training.recipes import discriminative_lrs, make_plan
 
 
-def tiny_trainer(image_folder: Path, out: Path, **overrides) -> Trainer:
+def tiny_trainer(image_folder: Path, out: Path, imagenet_head: dict | None = None, initial_state: dict | None = None,
+                 **overrides) -> Trainer:
     settings = dict(data=str(image_folder), model="test_resnet", weights="none", img_size=48, batch_size=8,
                     head_epochs=3, head_views=1, step_epochs=1, epochs=2, unfreeze_groups=3, out=str(out), amp="off")
     cfg = TrainConfig(**{**settings, **overrides})
     rows, classes = scan_folder(image_folder)
     rows = stratified_split(rows, seed=0)
     built = create_model(cfg.model, len(classes), weights=None, img_size=cfg.img_size)
+    if initial_state is not None:  # stands in for pretrained weights
+        built.model.load_state_dict(initial_state)
     cache = build_cache(image_folder, rows, classes, built.preprocessing.resize_size)
     data = Prepared(image_folder, classes, cache.rows, cache.subset("train"), cache.subset("val"), cache.subset("test"))
     out.mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, built, data, out, identity_taxonomy(classes).to_dict(), torch.device("cpu"), None)
+    return Trainer(cfg, built, data, out, identity_taxonomy(classes).to_dict(), torch.device("cpu"), None,
+                   imagenet_head=imagenet_head)
 
 
 def test_wastenet_plan_unfreezes_top_down_with_discriminative_rates():

@@ -60,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --teacher: weight of the teacher's soft targets; 1 - alpha weighs the labels")
     g.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="with --teacher: temperature of the KL term (scaled by its square)")
+    g.add_argument("--lwf", type=float, default=d.lwf, metavar="W",
+                   help="learning without forgetting: backbone stages also keep the pretrained network's ImageNet "
+                        "posterior (weight W of the KL term), so the unknown-item rule keeps its ImageNet-kinds score; "
+                        "needs weights with a 1000-class head (0 = off)")
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without validation improvement")
     g = p.add_argument_group("augmentation (Keras ImageDataGenerator style)")
     g.add_argument("--zoom", type=float, default=d.zoom)

@@ -202,15 +202,13 @@ def evaluate_after_training(trainer: Any, train_seconds: float) -> dict[str, Any
     ck["val_accuracy"] = float((val_logits.argmax(1) == d.val.labels).mean())
     _log(f"calibration: temperature {subject.temperature:.3f} fitted on {len(d.val)} validation images")
     from wastenet.inference.ood_model import fit_unknown_detector
-    from wastenet.models import pretrained_imagenet_head, resolve_weights_arg
 
     # the unknown-item rule: statistics of the training features (and of their augmented views),
-    # thresholds from validation only; the ImageNet head still fits a backbone that never trained
-    head = (pretrained_imagenet_head(model, resolve_weights_arg(cfg.weights, pretrained=True))
-            if cfg.recipe == "linear" else None)
+    # thresholds from validation only; the ImageNet head where it still fits the backbone
+    # (training.lwf.imagenet_head_for: the linear recipe, or --lwf)
     ck["ood"] = fit_unknown_detector(model, trainer.prep, (d.train.images, d.train.labels), d.val.images,
                                      len(d.classes), subject.temperature, trainer.device,
-                                     augment=trainer.augment, imagenet_head=head)
+                                     augment=trainer.augment, imagenet_head=trainer.imagenet_head)
     _log(f"unknown-item rule: {ck['ood']['method']} score, threshold {ck['ood']['thresholds'][ck['ood']['method']]:.4g} "
          f"keeps {ck['ood']['keep']:.0%} of the validation images")
     ck["ood"]["search_thresholds"] = searched_thresholds(model, ck, trainer.prep, [d.root / r.path for r in d.val.rows],

@@ -22,6 +22,7 @@ every call into ``distributed`` below is a no-op in a single process.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -47,6 +48,7 @@ from wastenet.progress import Progress, emit, set_log_file
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig, parse_img_size
 from wastenet.training.distill import Teacher, distillation_loss
+from wastenet.training.lwf import imagenet_head_for
 from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass, prep_hw
 from wastenet.training.losses import build_loss
 from wastenet.training.recipes import Stage, plan_for
@@ -206,7 +208,8 @@ class RunState:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, built: BuiltModel, data: Prepared, out: Path, taxonomy: dict | None,
-                 device: torch.device, dtype, teacher: Teacher | None = None) -> None:
+                 device: torch.device, dtype, teacher: Teacher | None = None,
+                 imagenet_head: dict[str, Any] | None = None) -> None:
         self.cfg, self.built, self.data, self.out = cfg, built, data, out
         self.model = built.model.to(device)
         if cfg.channels_last:
@@ -234,6 +237,14 @@ class Trainer:
             teacher = Teacher.load(cfg.teacher, data.classes)
         self.teacher = teacher
         self._teacher_run = None  # built on first use: one ONNX export serves the whole run
+        # --lwf: the pretrained network, frozen now (before any step), answers ImageNet for every batch
+        self.imagenet_head = imagenet_head if imagenet_head is not None else imagenet_head_for(cfg, self.model)
+        self._anchor = None
+        if self.imagenet_head is not None and cfg.lwf > 0:
+            from wastenet.training.lwf import ImagenetAnswers
+
+            self._anchor = ImagenetAnswers(copy.deepcopy(self.model), self.imagenet_head).eval()
+        self._anchor_run = None
 
     # -------------------------------------------------- the loss, with or without a teacher
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,6 +254,16 @@ class Trainer:
             return label_loss
         return distillation_loss(logits, teacher_logits, label_loss, alpha=self.cfg.distill_alpha,
                                  tau=self.cfg.distill_temperature, teacher_temperature=self.teacher.temperature)
+
+    def anchor_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The pretrained network's ImageNet logits for the batch ``x`` (None without ``--lwf``)."""
+        if self._anchor is None:
+            return None
+        if self._anchor_run is None:
+            self._anchor.to(self.device)
+            self._anchor_run = self.frozen_runner(self._anchor, len(self.data.train) * self.cfg.epochs,
+                                                  what="ImageNet anchor (--lwf)")
+        return self._anchor_run(x)
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
         """The teacher's logits for the student's input batch ``x`` (None without a teacher)."""
@@ -464,8 +485,12 @@ class Trainer:
     def run_backbone_stage(self, stage: Stage, opt_state=None, sched_state=None) -> None:
         cfg, d = self.cfg, self.data
         set_trainable(self.model, self.groups, stage.trainable_groups)
+        lwf = self._anchor is not None
+        if lwf:
+            from wastenet.training.lwf import WithImagenetAnswers, lwf_loss
         # DDP all-reduces only what requires grad when it is built: a fresh wrapper per stage
-        net = distributed.wrap(self.model, self.device)
+        net = distributed.wrap(WithImagenetAnswers(self.model, self.imagenet_head).to(self.device) if lwf
+                               else self.model, self.device)
         optimizer = torch.optim.AdamW(param_groups(self.model, self.groups, stage.group_lrs, cfg.weight_decay))
         steps_per_epoch = math.ceil(len(d.train) / cfg.batch_size)
         scheduler = one_cycle(optimizer, steps_per_epoch * stage.epochs)
@@ -495,9 +520,14 @@ class Trainer:
                                    augment=self.augment, device=self.device, channels_last=cfg.channels_last)
                 y = labels_all[idx].to(self.device)
                 t_logits = self.teacher_logits(x)
+                a_logits = self.anchor_logits(x)
                 with autocast(self.device, self.dtype):
                     logits = net(x)
+                if lwf:  # the class logits and the ImageNet answers of the same features
+                    logits, im_logits = logits
                 loss = self.loss(logits, y, t_logits)
+                if lwf:
+                    loss = loss + self.cfg.lwf * lwf_loss(im_logits, a_logits)
                 optimizer.zero_grad(set_to_none=True)
                 weighted = loss * distributed.loss_weight(len(idx), n_global)  # 1.0 unless slices differ
                 if scaler is not None:
@@ -636,6 +666,9 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     np.random.seed(cfg.seed)
     teacher = Teacher.load(cfg.teacher, classes) if cfg.teacher else None  # wrong classes: fail before decoding
     built = create_model(cfg.model, len(classes), weights=weights, img_size=parse_img_size(cfg.img_size))
+    imagenet_head = imagenet_head_for(cfg, built.model)
+    if cfg.lwf > 0 and cfg.recipe != "linear" and imagenet_head is None:  # before decoding a pixel
+        raise ConfigError(f"--lwf needs weights with a 1000-class ImageNet head; {cfg.weights} has none")
     dtype = autocast_for(device, cfg.amp)
     log(f"device {device}, precision {dtype or torch.float32}".replace("torch.", ""))
     distributed.barrier()  # every rank has read a resumed run's split.csv before rank 0 rewrites it
@@ -649,7 +682,8 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     data = prepare_data(cfg, root, rows, classes, built.preprocessing.cache_size, built.preprocessing.interpolation)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ConfigError("no readable training or validation images")
-    trainer = Trainer(cfg, built, data, out, taxonomy.to_dict(), device, dtype, teacher=teacher)
+    trainer = Trainer(cfg, built, data, out, taxonomy.to_dict(), device, dtype, teacher=teacher,
+                      imagenet_head=imagenet_head)
     t0 = time.time()
     trainer.fit(last)
     train_seconds = time.time() - t0

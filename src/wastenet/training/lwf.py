@@ -1,0 +1,91 @@
+"""Fine-tuning that keeps the backbone's ImageNet answers (learning without forgetting, Li & Hoiem 2016).
+
+Fine-tuning on 1,263 studio photos lets the backbone forget what it knew; then two things are
+lost: features that transfer off the posterboard, and the pretrained ImageNet head that tells the
+unknown-item rule what *kind* of thing a photo shows (``wastenet.ood.imagenet_score``). With
+``--lwf W`` the backbone stages add a second term: the fine-tuned features, through the frozen
+pretrained ImageNet head, must still give the pretrained network's ImageNet posterior for the
+same augmented view::
+
+    loss = label_loss + W * tau**2 * KL(anchor_tau || student_tau)
+
+``anchor`` is a frozen copy of the pretrained network with its own ImageNet head (run like the
+other frozen passes); ``student`` is the model being trained, its pooled features through that
+same head. The ImageNet head then still fits the trained backbone, so the end of training fits
+the ImageNet-kinds score as it does for the ``linear`` recipe::
+
+    anchor = ImagenetAnswers(copy.deepcopy(model), head)     # before training
+    net = WithImagenetAnswers(model, head)                   # logits, imagenet_logits = net(x)
+    loss = label_loss + cfg.lwf * lwf_loss(imagenet_logits, anchor(x))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: softening of both ImageNet posteriors in the KL term (Li & Hoiem use 2)
+LWF_TEMPERATURE = 2.0
+
+
+def _frozen_head(head: Mapping[str, Any]) -> nn.Linear:
+    w, b = torch.as_tensor(head["weight"]).float(), torch.as_tensor(head["bias"]).float()
+    fc = nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        fc.weight.copy_(w)
+        fc.bias.copy_(b)
+    fc.requires_grad_(False)
+    return fc
+
+
+class ImagenetAnswers(nn.Module):
+    """A network's pooled features through a 1000-class ImageNet head: ``[N, 1000]`` logits."""
+
+    def __init__(self, model: nn.Module, head: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.fc = _frozen_head(head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.fc(pooled.float())
+
+
+class WithImagenetAnswers(nn.Module):
+    """The model being trained: its class logits and its ImageNet logits from one forward pass."""
+
+    def __init__(self, model: nn.Module, head: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.fc = _frozen_head(head)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_features(x)
+        pooled = self.model.forward_head(feats, pre_logits=True)
+        return self.model.forward_head(feats), self.fc(pooled.float())
+
+
+def lwf_loss(student_imagenet: torch.Tensor, anchor_imagenet: torch.Tensor, tau: float = LWF_TEMPERATURE) -> torch.Tensor:
+    """``tau**2 * KL(softmax(anchor / tau) || softmax(student / tau))``, batch mean.
+
+    >>> z = torch.randn(4, 1000)
+    >>> float(lwf_loss(z, z)) < 1e-6
+    True
+    """
+    target = F.softmax(anchor_imagenet.float() / tau, dim=1)
+    log_q = F.log_softmax(student_imagenet.float() / tau, dim=1)
+    return tau**2 * F.kl_div(log_q, target, reduction="batchmean")
+
+
+def imagenet_head_for(cfg: Any, model: nn.Module) -> dict[str, Any] | None:
+    """The pretrained ImageNet head wherever it still fits the trained backbone: the ``linear``
+    recipe (the backbone never trains) and ``--lwf`` runs (it is held to its ImageNet answers);
+    None otherwise, and for weights without a 1000-class head (``models.pretrained_imagenet_head``)."""
+    from wastenet.models import pretrained_imagenet_head, resolve_weights_arg
+
+    if cfg.recipe != "linear" and not cfg.lwf > 0:
+        return None
+    return pretrained_imagenet_head(model, resolve_weights_arg(cfg.weights, pretrained=True))
