@@ -281,8 +281,9 @@ def pretrained_imagenet_head(model: nn.Module, weights: str | None) -> dict[str,
     """The weights' own 1000-class ImageNet classifier ``{weight [1000, D], bias [1000]}``, or None
     (hub or no weights, a file without a head, a head of another size).
 
-    Valid only on the pretrained backbone it came with (the ``linear`` recipe): the unknown-item
-    rule asks it what *kind* of thing a photo shows (``wastenet.ood.imagenet_score``)::
+    Valid only on the pretrained backbone it came with (the ``linear`` recipe) or one held to its
+    answers (``--lwf``, ``training.lwf``): the unknown-item rule asks it what *kind* of thing a
+    photo shows (``wastenet.ood.imagenet_score``)::
 
         head = pretrained_imagenet_head(model, "../shared/weights/mobilenetv2_100.safetensors")
     """

@@ -15,7 +15,8 @@ more unusual* inputs:
   2022): at most ``MAX_BANK`` of them, from the clean photos *and* their field-augmented views
   (items on new floors are familiar; a floor with nothing on it is not);
 - ``imagenet``: what *kind* of thing the photo shows, through the backbone's own pretrained
-  ImageNet head (only while the backbone is unchanged, i.e. the ``linear`` recipe):
+  ImageNet head (only where that head still fits the backbone: the ``linear`` recipe, or a
+  fine-tuning held to its ImageNet answers with ``--lwf``, ``training.lwf``):
   ``-sum_c q_c(x) log(pi_c + eps)``, the cross-entropy of the photo's ImageNet posterior ``q``
   against the mean posterior ``pi`` of the training photos. A banana, a jumper or a plank
   (ImageNet classes the training photos never show) scores high; a bottle on a new floor
@@ -43,7 +44,7 @@ METHODS = ("mahalanobis", "energy", "msp", "knn", "imagenet", "knn+imagenet")
 #: the scores computed from the pooled features (inside the ONNX graph at the edge)
 FEATURE_METHODS = ("mahalanobis", "knn", "imagenet", "knn+imagenet")
 DEFAULT_METHOD = "knn+imagenet"      # where the pretrained ImageNet head is usable
-FALLBACK_METHOD = "knn"              # where it is not (fine-tuned backbones)
+FALLBACK_METHOD = "knn"              # where it is not (backbones fine-tuned without --lwf)
 MAX_BANK = 1024                      # k-NN bank rows (1024 x 1280 floats = 5.2 MB for MobileNetV2)
 KNN_K = 10
 PRIOR_EPS = 1e-3                     # floor under the training posterior (no log of zero)
