@@ -396,3 +396,22 @@ def test_fitting_the_rule_leaves_the_callers_random_state_alone(image_folder):
     fit_unknown_detector(built.model.eval(), built.preprocessing, (cache.images, cache.labels), cache.images,
                          len(classes), 1.0, augment=KerasAugment(AugmentConfig()))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_field_report_says_which_unknown_item_threshold_decided(ood_checkpoint, tmp_path):
+    from test_field import _field_folder
+
+    from wastenet.evaluation.field import evaluate_field, field_items, load_class_map
+    from wastenet.inference.predictor import Classifier
+
+    clf = Classifier.load(ood_checkpoint)
+    clf.ood["search_thresholds"] = {"knn": 0.123}
+    root = _field_folder(tmp_path / "field")
+    cmap_file = tmp_path / "map.yaml"
+    cmap_file.write_text("classes: {can: metal, jar: glass}\n")
+    items = field_items(root, load_class_map(cmap_file, clf.classes, clf.taxonomy.bin_names))
+    plain = evaluate_field(clf, root, items, tmp_path / "plain", progress=False)
+    searched = evaluate_field(clf, root, items, tmp_path / "searched", progress=False, search=True)
+    assert plain["full"]["unknown_threshold"] == clf.ood["thresholds"]["knn"]
+    assert searched["full"]["unknown_threshold"] == 0.123
+    assert "Unknown-item threshold 0.123 (item search" in (tmp_path / "searched" / "report.md").read_text()

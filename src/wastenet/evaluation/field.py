@@ -273,6 +273,9 @@ def evaluate_field(clf: Any, root: str | Path, items: Sequence[FieldItem], out_d
                             topk=len(clf.classes), progress=progress, ood_threshold=ood_threshold, search=search)
         result = score(preds, [its[i] for i in good], clf.classes, clf.taxonomy, view)
         result["skipped"] = [(its[i].path, str(img)) for i, img in enumerate(images) if isinstance(img, Exception)]
+        # which unknown-item threshold decided (searched photos have their own: inference.search)
+        result["unknown_threshold"] = clf.unknown_threshold(ood_threshold, search=search)
+        result["search"] = bool(search)
         _write_rows(out / f"field-{view}.csv", result["rows"])
         result["figures"] = {
             "confidence": R.plot_confidence_split(result["rows"], out / f"confidence-{view}.png").name,

@@ -94,6 +94,10 @@ def write_field_report(path: str | os.PathLike[str], results: Mapping[str, Mappi
              "Field evaluation (`wastenet eval --class-map`): every figure is what `predict` would do.", ""]
     for view, r in results.items():
         lines += [f"## View: {view} ({r['n']} images, {r['errors']} unreadable)", ""]
+        if r.get("unknown_threshold") is not None:
+            lines += [f"Unknown-item threshold {r['unknown_threshold']:.4g}"
+                      + (" (item search: fitted on searched validation photos where the model has one)."
+                         if r.get("search") else " (whole photos)."), ""]
         lines.append(_table(["figure", "value"], [
             ["class accuracy", _f(r["class_accuracy"], 3)],
             ["bin accuracy", _f(r["bin_accuracy"], 3)],
