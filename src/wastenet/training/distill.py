@@ -85,7 +85,18 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     >>> float(distillation_loss(s, t, torch.tensor(1.0), alpha=0.0, tau=2.0))
     1.0
     """
-    target = F.softmax(teacher_logits.float() / (teacher_temperature * tau), dim=1)
+    return (1 - alpha) * label_loss + alpha * soft_kl(student_logits, teacher_logits, tau, teacher_temperature)
+
+
+def soft_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, tau: float,
+            target_temperature: float = 1.0) -> torch.Tensor:
+    """``tau**2 * KL(softmax(t / (T * tau)) || softmax(s / tau))``, batch mean: the soft-target term
+    of distillation (``--teacher``) and of learning without forgetting (``--lwf``).
+
+    >>> z = torch.randn(4, 10)
+    >>> float(soft_kl(z, z, tau=2.0)) < 1e-6
+    True
+    """
+    target = F.softmax(target_logits.float() / (target_temperature * tau), dim=1)
     log_q = F.log_softmax(student_logits.float() / tau, dim=1)
-    kl = F.kl_div(log_q, target, reduction="batchmean")
-    return (1 - alpha) * label_loss + alpha * tau**2 * kl
+    return tau**2 * F.kl_div(log_q, target, reduction="batchmean")

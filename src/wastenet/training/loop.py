@@ -48,7 +48,7 @@ from wastenet.progress import Progress, emit, set_log_file
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig, parse_img_size
 from wastenet.training.distill import Teacher, distillation_loss
-from wastenet.training.lwf import imagenet_head_for
+from wastenet.training.lwf import check_lwf_head, imagenet_head_for, lwf_active
 from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass, prep_hw
 from wastenet.training.losses import build_loss
 from wastenet.training.recipes import Stage, plan_for
@@ -237,10 +237,13 @@ class Trainer:
             teacher = Teacher.load(cfg.teacher, data.classes)
         self.teacher = teacher
         self._teacher_run = None  # built on first use: one ONNX export serves the whole run
-        # --lwf: the pretrained network, frozen now (before any step), answers ImageNet for every batch
-        self.imagenet_head = imagenet_head if imagenet_head is not None else imagenet_head_for(cfg, self.model)
+        # the pretrained ImageNet head where it still fits the backbone (training.lwf.imagenet_head_for,
+        # read once by _train); with --lwf the pretrained network, frozen now (before any step),
+        # answers ImageNet for every batch
+        self.imagenet_head = imagenet_head
         self._anchor = None
-        if self.imagenet_head is not None and cfg.lwf > 0:
+        check_lwf_head(cfg, imagenet_head)
+        if lwf_active(cfg):
             from wastenet.training.lwf import ImagenetAnswers
 
             self._anchor = ImagenetAnswers(copy.deepcopy(self.model), self.imagenet_head).eval()
@@ -667,8 +670,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     teacher = Teacher.load(cfg.teacher, classes) if cfg.teacher else None  # wrong classes: fail before decoding
     built = create_model(cfg.model, len(classes), weights=weights, img_size=parse_img_size(cfg.img_size))
     imagenet_head = imagenet_head_for(cfg, built.model)
-    if cfg.lwf > 0 and cfg.recipe != "linear" and imagenet_head is None:  # before decoding a pixel
-        raise ConfigError(f"--lwf needs weights with a 1000-class ImageNet head; {cfg.weights} has none")
+    check_lwf_head(cfg, imagenet_head)  # before decoding a pixel
     dtype = autocast_for(device, cfg.amp)
     log(f"device {device}, precision {dtype or torch.float32}".replace("torch.", ""))
     distributed.barrier()  # every rank has read a resumed run's split.csv before rank 0 rewrites it

@@ -25,7 +25,9 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from wastenet.models import extract_features
+from wastenet.training.distill import soft_kl
 
 #: softening of both ImageNet posteriors in the KL term (Li & Hoiem use 2)
 LWF_TEMPERATURE = 2.0
@@ -50,8 +52,7 @@ class ImagenetAnswers(nn.Module):
         self.fc = _frozen_head(head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return self.fc(pooled.float())
+        return self.fc(extract_features(self.model, x).float())
 
 
 class WithImagenetAnswers(nn.Module):
@@ -69,15 +70,27 @@ class WithImagenetAnswers(nn.Module):
 
 
 def lwf_loss(student_imagenet: torch.Tensor, anchor_imagenet: torch.Tensor, tau: float = LWF_TEMPERATURE) -> torch.Tensor:
-    """``tau**2 * KL(softmax(anchor / tau) || softmax(student / tau))``, batch mean.
+    """``tau**2 * KL(softmax(anchor / tau) || softmax(student / tau))``, batch mean (distillation's
+    soft-target term, ``distill.soft_kl``, with the pretrained network as the teacher).
 
     >>> z = torch.randn(4, 1000)
     >>> float(lwf_loss(z, z)) < 1e-6
     True
     """
-    target = F.softmax(anchor_imagenet.float() / tau, dim=1)
-    log_q = F.log_softmax(student_imagenet.float() / tau, dim=1)
-    return tau**2 * F.kl_div(log_q, target, reduction="batchmean")
+    return soft_kl(student_imagenet, anchor_imagenet, tau)
+
+
+def lwf_active(cfg: Any) -> bool:
+    """``--lwf`` asks for it and the recipe trains the backbone (``linear`` never does)."""
+    return cfg.lwf > 0 and cfg.recipe != "linear"
+
+
+def check_lwf_head(cfg: Any, head: Mapping[str, Any] | None) -> None:
+    """ConfigError (one line) when ``--lwf`` is asked for but the weights carry no ImageNet head."""
+    if lwf_active(cfg) and head is None:
+        from wastenet.errors import ConfigError
+
+        raise ConfigError(f"--lwf needs weights with a 1000-class ImageNet head; {cfg.weights} has none")
 
 
 def imagenet_head_for(cfg: Any, model: nn.Module) -> dict[str, Any] | None:
@@ -86,6 +99,6 @@ def imagenet_head_for(cfg: Any, model: nn.Module) -> dict[str, Any] | None:
     None otherwise, and for weights without a 1000-class head (``models.pretrained_imagenet_head``)."""
     from wastenet.models import pretrained_imagenet_head, resolve_weights_arg
 
-    if cfg.recipe != "linear" and not cfg.lwf > 0:
+    if cfg.recipe != "linear" and not lwf_active(cfg):
         return None
     return pretrained_imagenet_head(model, resolve_weights_arg(cfg.weights, pretrained=True))
