@@ -16,6 +16,11 @@ channels-last, the ``--amp auto`` dtype of this CPU) and the ratio of each backe
 
 Random weights (speed does not depend on the values), the shared weights' architecture kwargs,
 batch 32, ``--threads`` torch/ORT threads (default 2, the training default here).
+
+Stand-in for a CPU without bf16 on one that has it: ``ONEDNN_MAX_CPU_ISA=AVX2`` caps PyTorch's
+oneDNN kernels at AVX2, and PyTorch then reports no native bf16, so today's path is eager fp32 as on
+an AVX2-only CPU. onnxruntime's MLAS has no such switch: its row keeps this CPU's ISA (an upper
+bound for an AVX2-only CPU). The JSON records the cap.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -107,8 +113,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = {"cpu": cpu_description(), "torch": torch.__version__,
-              "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "models": []}
-    print(f"CPU: {result['cpu']}; torch {torch.__version__}; {args.threads} threads; batch {args.batch}")
+              "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+              "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "models": []}
+    cap = f"; oneDNN capped at {result['onednn_max_cpu_isa']}" if result["onednn_max_cpu_isa"] else ""
+    print(f"CPU: {result['cpu']}{cap}; torch {torch.__version__}; {args.threads} threads; batch {args.batch}; "
+          f"native bf16: {result['bf16_native']}")
     print("| model | backend | img/s | × today's path |\n| --- | --- | --- | --- |")
     for arch in args.models.split(","):
         r = bench_model(arch, args.images, args.batch, args.size, args.rounds, args.threads)

@@ -17,6 +17,16 @@ def test_windows_start_with_the_whole_photo_and_cover_it_to_the_far_edges():
     assert len(wins) == 1 + 3 * 5 + 5 * 7
 
 
+def test_a_searched_photo_keeps_enough_pixels_for_the_smallest_window_along_the_models_longer_side():
+    from wastenet.inference.search import WINDOW_SIDES, searched_side
+    from wastenet.preprocessing import Preprocessing
+
+    square, wide = Preprocessing(input_size=224), Preprocessing(input_size=256, input_width=320)
+    assert min(WINDOW_SIDES) * searched_side(square) >= square.resize_size  # 256 px: the model's resize
+    assert min(WINDOW_SIDES) * searched_side(wide) >= 320                    # the square window is stretched to 256 x 320
+    assert searched_side(wide) > searched_side(Preprocessing(input_size=256, resize_size=256))
+
+
 def test_a_tiny_photo_is_looked_at_whole_only():
     assert len(windows(Image.new("RGB", (50, 40)))) == 1
 

@@ -723,7 +723,8 @@ def test_an_unknown_item_is_manual_sort_with_its_reason_on_the_answer_and_in_the
         assert (logged["decision"], logged["reason"]) == ("manual_sort", "unknown")
 
 
-def test_a_service_started_with_search_decides_each_photo_as_predict_search_does(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("hw", [None, (48, 64)], ids=["square", "height-x-width"])
+def test_a_service_started_with_search_decides_each_photo_as_predict_search_does(tiny_checkpoint, tmp_path, hw):
     import torch
 
     import numpy as np
@@ -731,6 +732,8 @@ def test_a_service_started_with_search_decides_each_photo_as_predict_search_does
     from wastenet.inference.predictor import Classifier
 
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    if hw:  # an aspect-preserving model (`--img-size 48x64`): the pooled resnet takes any input size
+        ckpt["preprocessing"].update(input_size=hw[0], resize_size=hw[0], input_width=hw[1])
     dim = 96  # test_resnet's pooled features
     ckpt["ood"] = {"method": "mahalanobis", "keep": 0.95, "thresholds": {"mahalanobis": 1e9, "energy": 0.0, "msp": 0.0},
                    "stats": {"means": torch.zeros(len(ckpt["classes"]), dim), "basis": torch.eye(dim)[:, :4],
@@ -749,7 +752,7 @@ def test_a_service_started_with_search_decides_each_photo_as_predict_search_does
     from wastenet.preprocessing import resize_shorter
 
     prep = clf.preprocessing
-    kept = resize_shorter(Image.open(io.BytesIO(photo)), searched_side(prep.resize_size), prep.interpolation)
+    kept = resize_shorter(Image.open(io.BytesIO(photo)), searched_side(prep), prep.interpolation)
     searched, plain = clf.predict([kept], search=True, batch_size=1)[0], clf.predict([kept])[0]
     assert searched.ood_score != pytest.approx(plain.ood_score)
     with TestClient(create_app(clf, log_path=tmp_path / "d.sqlite", search=True)) as c:

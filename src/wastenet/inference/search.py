@@ -28,6 +28,7 @@ from PIL import Image
 
 if TYPE_CHECKING:
     from wastenet.inference.predictor import Classifier, ImageInput
+    from wastenet.preprocessing import Preprocessing
 
 #: window sides as shares of the photo's shorter side: an item with a little floor around it
 #: (0.35, the field set's item-crop framing for a median item) and with more context (0.5)
@@ -60,10 +61,15 @@ def _starts(length: int, side: int, step: int) -> list[int]:
     return starts
 
 
-def searched_side(resize_size: int) -> int:
+def searched_side(prep: "Preprocessing") -> int:
     """The shorter side a photo needs so that its smallest window still fills the model's resize
-    (``serve --search`` shrinks uploads to this, not to the model's input)."""
-    return int(np.ceil(int(resize_size) / min(WINDOW_SIDES)))
+    along both axes (``serve --search`` shrinks uploads to this, not to the model's input). A
+    window is square, so an aspect-preserving H x W model needs ``max(H, W)`` pixels of it::
+
+        searched_side(Preprocessing(input_size=224))                   # 732: 256 / 0.35
+        searched_side(Preprocessing(input_size=256, input_width=320))  # 915: 320 / 0.35
+    """
+    return int(np.ceil(max(prep.resize_size, *prep.hw) / min(WINDOW_SIDES)))
 
 
 def photos_per_batch(batch_size: int) -> int:

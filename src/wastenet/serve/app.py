@@ -128,7 +128,7 @@ def _resize_for(image: Any, classifier: Any, search: bool = False) -> Any:
     if search:  # windows are cut from the photo: keep enough pixels for the smallest one
         from wastenet.inference.search import searched_side
 
-        side = searched_side(prep.resize_size)
+        side = searched_side(prep)
         return resize_shorter(image, side, prep.interpolation) if min(image.size) > side else image
 
     if getattr(prep, "input_width", None):  # aspect-preserving mode: the exact resize is the whole transform
@@ -238,7 +238,7 @@ def create_app(
     if search and prep is not None:  # windows need more pixels than the model's input
         from wastenet.inference.search import searched_side
 
-        draft_size = max(draft_size, searched_side(prep.resize_size))
+        draft_size = max(draft_size, searched_side(prep))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
