@@ -67,4 +67,35 @@ def test_lwf_without_an_imagenet_head_fails_before_training(image_folder, tmp_pa
 
 def test_a_negative_lwf_weight_is_a_config_error(image_folder, tmp_path, capsys):
     assert main(["train", "--data", str(image_folder), "--lwf", "-1", "--out", str(tmp_path / "run")]) == 2
-    assert "--lwf must be 0 (off) or positive" in capsys.readouterr().err
+    assert "--lwf must be auto, 0 (off) or positive" in capsys.readouterr().err
+
+
+def test_an_lwf_weight_that_is_not_a_number_is_a_one_line_usage_error(image_folder, tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", str(image_folder), "--lwf", "lots", "--out", str(tmp_path / "run")])
+    assert exit_.value.code == 2 and "must be auto or a number, not 'lots'" in capsys.readouterr().err
+
+
+def test_lwf_is_on_by_default_wherever_the_weights_carry_an_imagenet_head_and_the_backbone_trains():
+    from wastenet.training.config import TrainConfig
+    from wastenet.training.lwf import AUTO_WEIGHT, check_lwf_head, lwf_weight
+
+    head = _head(8)
+    assert TrainConfig().lwf == "auto"
+    assert lwf_weight(TrainConfig(recipe="wastenet"), head) == lwf_weight(TrainConfig(recipe="finetune"), head) == AUTO_WEIGHT
+    assert lwf_weight(TrainConfig(recipe="finetune"), None) == 0.0   # no head: auto trains without it ...
+    check_lwf_head(TrainConfig(recipe="finetune"), None)             # ... and that is no error
+    assert lwf_weight(TrainConfig(recipe="linear"), head) == 0.0      # nothing to forget
+    assert lwf_weight(TrainConfig(recipe="finetune", lwf=0), head) == 0.0
+    assert lwf_weight(TrainConfig(recipe="finetune", lwf=2.5), head) == 2.5
+
+
+def test_auto_trains_without_lwf_when_the_weights_have_no_imagenet_head_and_says_so(image_folder, tmp_path, capsys):
+    tr = tiny_trainer(image_folder, tmp_path / "run", recipe="finetune")  # weights "none": no head
+    assert tr.cfg.lwf == "auto" and tr.lwf_weight == 0.0 and tr._anchor is None
+    assert "learning without forgetting (--lwf auto): off (the weights carry no ImageNet head)" in capsys.readouterr().err
+    held = tiny_trainer(image_folder, tmp_path / "held", recipe="finetune", imagenet_head=_head(tr.model.num_features))
+    assert held.lwf_weight == 1.0 and held._anchor is not None
+    assert "learning without forgetting (--lwf auto): weight 1" in capsys.readouterr().err

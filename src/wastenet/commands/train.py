@@ -19,6 +19,16 @@ def _bool(p: argparse.ArgumentParser, name: str, default: bool, help: str) -> No
     p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help)
 
 
+def _lwf_arg(value: str) -> float | str:
+    """``--lwf auto`` or a number (its range is checked with the rest of the config)."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a number, not {value!r}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from wastenet.training.config import AMP_MODES, DEFAULT_MODEL, FILL_MODES, LOSSES, RECIPES, TrainConfig
     from wastenet.weight_packages import WEIGHT_PACKAGES
@@ -60,10 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --teacher: weight of the teacher's soft targets; 1 - alpha weighs the labels")
     g.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="with --teacher: temperature of the KL term (scaled by its square)")
-    g.add_argument("--lwf", type=float, default=d.lwf, metavar="W",
+    g.add_argument("--lwf", type=_lwf_arg, default=d.lwf, metavar="auto|W",
                    help="learning without forgetting: backbone stages also keep the pretrained network's ImageNet "
                         "posterior (weight W of the KL term), so the unknown-item rule keeps its ImageNet-kinds score; "
-                        "needs weights with a 1000-class head (0 = off)")
+                        "W needs weights with a 1000-class head; auto: 1 where they carry one (0 = off)")
     g.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without validation improvement")
     g = p.add_argument_group("augmentation (Keras ImageDataGenerator style)")
     g.add_argument("--zoom", type=float, default=d.zoom)

@@ -80,7 +80,7 @@ class TrainConfig:
     teacher: str | None = None            # a wastenet checkpoint distilled into this model (training/distill.py)
     distill_alpha: float = 0.5            # weight of the teacher's soft targets (1 - alpha: the labels)
     distill_temperature: float = 2.0      # softening of both distributions in the KL term
-    lwf: float = 0.0                      # keep the ImageNet answers while fine-tuning (training/lwf.py); 0 = off
+    lwf: float | str = "auto"             # keep the ImageNet answers while fine-tuning (training/lwf.py): auto | W; 0 = off
     threshold: float = DEFAULT_THRESHOLD
     tta: bool = False
     limit_per_class: int | None = None    # use only N images per class and split (smoke tests)
@@ -152,8 +152,8 @@ class TrainConfig:
             raise ConfigError(f"teacher checkpoint not found: {self.teacher}")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
             raise ConfigError("--distill-alpha must be in [0, 1] and --distill-temperature above 0")
-        if self.lwf < 0:
-            raise ConfigError(f"--lwf must be 0 (off) or positive, got {self.lwf}")
+        if self.lwf != "auto" and (isinstance(self.lwf, str) or self.lwf < 0):
+            raise ConfigError(f"--lwf must be auto, 0 (off) or positive, got {self.lwf}")
         for extra in self.extra_data:
             if not Path(extra).is_dir():
                 raise ConfigError(f"extra data folder not found: {extra}")
@@ -199,6 +199,7 @@ class TrainConfig:
                   "bool": isinstance(value, bool),
                   "str": isinstance(value, str),
                   "int | str": isinstance(value, (int, str)) and not isinstance(value, bool),
+                  "float | str": isinstance(value, (int, float, str)) and not isinstance(value, bool),
                   "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
             if not ok:
                 raise ConfigError(f"{f.name} must be {kind}, got {value!r}")

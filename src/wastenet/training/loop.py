@@ -48,7 +48,7 @@ from wastenet.progress import Progress, emit, set_log_file
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig, parse_img_size
 from wastenet.training.distill import Teacher, distillation_loss
-from wastenet.training.lwf import check_lwf_head, imagenet_head_for, lwf_active
+from wastenet.training.lwf import check_lwf_head, imagenet_head_for, lwf_weight
 from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass, prep_hw
 from wastenet.training.losses import build_loss
 from wastenet.training.recipes import Stage, plan_for
@@ -243,7 +243,11 @@ class Trainer:
         self.imagenet_head = imagenet_head
         self._anchor = None
         check_lwf_head(cfg, imagenet_head)
-        if lwf_active(cfg):
+        self.lwf_weight = lwf_weight(cfg, imagenet_head)
+        if cfg.recipe != "linear":
+            log(f"learning without forgetting (--lwf {cfg.lwf}): " + (f"weight {self.lwf_weight:g}" if self.lwf_weight
+                else "off" + (" (the weights carry no ImageNet head)" if cfg.lwf == "auto" else "")))
+        if self.lwf_weight > 0:
             from wastenet.training.lwf import ImagenetAnswers
 
             self._anchor = ImagenetAnswers(copy.deepcopy(self.model), self.imagenet_head).eval()
@@ -530,7 +534,7 @@ class Trainer:
                     logits, im_logits = logits
                 loss = self.loss(logits, y, t_logits)
                 if lwf:
-                    loss = loss + self.cfg.lwf * lwf_loss(im_logits, a_logits)
+                    loss = loss + self.lwf_weight * lwf_loss(im_logits, a_logits)
                 optimizer.zero_grad(set_to_none=True)
                 weighted = loss * distributed.loss_weight(len(idx), n_global)  # 1.0 unless slices differ
                 if scaler is not None:
