@@ -103,11 +103,6 @@ def lwf_weight(cfg: Any, head: Mapping[str, Any] | None) -> float:
     return float(cfg.lwf)
 
 
-def lwf_active(cfg: Any, head: Mapping[str, Any] | None) -> bool:
-    """Whether this run holds its backbone to the ImageNet answers (``lwf_weight`` > 0)."""
-    return lwf_weight(cfg, head) > 0
-
-
 def _asked_for(cfg: Any) -> bool:
     """``--lwf auto`` or a positive weight, on a recipe that trains the backbone."""
     return cfg.recipe != "linear" and (cfg.lwf == "auto" or float(cfg.lwf) > 0)
