@@ -299,6 +299,43 @@ def test_the_rule_tables_are_stored_in_half_precision_and_score_the_same(imagene
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the fit already rounded the tables to float16
 
 
+def test_an_int8_file_stores_the_rule_tables_in_int8_and_scores_within_rounding(imagenet_checkpoint, image_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import helper
+
+    from wastenet.export.int8 import int8_score_tables
+    from wastenet.export.onnx import export_onnx, half_score_tables, run_session
+    from wastenet.inference.onnx_runtime import onnx_session
+    from wastenet.inference.predictor import Classifier
+
+    out = export_onnx(imagenet_checkpoint, tmp_path / "m.onnx", opset=13).path
+    half = half_score_tables(onnx.load(str(out)), min_bytes=100_000)  # the tiny model's ImageNet head (1000 x D)
+    fp16_bytes = sum(len(i.raw_data) for i in half.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16)
+    table = next(n.output[0] for n in half.graph.node if n.name.startswith("/score/half_table_"))
+    # what reads the table (the ImageNet head's logits) becomes an output of both files, to compare it directly
+    reader = next(n.output[0] for n in half.graph.node if table in n.input)
+    half.graph.output.append(helper.make_tensor_value_info(reader, onnx.TensorProto.FLOAT, None))
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    q = int8_score_tables(onnx.load(str(tmp_path / "half.onnx")))
+    assert not any(init.data_type == onnx.TensorProto.FLOAT16 for init in q.graph.initializer)
+    assert [n.op_type for n in q.graph.node if n.name.startswith("/score/int8_table_")] == ["DequantizeLinear"]
+    onnx.save(q, str(tmp_path / "q.onnx"))
+    saved = (tmp_path / "half.onnx").stat().st_size - (tmp_path / "q.onnx").stat().st_size
+    assert saved > 0.45 * fp16_bytes  # one byte a value instead of two, and a scale per column
+
+    clf = Classifier.load(out)
+    x = clf.preprocess([Image.open(f).convert("RGB") for f in sorted(image_folder.rglob("*.jpg"))[:8]])
+    a = run_session(onnx_session(tmp_path / "half.onnx"), x, output=reader)
+    b = run_session(onnx_session(tmp_path / "q.onnx"), x, output=reader)
+    assert not np.array_equal(a, b)  # the table did change
+    np.testing.assert_allclose(a, b, atol=0.01 * float(np.abs(a).max()))  # within 1% of the largest logit
+    np.testing.assert_allclose(run_session(onnx_session(tmp_path / "half.onnx"), x, output="ood"),
+                               run_session(onnx_session(tmp_path / "q.onnx"), x, output="ood"), atol=0.05)
+    np.testing.assert_array_equal(run_session(onnx_session(tmp_path / "half.onnx"), x),
+                                  run_session(onnx_session(tmp_path / "q.onnx"), x))  # the class logits do not read it
+
+
 def test_adapt_keeps_the_imagenet_kinds_rule_and_refits_it_with_the_site_items(imagenet_checkpoint, image_folder, tmp_path):
     from wastenet import checkpoint
     from wastenet.training.adapt import AdaptConfig, adapt
