@@ -266,8 +266,11 @@ def test_review_page(browser, server, photo):
     page.goto(server + "/review#token=" + REVIEW_TOKEN)  # the address `wastenet serve` prints
     card = f"#item-{item['id']}"
     page.wait_for_selector(card, timeout=15_000)
-    # the photo is served by the decision log; wait for it to load rather than racing it
-    page.wait_for_function(f"document.querySelector('{card} img').naturalWidth > 0", timeout=15_000)
+    # the photo is served by the decision log; wait for it to load rather than racing it (polled with
+    # evaluate, not wait_for_function: the page's CSP forbids the eval() that wait_for_function needs)
+    deadline = time.monotonic() + 15
+    while page.evaluate(f"document.querySelector('{card} img').naturalWidth") == 0 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
     assert page.evaluate(f"document.querySelector('{card} img').naturalWidth") > 0
     page.select_option(f"#label-{item['id']}", "metal")
     page.click(f"{card} button")
