@@ -138,6 +138,7 @@ def test_lite0_exports_quantises_and_runs_without_torch(lite0_installed, tmp_pat
     q = int8.quantize_int8(fp32.path, tmp_path / "lite0.int8.onnx", calib_images=images[::2])
     assert q.size_bytes < 0.4 * fp32.size_bytes
     assert ex.read_metadata(q.path)["arch"] == "tf_efficientnet_lite0"
+    assert q.details["excluded"] == ["first_conv"]  # lite's measured default: the stem stays in float
     res = subprocess.run([sys.executable, "-m", "wastenet", "predict", "--checkpoint", str(q.path),
                           *map(str, images[:3]), "--format", "csv"],
                          env=_env_without_torch(tmp_path), capture_output=True, text=True, timeout=120)

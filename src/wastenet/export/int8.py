@@ -169,7 +169,7 @@ def int8_score_tables(model: Any) -> Any:
     tables = {init.name: init for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT16}
     for i, node in enumerate(list(graph.node)):
         init = tables.get(node.input[0]) if node.op_type == "Cast" and node.input else None
-        if init is None or not node.name.startswith("/score/"):
+        if init is None or not node.name.startswith("/score/half_table_"):
             continue
         table = numpy_helper.to_array(init).astype(np.float32)
         if table.ndim != 2:
@@ -285,6 +285,7 @@ def quantize_int8(
         # the quantizer's preprocessing widened the rule's tables again; an INT8 file stores them in int8
         proto = int8_score_tables(half_score_tables(onnx.load(str(tmp))))
         n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
+        n_tables = sum(1 for n in proto.graph.node if n.name.startswith("/score/int8_table_"))
         qmeta = dict(meta)
         qmeta.update({
             "precision": "int8",
@@ -292,7 +293,7 @@ def quantize_int8(
             "quantization": {"format": "QDQ", "per_channel": bool(per_channel), "method": method,
                              "activation_type": activation_type, "weight_type": "qint8",
                              "calibration_images": reader.used, "excluded": list(exclude),
-                             "score_tables": "int8 (one scale per column)"},
+                             **({"score_tables": f"int8, one scale per column ({n_tables})"} if n_tables else {})},
             "quantized_from": str(fp32_onnx.resolve()),
         })
         set_metadata(proto, qmeta)
