@@ -76,3 +76,47 @@ def test_onnxruntime_features_and_logits_equal_pytorch(image_folder):
               for b in ("torch", "onnxruntime")}
     assert logits["torch"].shape == (20, len(classes)) and logits["torch"].abs().max() > 0.01
     torch.testing.assert_close(logits["onnxruntime"], logits["torch"], atol=1e-4, rtol=1e-4)
+
+
+def _tiny(image_folder, n=20):
+    from wastenet.data.datasets import build_cache, scan_folder
+    from wastenet.models import create_model
+
+    rows, classes = scan_folder(image_folder)
+    built = create_model("test_resnet", len(classes), weights=None, img_size=48)
+    torch.nn.init.normal_(built.model.get_classifier().weight, std=0.1)
+    cache = build_cache(image_folder, rows[:n], classes, built.preprocessing.resize_size)
+    return built.model.eval(), built.preprocessing, cache
+
+
+def test_a_frozen_pass_gives_the_numbers_of_predict_logits(image_folder):
+    """One batching/views/TTA loop: the frozen passes (calibration, test) and the training-time
+    validation logits agree exactly on the PyTorch backend, with and without TTA."""
+    from wastenet.inference.runtime import predict_logits
+
+    model, prep, cache = _tiny(image_folder)
+    cpu = torch.device("cpu")
+    for tta in (False, True):
+        frozen_logits = frozen.frozen_logits(model, cache.images, prep, cpu, backend="torch", tta=tta)
+        assert torch.equal(frozen_logits, predict_logits(model, cache.images, prep, cpu, None, batch_size=64, tta=tta))
+    empty = frozen.frozen_logits(model, cache.images[:0], prep, cpu, backend="torch")
+    assert empty.shape == (0,) and torch.equal(empty, predict_logits(model, cache.images[:0], prep, cpu, None))
+
+
+def test_feature_passes_give_the_head_features_and_the_logits_of_one_forward(image_folder):
+    """The unknown-item fit's passes (features and logits side by side) and the head stage's
+    features are the same pooled features; the logits are the model's."""
+    from wastenet.inference.ood_model import FeaturePasses
+
+    model, prep, cache = _tiny(image_folder)
+    cpu = torch.device("cpu")
+    feats, logits = FeaturePasses(model, prep, cpu, n_images=len(cache.images))(cache.images, desc="f")
+    run = frozen.FrozenRunner(frozen.FeatureHead(model), cpu, None, False, "torch", input_hw=prep.hw)
+    head_feats = frozen.frozen_pass(run, cache.images, prep, device=cpu, desc="f").numpy()
+    assert feats.shape == (20, model.num_features) and logits.shape == (20, 3)
+    np.testing.assert_array_equal(feats, head_feats)
+    from wastenet.data.augment import to_model_batch
+
+    with torch.no_grad():
+        direct = model(to_model_batch(torch.from_numpy(cache.images), prep)).numpy()
+    np.testing.assert_allclose(logits, direct, atol=1e-5, rtol=1e-5)
