@@ -155,3 +155,10 @@ def test_a_step_is_not_stopped_early_before_its_rate_has_annealed(tmp_path, imag
     trainer.run_backbone_stage(final)
     assert trainer.state.stage_epoch == 4
     assert [r["stage_epoch"] for r in trainer.state.history] == [1, 2, 3, 4]
+
+
+def test_the_augmentation_defaults_are_the_train_configs():
+    """AugmentConfig (data/, torch-free) holds the defaults; TrainConfig takes its fields from it."""
+    from wastenet.data.augment_config import AugmentConfig
+
+    assert AugmentConfig.from_config(TrainConfig()) == AugmentConfig()

@@ -6,48 +6,20 @@ only fills with a constant, so we use kornia's, which replicates the border, on 
 batches of cached uint8 squares::
 
     aug = KerasAugment(AugmentConfig(zoom=0.2, rotation=20, shift=0.1))
-    aug = KerasAugment(AugmentConfig.from_config(train_config))   # a run's own settings
+    aug = KerasAugment(AugmentConfig.from_config(train_config))   # a run's own settings (data/augment_config.py)
     x = to_model_batch(cache_u8[idx], prep, augment=aug)    # float [B, 3, S, S], normalised
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn as nn
 
+from wastenet.data.augment_config import FILL_MODES, AugmentConfig
 from wastenet.preprocessing import Preprocessing
-from wastenet.training.config import FILL_MODES, TrainConfig
 
-
-@dataclass
-class AugmentConfig:
-    """The augmentation settings; names and defaults are :class:`TrainConfig`'s."""
-
-    zoom: float = TrainConfig.zoom          # scale in [1 - zoom, 1 + zoom]
-    rotation: float = TrainConfig.rotation  # degrees
-    shift: float = TrainConfig.shift        # fraction of width/height
-    hflip: bool = TrainConfig.hflip
-    vflip: bool = TrainConfig.vflip
-    fill: str = TrainConfig.fill            # nearest (replicate border) | constant | reflect
-    # Field augmentation (data/composite.py): applied when `composite` is on, or "auto" and the
-    # training photos are studio-like (an item on a plain board, as in TrashNet).
-    composite: str = TrainConfig.composite        # auto | on | off: items onto new backgrounds
-    scale_jitter: bool = TrainConfig.scale_jitter  # the item covers min_cover..max_cover of the frame
-    min_cover: float = TrainConfig.min_cover
-    max_cover: float = TrainConfig.max_cover
-    backgrounds: str | None = TrainConfig.backgrounds  # real background photos mixed with procedural ones
-    color_jitter: float = TrainConfig.color_jitter  # brightness/contrast/saturation + white balance (0 = off)
-    blur_jpeg: float = TrainConfig.blur_jpeg        # probability of blur, JPEG, sensor noise each (0 = off)
-    auto_augment: str = TrainConfig.auto_augment    # none | trivial | rand (kornia)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "AugmentConfig":
-        """The fields of the same name from a TrainConfig (or anything with those attributes)."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+__all__ = ["AugmentConfig", "KerasAugment", "build_augment", "center_crop_tensor", "field_augment_on",
+           "to_model_batch"]
 
 
 def field_augment_on(cfg: AugmentConfig, studio_like: bool) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from wastenet.evaluation.metrics import check_inputs
+from wastenet.probabilities import softmax  # defined once, below every floor; re-exported here
 
 __all__ = [
     "softmax",
@@ -28,22 +29,6 @@ __all__ = [
 ]
 
 T_MIN, T_MAX = 0.05, 20.0
-
-
-def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax of ``logits / temperature`` over the last axis (float64).
-
-    Example::
-
-        probs = softmax(np.array([[2.0, 0.0, -1.0]]), temperature=1.5)
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    # Subtracting the row max keeps exp() from overflowing; the result is unchanged.
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

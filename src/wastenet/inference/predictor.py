@@ -32,10 +32,10 @@ from wastenet.data.images import ImageDecodeError, composite_on_white, load_imag
 from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, Threshold, check_threshold
 from wastenet.decision import decide as decide_bins
 from wastenet.errors import ConfigError
-from wastenet.evaluation.calibration import softmax
 from wastenet.inference.backends import OnnxBackend, TorchBackend
 from wastenet.inference.tta import tta_logits
 from wastenet.preprocessing import Preprocessing, preprocess_images
+from wastenet.probabilities import softmax
 from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
 
 __all__ = [

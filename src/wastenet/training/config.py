@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from wastenet.data.augment_config import FILL_MODES, AugmentConfig
 from wastenet.decision import DEFAULT_THRESHOLD, check_threshold
 from wastenet.errors import ConfigError
 from wastenet.weight_packages import WEIGHT_PACKAGES, package_file, weight_package
@@ -22,7 +23,6 @@ from wastenet.weight_packages import WEIGHT_PACKAGES, package_file, weight_packa
 RECIPES = ("wastenet", "finetune", "linear")
 LOSSES = ("ce", "focal")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-FILL_MODES = ("nearest", "constant", "reflect")  # Keras fill_mode names
 
 BUILTIN_DATASETS = ("trashnet", "kaggle-household")
 DEFAULT_MODEL = "densenet121"
@@ -61,21 +61,22 @@ class TrainConfig:
     workers: int = 2
     frozen_backend: str = "auto"          # frozen passes: auto (training.frozen.choose_backend) | torch | onnxruntime
     threads: int | None = None
-    zoom: float = 0.2
-    rotation: float = 20.0
-    shift: float = 0.1
-    hflip: bool = True
-    vflip: bool = False
-    fill: str = "nearest"
-    # field augmentation (data/augment.py AugmentConfig documents each; measured in BENCHMARKS.md "Field")
-    composite: str = "auto"
-    scale_jitter: bool = True
-    min_cover: float = 0.05
-    max_cover: float = 1.0
-    backgrounds: str | None = None
-    color_jitter: float = 0.3
-    blur_jpeg: float = 0.25
-    auto_augment: str = "none"
+    # augmentation: defaults from data/augment_config.py AugmentConfig, which documents each
+    # (field augmentation measured in BENCHMARKS.md "Field")
+    zoom: float = AugmentConfig.zoom
+    rotation: float = AugmentConfig.rotation
+    shift: float = AugmentConfig.shift
+    hflip: bool = AugmentConfig.hflip
+    vflip: bool = AugmentConfig.vflip
+    fill: str = AugmentConfig.fill
+    composite: str = AugmentConfig.composite
+    scale_jitter: bool = AugmentConfig.scale_jitter
+    min_cover: float = AugmentConfig.min_cover
+    max_cover: float = AugmentConfig.max_cover
+    backgrounds: str | None = AugmentConfig.backgrounds
+    color_jitter: float = AugmentConfig.color_jitter
+    blur_jpeg: float = AugmentConfig.blur_jpeg
+    auto_augment: str = AugmentConfig.auto_augment
     taxonomy: str | None = None
     teacher: str | None = None            # a wastenet checkpoint distilled into this model (training/distill.py)
     distill_alpha: float = 0.5            # weight of the teacher's soft targets (1 - alpha: the labels)
