@@ -34,10 +34,10 @@ from wastenet.data.datasets import build_cache, read_split_file
 from wastenet.data.images import ImageDecodeError, load_image
 from wastenet.evaluation.calibration import expected_calibration_error, fit_temperature, softmax
 from wastenet.evaluation.field import field_items, floor_crop, item_crop, load_class_map
-from wastenet.models import create_model, resolve_weights_arg
+from wastenet.inference.runner import FrozenRunner, choose_backend, frozen_pass
+from wastenet.models import FeatureHead, create_model, resolve_weights_arg
 from wastenet.preprocessing import cache_image
 from wastenet.taxonomy import builtin_taxonomy
-from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import cpu_model  # noqa: E402

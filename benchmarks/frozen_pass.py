@@ -1,5 +1,5 @@
 """Frozen-backbone pass speed per backend, in one run on this CPU: the numbers behind the rule
-in ``wastenet.training.frozen.choose_backend``.
+in ``wastenet.inference.runner.choose_backend``.
 
 A frozen pass is a no-grad forward of the pooled pre-logit features (the head-stage feature
 cache, teacher logits, calibration and test passes). For each model this times, interleaved

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from wastenet import ood
 from wastenet.data.datasets import build_cache, read_split_file
 from wastenet.evaluation.calibration import fit_temperature
-from wastenet.inference.ood_model import FeaturePasses, unknown_rule
+from wastenet.inference.ood_model import unknown_rule
+from wastenet.inference.runner import FeaturePasses
 from wastenet.models import create_model, pretrained_imagenet_head, resolve_weights_arg
 
 

@@ -11,7 +11,8 @@ import torch
 
 from wastenet.errors import ConfigError
 from wastenet.progress import Progress, format_seconds, set_log_file
-from wastenet.training import frozen
+from wastenet.inference import runner as frozen
+from wastenet.models import FeatureHead
 
 
 def test_progress_writes_one_line_per_tenth_to_stream_and_log_file(tmp_path):
@@ -68,7 +69,7 @@ def test_onnxruntime_features_and_logits_equal_pytorch(image_folder):
     model, cpu = built.model.eval(), torch.device("cpu")
     feats = {}
     for backend in ("torch", "onnxruntime"):
-        run = frozen.FrozenRunner(frozen.FeatureHead(model), cpu, None, True, backend, input_hw=(48, 48))
+        run = frozen.FrozenRunner(FeatureHead(model), cpu, None, True, backend, input_hw=(48, 48))
         feats[backend] = frozen.frozen_pass(run, cache.images, built.preprocessing, device=cpu, desc="f", batch_size=8)
     assert feats["torch"].shape == (20, model.num_features)
     torch.testing.assert_close(feats["onnxruntime"], feats["torch"], atol=1e-4, rtol=1e-4)
@@ -106,12 +107,10 @@ def test_a_frozen_pass_gives_the_numbers_of_predict_logits(image_folder):
 def test_feature_passes_give_the_head_features_and_the_logits_of_one_forward(image_folder):
     """The unknown-item fit's passes (features and logits side by side) and the head stage's
     features are the same pooled features; the logits are the model's."""
-    from wastenet.inference.ood_model import FeaturePasses
-
     model, prep, cache = _tiny(image_folder)
     cpu = torch.device("cpu")
-    feats, logits = FeaturePasses(model, prep, cpu, n_images=len(cache.images))(cache.images, desc="f")
-    run = frozen.FrozenRunner(frozen.FeatureHead(model), cpu, None, False, "torch", input_hw=prep.hw)
+    feats, logits = frozen.FeaturePasses(model, prep, cpu, n_images=len(cache.images))(cache.images, desc="f")
+    run = frozen.FrozenRunner(FeatureHead(model), cpu, None, False, "torch", input_hw=prep.hw)
     head_feats = frozen.frozen_pass(run, cache.images, prep, device=cpu, desc="f").numpy()
     assert feats.shape == (20, model.num_features) and logits.shape == (20, 3)
     np.testing.assert_array_equal(feats, head_feats)
@@ -120,3 +119,20 @@ def test_feature_passes_give_the_head_features_and_the_logits_of_one_forward(ima
     with torch.no_grad():
         direct = model(to_model_batch(torch.from_numpy(cache.images), prep)).numpy()
     np.testing.assert_allclose(logits, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_the_frozen_backend_choices_are_one_constant_readable_without_torch():
+    import subprocess
+    import sys
+
+    from wastenet.cli import build_parser
+    from wastenet.training.config import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    option = next(a for a in train._actions if "--frozen-backend" in a.option_strings)
+    assert tuple(option.choices) == frozen.BACKENDS
+    with pytest.raises(ConfigError, match="--frozen-backend must be auto, torch, onnxruntime"):
+        TrainConfig(frozen_backend="tensorrt").validate()
+    probe = "import sys; sys.modules['torch'] = None\nfrom wastenet.inference.runner import BACKENDS\nprint(BACKENDS)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

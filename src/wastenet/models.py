@@ -387,6 +387,26 @@ def extract_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
+class FeatureHead(nn.Module):
+    """A timm-style classifier's pooled pre-logit features ``[N, D]`` (what the head stage trains on
+    and the unknown-item rule is fitted on); ``with_logits``: its logits beside them, ``[N, D + C]``,
+    so that one pass gives both::
+
+        feats = FeatureHead(model)(x)
+        both = FeatureHead(model, with_logits=True)(x)     # both[:, :D] == feats
+    """
+
+    def __init__(self, model: nn.Module, with_logits: bool = False) -> None:
+        super().__init__()
+        self.model, self.with_logits = model, with_logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.with_logits:
+            return extract_features(self.model, x)
+        f = self.model.forward_features(x)
+        return torch.cat([self.model.forward_head(f, pre_logits=True), self.model.forward_head(f)], dim=1)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

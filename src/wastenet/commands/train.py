@@ -30,7 +30,7 @@ def _lwf_arg(value: str) -> float | str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from wastenet.training.config import AMP_MODES, DEFAULT_MODEL, FILL_MODES, LOSSES, RECIPES, TrainConfig
+    from wastenet.training.config import AMP_MODES, DEFAULT_MODEL, FILL_MODES, FROZEN_BACKENDS, LOSSES, RECIPES, TrainConfig
     from wastenet.weight_packages import WEIGHT_PACKAGES
 
     d = TrainConfig()
@@ -100,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision")
     _bool(g, "channels-last", d.channels_last, "channels-last memory format")
     g.add_argument("--threads", type=int, help="torch CPU threads")
-    g.add_argument("--frozen-backend", default=d.frozen_backend, choices=["auto", "torch", "onnxruntime"],
+    g.add_argument("--frozen-backend", default=d.frozen_backend, choices=FROZEN_BACKENDS,
                    help="frozen passes (head features, teacher, calibration, test): auto = onnxruntime fp32 "
                         "on CPU when installed, else PyTorch")
     g.add_argument("--workers", type=int, default=d.workers, help="image decoding threads")

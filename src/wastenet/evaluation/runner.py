@@ -86,12 +86,12 @@ class Subject:
     threshold: Threshold = DEFAULT_THRESHOLD
     device: torch.device | str = "cpu"
     tta: bool = False
-    frozen_backend: str = "auto"   # training.frozen.choose_backend's rule; onnxruntime fp32 is fp32 as deployed
+    frozen_backend: str = "auto"   # inference.runner.choose_backend's rule; onnxruntime fp32 is fp32 as deployed
 
     def logits(self, images_u8: np.ndarray, desc: str = "logits") -> np.ndarray:
         """Raw logits ``[N, C]`` of cached uint8 images, in full precision (``tta`` as predict does it),
         on the fastest frozen-pass backend, with a progress bar."""
-        from wastenet.training.frozen import frozen_logits
+        from wastenet.inference.runner import frozen_logits
 
         return frozen_logits(self.model, images_u8, self.prep, torch.device(self.device), dtype=None, tta=self.tta,
                              backend=self.frozen_backend, desc=desc).numpy()

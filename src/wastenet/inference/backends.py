@@ -10,7 +10,7 @@ onnxruntime session over a wastenet ONNX file (torch-free, for the edge install)
     meta = backend.metadata()          # classes, preprocessing, temperature, ...
 
 ``FrozenPassBackend`` runs a network and its rule inside training, through the frozen passes'
-fastest runtime (``training.frozen.choose_backend``).
+fastest runtime (``inference.runner.choose_backend``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class FrozenPassBackend:
         import torch
 
         from wastenet.inference.ood_model import ScoredSideBySide
-        from wastenet.training.frozen import FrozenRunner, choose_backend
+        from wastenet.inference.runner import FrozenRunner, choose_backend
 
         self._torch = torch
         dev = torch.device(device)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wastenet.models import extract_features
+from wastenet.inference.runner import FeaturePasses
 
 
 class MahalanobisScore(nn.Module):
@@ -133,56 +133,6 @@ class ScoredSideBySide(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, score = self.scored(x)
         return torch.cat([logits.float(), score.float()[:, None]], dim=1)
-
-
-def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The features the score is fitted on (what the head sees)."""
-    return extract_features(model, x)
-
-
-class FeaturesAndLogits(nn.Module):
-    """Pooled features and logits side by side ``[N, D + C]``: one frozen pass gives both."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.model.forward_features(x)
-        return torch.cat([self.model.forward_head(f, pre_logits=True), self.model.forward_head(f)], dim=1)
-
-
-class FeaturePasses:
-    """Pooled fp32 features ``[N, D]`` and logits ``[N, C]`` of cached uint8 squares, pass after
-    pass through one runner of :mod:`wastenet.training.frozen` (its backend rule and progress;
-    one ONNX export however many passes)::
-
-        passes = FeaturePasses(model, prep, "cpu", n_images=len(train) * 3)
-        feats, logits = passes(train_u8, desc="train")
-        views, _ = passes(train_u8, augment=aug, desc="train, augmented")
-    """
-
-    def __init__(self, model: nn.Module, prep: Any, device: Any = "cpu", n_images: int = 0) -> None:
-        from wastenet.training.frozen import FrozenRunner, choose_backend, prep_hw
-
-        model.eval()
-        self.prep, self.device = prep, torch.device(device)
-        with torch.no_grad():
-            self.n_logits = int(model.forward_head(model.forward_features(
-                torch.zeros(1, 3, *prep_hw(prep), device=self.device))).shape[1])
-        self.runner = FrozenRunner(FeaturesAndLogits(model).eval(), self.device, None, False,
-                                   choose_backend("auto", self.device, n_images), input_hw=prep_hw(prep))
-
-    @torch.no_grad()
-    def __call__(self, images_u8: np.ndarray, desc: str = "features", augment: nn.Module | None = None,
-                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        from wastenet.training.frozen import frozen_pass
-
-        if len(images_u8) == 0:
-            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-        out = frozen_pass(self.runner, images_u8, self.prep, device=self.device, desc=desc, batch_size=batch_size,
-                          augment=augment).float().cpu().numpy()
-        return out[:, :-self.n_logits], out[:, -self.n_logits:]
 
 
 #: field-augmented views of each training photo added to the k-NN bank and the ImageNet prior

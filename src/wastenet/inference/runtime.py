@@ -14,7 +14,7 @@ Imports torch: the torch-free edge install never imports this module.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from wastenet.data.augment import to_model_batch
 from wastenet.errors import ConfigError
 from wastenet.inference.tta import VIEWS, tta_logits
 
-__all__ = ["autocast", "autocast_for", "cpu_has_fast_bf16", "predict_logits", "resolve_device"]
+__all__ = ["autocast", "autocast_for", "cpu_has_fast_bf16", "map_cached", "predict_logits", "resolve_device"]
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -82,6 +82,30 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager[
 
 # ---------------------------------------------------------------- logits
 @torch.no_grad()
+def map_cached(run: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, prep: Any, device: torch.device | str,
+               *, augment: nn.Module | None = None, tta: bool = False, batch_size: int = 64,
+               channels_last: bool = False, progress: Any = None) -> torch.Tensor:
+    """``run`` over cached uint8 squares ``[N, 3, R, R]``, batch by batch: float32 ``[N, ...]`` on ``device``.
+
+    The one batching loop of every pass over cached images (``predict_logits`` here, the model
+    runner's passes in :mod:`wastenet.inference.runner`): each batch becomes the model input
+    (``augment``-ed first when given), ``tta`` looks at the image and its mirror and combines
+    them as :mod:`wastenet.inference.tta` defines; ``progress.update(n)`` after each batch.
+    """
+    device = torch.device(device)
+    out = []
+    for i in range(0, len(images), batch_size):
+        u8 = torch.from_numpy(images[i : i + batch_size])
+        views = [run(to_model_batch(u8, prep, augment=augment, device=device, hflip=view == "hflip",
+                                    channels_last=channels_last))
+                 for view in (VIEWS if tta else VIEWS[:1])]
+        out.append(torch.from_numpy(tta_logits(torch.stack(views).cpu().numpy())).to(device) if tta else views[0])
+        if progress is not None:
+            progress.update(len(u8))
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+@torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, prep: Any, device: torch.device | str,
                    dtype: torch.dtype | None, batch_size: int = 64, tta: bool = False,
                    channels_last: bool = False) -> torch.Tensor:
@@ -92,13 +116,9 @@ def predict_logits(model: nn.Module, images: np.ndarray, prep: Any, device: torc
     """
     model.eval()
     device = torch.device(device)
-    out = []
-    for i in range(0, len(images), batch_size):
-        u8 = torch.from_numpy(images[i : i + batch_size])
-        views = []
-        for view in VIEWS if tta else VIEWS[:1]:
-            x = to_model_batch(u8, prep, device=device, hflip=view == "hflip", channels_last=channels_last)
-            with autocast(device, dtype):
-                views.append(model(x).float().cpu())
-        out.append(torch.from_numpy(tta_logits(torch.stack(views).numpy())) if tta else views[0])
-    return torch.cat(out) if out else torch.zeros(0)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return model(x).float()
+
+    return map_cached(run, images, prep, device, tta=tta, batch_size=batch_size, channels_last=channels_last).cpu()

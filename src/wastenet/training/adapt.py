@@ -104,7 +104,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     from wastenet.data.augment import AugmentConfig, KerasAugment
     from wastenet.data.composite import CameraJitter
     from wastenet.evaluation.calibration import fit_temperature
-    from wastenet.inference.ood_model import FeaturePasses, unknown_rule
+    from wastenet.inference.ood_model import unknown_rule
+    from wastenet.inference.runner import FeaturePasses
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
 

@@ -17,6 +17,7 @@ import yaml
 from wastenet.data.augment_config import FILL_MODES, AugmentConfig
 from wastenet.decision import DEFAULT_THRESHOLD, check_threshold
 from wastenet.errors import ConfigError
+from wastenet.inference.runner import BACKENDS as FROZEN_BACKENDS
 from wastenet.weight_packages import WEIGHT_PACKAGES, package_file, weight_package
 
 # torch-free here: the CLI builds every parser, also on the edge
@@ -59,7 +60,7 @@ class TrainConfig:
     amp: str = "auto"                     # auto | bf16 | fp16 | off
     channels_last: bool = True            # NHWC: oneDNN's layout; bf16 DenseNet121 trains 1.4x faster
     workers: int = 2
-    frozen_backend: str = "auto"          # frozen passes: auto (training.frozen.choose_backend) | torch | onnxruntime
+    frozen_backend: str = "auto"          # frozen passes: inference.runner.BACKENDS (auto: choose_backend's rule)
     threads: int | None = None
     # augmentation: defaults from data/augment_config.py AugmentConfig, which documents each
     # (field augmentation measured in BENCHMARKS.md "Field")
@@ -105,8 +106,8 @@ class TrainConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"--amp must be auto, bf16, fp16 or off, not {self.amp!r}")
-        if self.frozen_backend not in ("auto", "torch", "onnxruntime"):
-            raise ConfigError(f"--frozen-backend must be auto, torch or onnxruntime, not {self.frozen_backend!r}")
+        if self.frozen_backend not in FROZEN_BACKENDS:
+            raise ConfigError(f"--frozen-backend must be {', '.join(FROZEN_BACKENDS)}, not {self.frozen_backend!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu or cuda, not {self.device!r}")
         for name in ("epochs", "batch_size", "head_epochs", "step_epochs", "unfreeze_groups"):

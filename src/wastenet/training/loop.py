@@ -42,14 +42,14 @@ from wastenet.data.augment import AugmentConfig, build_augment, field_augment_on
 from wastenet.data.composite import is_studio_like
 from wastenet.data.datasets import ImageCache, Row, build_cache, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
+from wastenet.inference.runner import FrozenRunner, choose_backend, frozen_pass
 from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
-from wastenet.models import BuiltModel, count_parameters, create_model, group_modules, merge_groups, resolve_weights_arg, safe_name
+from wastenet.models import BuiltModel, FeatureHead, count_parameters, create_model, group_modules, merge_groups, resolve_weights_arg, safe_name
 from wastenet.progress import Progress, emit, set_log_file
 from wastenet.training import distributed
 from wastenet.training.config import TrainConfig, parse_img_size
 from wastenet.training.distill import Teacher, distillation_loss
 from wastenet.training.lwf import check_lwf_head, imagenet_head_for, lwf_weight
-from wastenet.training.frozen import FeatureHead, FrozenRunner, choose_backend, frozen_pass, prep_hw
 from wastenet.training.losses import build_loss
 from wastenet.training.recipes import Stage, plan_for
 
@@ -407,7 +407,7 @@ class Trainer:
         backend = choose_backend(self.cfg.frozen_backend, self.device, n_images)
         t0 = time.time()
         runner = FrozenRunner(module, self.device, self.dtype, self.cfg.channels_last, backend,
-                              input_hw=input_hw or prep_hw(self.prep), threads=self.cfg.threads)
+                              input_hw=input_hw or self.prep.hw, threads=self.cfg.threads)
         precision = "fp32" if backend == "onnxruntime" or self.dtype is None else str(self.dtype).replace("torch.", "")
         log(f"{what} on {backend} {precision}" + (f" (export {time.time() - t0:.1f}s)" if backend == "onnxruntime" else ""))
         return runner
