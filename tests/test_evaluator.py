@@ -103,3 +103,54 @@ def test_eval_bad_targets_fail_in_one_line_before_any_work(eval_args, tmp_path, 
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ev").exists()  # nothing evaluated
+
+
+@pytest.fixture
+def fitted_rule_checkpoint(tmp_path, image_folder):
+    """A checkpoint whose unknown-item rule was fitted at temperature 5 (a head with non-zero logits),
+    and a val/test split file of the same images."""
+    import torch
+
+    from wastenet import checkpoint
+    from wastenet.data.datasets import Row, build_cache, scan_folder, write_split_file
+    from wastenet.inference.ood_model import fit_unknown_detector
+    from wastenet.models import create_model
+    from wastenet.taxonomy import load_taxonomy
+
+    rows, classes = scan_folder(image_folder)
+    split = [Row(r.path, r.label, ("val", "test")[i % 2]) for i, r in enumerate(rows)]
+    built = create_model("test_resnet", len(classes), weights=None, img_size=64)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(built.model.get_classifier().weight, std=0.5)
+    prep, model = built.preprocessing, built.model.eval()
+    val = build_cache(image_folder, [r for r in split if r.split == "val"], classes, prep.resize_size)
+    ckpt = checkpoint.make_checkpoint(built, classes=classes, temperature=5.0, taxonomy=load_taxonomy(
+        {"bins": {"recyclable": ["glass", "metal", "paper"]}}, classes).to_dict())
+    ckpt["ood"] = fit_unknown_detector(model, prep, (val.images, val.labels), val.images, len(classes), 5.0)
+    return checkpoint.save(ckpt, tmp_path / "rule.pt"), write_split_file(split, tmp_path / "split.csv"), val
+
+
+def test_recalibrate_refits_the_logit_thresholds_at_the_new_temperature(fitted_rule_checkpoint, image_folder, tmp_path):
+    """msp and energy depend on the temperature: a threshold fitted at the old one does not keep 95%
+    of the validation items at the new one. The feature-space scores do not, and keep theirs."""
+    from wastenet import checkpoint, ood
+    from wastenet.inference.runtime import predict_logits
+    from wastenet.models import model_from_checkpoint
+    from wastenet.preprocessing import Preprocessing
+
+    path, split_file, val = fitted_rule_checkpoint
+    before = checkpoint.load(path)
+    Evaluator.load(path, device="cpu").evaluate(image_folder, split="test", split_file=split_file, recalibrate=True,
+                                                out=tmp_path / "ev")
+    after = checkpoint.load(path)
+    assert after["temperature"] != pytest.approx(5.0, rel=1e-2)
+    logits = predict_logits(model_from_checkpoint(before), val.images, Preprocessing.from_dict(before["preprocessing"]),
+                            "cpu", None).numpy()
+    rule = after["ood"]
+    for method in ("msp", "energy"):
+        want = ood.threshold_for_coverage(ood.scores(method, logits, after["temperature"]), rule["keep"])
+        assert rule["thresholds"][method] == pytest.approx(want, rel=1e-5), method
+        assert before["ood"]["thresholds"][method] != pytest.approx(want, rel=1e-3), method  # the test can fail
+    for method in ("mahalanobis", "knn"):
+        assert rule["thresholds"][method] == before["ood"]["thresholds"][method]
+    assert rule["search_thresholds"]  # refitted as before, from the same validation photos
