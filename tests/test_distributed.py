@@ -66,7 +66,7 @@ def single_process(args: list[str]) -> None:
     """The reference run, in this process; its test report is skipped (only history and
     weights are compared, and the report costs more than the training here)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("wastenet.evaluation.runner.evaluate_after_training", lambda trainer, train_seconds: {})
+        mp.setattr("wastenet.training.finish.finish", lambda trainer, train_seconds: {})
         assert main(["train", *args]) == 0
 
 
@@ -114,7 +114,8 @@ def test_single_process_helpers_are_no_ops():
     assert D.all_gather_tensor(t) is t and D.all_reduce_sums([1, 2.5]) == [1.0, 2.5]
     assert D.shard_range(7) == slice(0, 7) and D.loss_weight(3, 8) == 1.0
     model = torch.nn.Linear(2, 2)
-    assert D.wrap(model, torch.device("cpu")) is model and D.unwrap(model) is model
+    assert D.wrap(model, torch.device("cpu")) is model and checkpoint.unwrap(model) is model
+    assert checkpoint.unwrap(torch.nn.DataParallel(model)) is model
     assert D.broadcast_object({"a": 1}) == {"a": 1}
     perm = torch.randperm(11)
     batches = D.local_batches(perm, 4)

@@ -123,7 +123,7 @@ def fitted_rule_checkpoint(tmp_path, image_folder):
     torch.manual_seed(0)
     torch.nn.init.normal_(built.model.get_classifier().weight, std=0.5)
     prep, model = built.preprocessing, built.model.eval()
-    val = build_cache(image_folder, [r for r in split if r.split == "val"], classes, prep.resize_size)
+    val = build_cache(image_folder, [r for r in split if r.split == "val"], classes, prep.cache_size, prep.interpolation)
     ckpt = checkpoint.make_checkpoint(built, classes=classes, temperature=5.0, taxonomy=load_taxonomy(
         {"bins": {"recyclable": ["glass", "metal", "paper"]}}, classes).to_dict())
     ckpt["ood"] = fit_unknown_detector(model, prep, (val.images, val.labels), val.images, len(classes), 5.0)
@@ -153,4 +153,27 @@ def test_recalibrate_refits_the_logit_thresholds_at_the_new_temperature(fitted_r
         assert before["ood"]["thresholds"][method] != pytest.approx(want, rel=1e-3), method  # the test can fail
     for method in ("mahalanobis", "knn"):
         assert rule["thresholds"][method] == before["ood"]["thresholds"][method]
-    assert rule["search_thresholds"]  # refitted as before, from the same validation photos
+    assert rule["search_thresholds"] == {}  # refitted as before: {} from fewer than 20 validation photos
+
+
+def test_finalise_fits_the_searched_threshold_only_when_asked(fitted_rule_checkpoint, image_folder):
+    """``search=False`` (a service that does not search) skips the expensive step, and drops a searched
+    threshold that was fitted at another temperature; ``search=True`` fits it from the val photos."""
+    from wastenet import checkpoint
+    from wastenet.data.datasets import build_cache, scan_folder
+    from wastenet.evaluation.finalise import SplitData, finalise
+    from wastenet.models import model_from_checkpoint
+    from wastenet.preprocessing import Preprocessing
+
+    path, _, _ = fitted_rule_checkpoint
+    ckpt = checkpoint.load(path)
+    prep, model = Preprocessing.from_dict(ckpt["preprocessing"]), model_from_checkpoint(ckpt)
+    rows, classes = scan_folder(image_folder)
+    every = build_cache(image_folder, rows, classes, prep.cache_size, prep.interpolation)
+    val = SplitData(every.labels, images=every.images, photos=[image_folder / r.path for r in rows])
+    done = finalise(ckpt, model, None, val, prep=prep)
+    assert set(ckpt["ood"]["search_thresholds"]) == {"knn"} and done.temperature == ckpt["temperature"]  # its method
+    assert done.val_logits.shape == (36, 3)
+    finalise(ckpt, model, None, val, prep=prep, search=False)
+    assert "search_thresholds" not in ckpt["ood"]
+    assert checkpoint.load(path)["temperature"] == 5.0  # saved only when given a path

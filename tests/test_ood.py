@@ -406,7 +406,7 @@ def test_a_model_without_a_searched_threshold_searches_with_the_whole_photo_one(
 
 def test_searched_thresholds_through_the_frozen_pass_runtime_match_the_classifier(ood_checkpoint, studio_photos):
     from wastenet import checkpoint
-    from wastenet.evaluation.runner import searched_thresholds
+    from wastenet.evaluation.finalise import searched_thresholds
     from wastenet.inference.predictor import Classifier
     from wastenet.inference.search import fit_search_thresholds
     from wastenet.models import model_from_checkpoint

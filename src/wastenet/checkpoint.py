@@ -36,7 +36,7 @@ def make_checkpoint(
 ) -> dict[str, Any]:
     """A checkpoint dict from a ``models.BuiltModel`` (weights copied to CPU float32)."""
     state = {k: v.detach().to("cpu", copy=True).float() if v.is_floating_point() else v.detach().cpu().clone()
-             for k, v in _unwrap(built.model).state_dict().items()}
+             for k, v in unwrap(built.model).state_dict().items()}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -52,8 +52,11 @@ def make_checkpoint(
     }
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a (Distributed)DataParallel wrapper, or ``model`` itself: what a checkpoint stores."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
 
 
 def save(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ relative to ROOT::
 from __future__ import annotations
 
 import csv
+import io
 import posixpath
 import random
 from collections import defaultdict
@@ -24,6 +25,7 @@ import numpy as np
 
 from wastenet.data.images import IMAGE_EXTENSIONS, ImageDecodeError, iter_image_files, load_image
 from wastenet.errors import ConfigError
+from wastenet.files import write_atomic
 from wastenet.preprocessing import cache_image
 
 SPLITS = ("train", "val", "test")
@@ -133,14 +135,13 @@ def check_split_coverage(rows: list[Row], source: str = "the split") -> None:
 
 
 def write_split_file(rows: Iterable[Row], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        for r in rows:
-            w.writerow([r.path, r.label, r.split])
-    return path
+    """``path,label,split`` rows, written atomically (``files.write_atomic``)."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["path", "label", "split"])
+    for r in rows:
+        w.writerow([r.path, r.label, r.split])
+    return write_atomic(path, text.getvalue())
 
 
 def stratified_split(rows: list[Row], seed: int = 0, fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)) -> list[Row]:

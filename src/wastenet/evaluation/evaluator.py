@@ -109,12 +109,11 @@ class Evaluator:
         validation split meets it, or, given per bin (``{"recyclable": 0.02}`` or the command line's
         ``"recyclable=0.02,landfill=0.3"`` / YAML file), a threshold per targeted bin, confirmed on
         ``split`` (:func:`~wastenet.evaluation.decisions.suggest_bin_thresholds`); ``recalibrate``
-        refits the temperature on the validation split and stores it in the checkpoint; ``tta`` adds
+        refits the temperature on the validation split, with the unknown-item rule's thresholds that depend on
+        it, and stores them in the checkpoint (:func:`~wastenet.evaluation.finalise.finalise`); ``tta`` adds
         the mirror image as ``predict --tta`` does. ``out`` defaults to ``CHECKPOINT_DIR/eval-SPLIT``; ``log`` receives progress lines.
         """
-        from wastenet import checkpoint
         from wastenet.data.datasets import build_cache
-        from wastenet.evaluation import calibration as cal
         from wastenet.evaluation.decisions import contamination_targets
         from wastenet.evaluation.runner import Subject, evaluate, suggest_for
         from wastenet.models import model_from_checkpoint
@@ -160,15 +159,16 @@ class Evaluator:
                 raise ConfigError("--target-contamination and --recalibrate need validation rows in the split file")
             val = build_cache(data, val_rows, classes, prep.cache_size, prep.interpolation)
             val_logits = subject.logits(val.images)
-            if recalibrate:
-                subject.temperature = ckpt["temperature"] = float(cal.fit_temperature(val_logits, val.labels))
-                if ckpt.get("ood"):  # the searched threshold comes from the same validation photos
-                    from wastenet.evaluation.runner import searched_thresholds
+            if recalibrate:  # the model's statistics stay: no training split
+                from wastenet.evaluation.finalise import SplitData, finalise
 
-                    ckpt["ood"]["search_thresholds"] = searched_thresholds(
-                        subject.model, ckpt, prep, [Path(data) / r.path for r in val_rows], self.device)
-                checkpoint.save(ckpt, self.path)
+                subject.temperature = finalise(
+                    ckpt, subject.model, None, SplitData(val.labels, images=val.images, logits=val_logits,
+                                                         photos=[Path(data) / r.path for r in val_rows]),
+                    prep=prep, device=self.device, tta=tta, path=self.path).temperature
                 msg = f"temperature {ckpt['temperature']:.3f} fitted on {len(val.labels)} validation images"
+                if ckpt.get("ood"):
+                    msg += ", the unknown-item thresholds of the logit scores refitted at it"
                 if (ckpt.get("ood") or {}).get("search_thresholds"):
                     from wastenet.inference.search import CALIBRATION_PHOTOS
 

@@ -48,9 +48,8 @@ def _figure(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Any, Any]:
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=110,
+                                                    bbox_inches="tight"))
 
 
 def _num(value: Any) -> float:

@@ -1,8 +1,8 @@
 """Evaluate a model on a split and write the report files (metrics.json, PNGs, report.md).
 
 The shared engine of ``wastenet eval`` (through :class:`~wastenet.evaluation.evaluator.Evaluator`)
-and of the end of ``wastenet train`` (which also fits the calibration temperature on the validation
-split and stores it in ``best.pt``)::
+and of the end of ``wastenet train`` (``training.finish``: the checkpoint finalised on the validation
+split by :mod:`wastenet.evaluation.finalise`, then the test report)::
 
     subject = Subject(model, prep, classes, taxonomy, temperature=1.3, threshold=0.85)
     result = evaluate(subject, test_cache, "runs/x", title="densenet121 on trashnet")
@@ -29,6 +29,7 @@ from wastenet.evaluation import calibration as cal
 from wastenet.evaluation import decisions as dec
 from wastenet.evaluation import metrics as M
 from wastenet.evaluation import report as R
+from wastenet.files import write_atomic
 
 GALLERY_SIZE = 8
 
@@ -64,14 +65,18 @@ def _gallery(model, prep, classes, images_u8: np.ndarray, probs: np.ndarray, lab
         _log(f"gallery heatmaps skipped: {exc}")
     for n, (w, crop) in enumerate(zip(worst, crops)):
         name = f"{n:02d}-{classes[w['predicted']]}-as-{classes[w['true']]}"
-        Image.fromarray(crop).save(folder / f"{name}.jpg", quality=90)
+        _save_jpeg(Image.fromarray(crop), folder / f"{name}.jpg")
         w["image"] = f"mistakes/{name}.jpg"
         if rows is not None:
             w["source"] = rows[w["index"]].path
         if heatmaps is not None:
-            overlay_heatmap(crop, heatmaps[n]).save(folder / f"{name}-gradcam.jpg", quality=90)
+            _save_jpeg(overlay_heatmap(crop, heatmaps[n]), folder / f"{name}-gradcam.jpg")
             w["heatmap"] = f"mistakes/{name}-gradcam.jpg"
     return worst
+
+
+def _save_jpeg(img: Any, path: Path) -> None:
+    write_atomic(path, lambda f: img.save(f, format="JPEG", quality=90))
 
 
 @dataclass
@@ -154,7 +159,7 @@ def evaluate(
         "worst_mistakes": gallery,
         **(extra or {}),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    write_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, default=_json_default))
     extra_sections = {}
     if suggestion and "per_bin" in suggestion:
         extra_sections["Suggested per-bin thresholds"] = R.bin_suggestion_section(suggestion)
@@ -180,77 +185,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def evaluate_after_training(trainer: Any, train_seconds: float) -> dict[str, Any]:
-    """Best weights -> temperature fitted on val -> test report in the run folder; updates best.pt."""
-    from wastenet import checkpoint
-    from wastenet.taxonomy import Taxonomy
-
-    cfg, d, out = trainer.cfg, trainer.data, trainer.out
-    model = trainer.model
-    if trainer.best_state is not None:
-        model.load_state_dict(trainer.best_state)
-    model.eval()
-    subject = Subject(model, trainer.prep, d.classes, Taxonomy.from_dict(trainer.taxonomy),
-                      threshold=cfg.threshold, device=trainer.device, tta=cfg.tta, frozen_backend=cfg.frozen_backend)
-    val_logits = subject.logits(d.val.images, desc="calibration pass (val)")
-    subject.temperature = cal.fit_temperature(val_logits, d.val.labels)
-    suggestion = suggest_for(subject, val_logits, d.val.labels, SUGGESTION_TARGET)
-    ck = checkpoint.load(out / "best.pt")
-    ck["temperature"] = float(subject.temperature)
-    ck["val_accuracy"] = float((val_logits.argmax(1) == d.val.labels).mean())
-    _log(f"calibration: temperature {subject.temperature:.3f} fitted on {len(d.val)} validation images")
-    from wastenet.inference.ood_model import fit_unknown_detector
-
-    # the unknown-item rule: statistics of the training features (and of their augmented views),
-    # thresholds from validation only; the ImageNet head where it still fits the backbone
-    # (training.lwf.imagenet_head_for: the linear recipe, or --lwf)
-    ck["ood"] = fit_unknown_detector(model, trainer.prep, (d.train.images, d.train.labels), d.val.images,
-                                     len(d.classes), subject.temperature, trainer.device,
-                                     augment=trainer.augment, imagenet_head=trainer.imagenet_head)
-    _log(f"unknown-item rule: {ck['ood']['method']} score, threshold {ck['ood']['thresholds'][ck['ood']['method']]:.4g} "
-         f"keeps {ck['ood']['keep']:.0%} of the validation images")
-    ck["ood"]["search_thresholds"] = searched_thresholds(model, ck, trainer.prep, [d.root / r.path for r in d.val.rows],
-                                                         trainer.device, cfg.seed)
-    if ck["ood"]["search_thresholds"]:
-        _log(f"unknown-item threshold under --search: {ck['ood']['search_thresholds'][ck['ood']['method']]:.4g} "
-             f"(fitted on searched validation photos)")
-    checkpoint.save(ck, out / "best.pt")
-    if len(d.test) == 0:
-        _log("no test rows: skipping the test report")
-        return {}
-    result = evaluate(
-        subject, d.test, out, history=trainer.state.history,
-        title=f"{cfg.model} / {cfg.recipe} on {Path(str(d.root)).name}", split="test",
-        extra={"train_seconds": round(train_seconds, 1), "model": cfg.model, "recipe": cfg.recipe,
-               "loss": cfg.loss, "seed": cfg.seed, "val_accuracy": ck["val_accuracy"],
-               "parameters": sum(p.numel() for p in model.parameters())},
-        suggestion=suggestion,
-    )
-    m = result["metrics"]
-    _log(f"test: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, "
-         f"ECE {result['calibration']['ece_before']:.4f} -> {result['calibration']['ece_after']:.4f} "
-         f"({len(d.test)} images); report in {out / 'report.md'}")
-    return {**m, "calibration": result["calibration"], "decision": result["decision"]}
-
-
-def searched_thresholds(model: Any, ck: dict[str, Any], prep: Any, val_photos: list[Path], device: Any = "cpu",
-                        seed: int = 0) -> dict[str, float]:
-    """The rule's threshold for ``predict --search``, fitted the way search runs on a seeded sample of
-    the validation photos, through the frozen-pass runtime (``inference.search.fit_search_thresholds``)::
-
-        ck["ood"]["search_thresholds"] = searched_thresholds(model, ck, prep, val_paths)
-    """
-    from wastenet.inference import search
-    from wastenet.inference.backends import FrozenPassBackend
-    from wastenet.inference.predictor import Classifier
-
-    photos = search.calibration_sample(val_photos, seed=seed)
-    backend = FrozenPassBackend(model, ck["ood"], prep.hw, device, n_inputs=search.TYPICAL_WINDOWS * len(photos))
-    clf = Classifier(backend, classes=ck["classes"], preprocessing=prep, taxonomy=ck.get("taxonomy"),
-                     temperature=ck["temperature"], threshold=ck["threshold"], arch=ck["arch"], ood=ck["ood"])
-    return search.fit_search_thresholds(clf, photos, progress=True)
 
 
 #: The worst-bin contamination the end of training suggests a threshold for (on validation data).

@@ -214,3 +214,17 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
         "scales": {m: [float(a), float(b)] for m, (a, b) in rule["scales"].items()},
         "fitted_on": {"train": int(len(train_feats)), "bank": int(len(rule["bank"])), "val": int(len(val_feats))},
     }
+
+
+def refit_logit_thresholds(rule: Mapping[str, Any], val_logits: np.ndarray, temperature: float) -> dict[str, Any]:
+    """``rule`` with the thresholds of its logit scores (msp, energy: scores of ``logits / T``) refitted
+    on the validation logits at ``temperature``, as :func:`unknown_rule` fits them; the feature-space
+    scores' thresholds (independent of the temperature) and the statistics stay as they are."""
+    from wastenet import ood
+
+    keep = ood.DEFAULT_KEEP if rule.get("keep") is None else float(rule["keep"])
+    thresholds = dict(rule["thresholds"])
+    for m in thresholds:
+        if m not in ood.FEATURE_METHODS:
+            thresholds[m] = ood.threshold_for_coverage(ood.scores(m, val_logits, temperature), keep)
+    return {**rule, "thresholds": thresholds}

@@ -103,8 +103,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     from wastenet import checkpoint
     from wastenet.data.augment import AugmentConfig, KerasAugment
     from wastenet.data.composite import CameraJitter
-    from wastenet.evaluation.calibration import fit_temperature
-    from wastenet.inference.ood_model import unknown_rule
+    from wastenet.evaluation.finalise import SplitData, finalise
     from wastenet.inference.runner import FeaturePasses
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
@@ -188,29 +187,24 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     head.eval()
     with torch.no_grad():
         val_logits = head(x_val).numpy()
-    temperature = fit_temperature(val_logits, y_val.numpy())
     val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
 
     # the site's items are known now: the unknown-item statistics include them (clean features,
     # computed above; the backbone did not change)
     n_rev = len(parts["reviewed train"])
     n_mix = len(parts["mix train"]) if parts["mix train"] is not None else 0
-    clean = torch.cat([x_rev[:n_rev], x_mix[:n_mix]]).numpy()
-    clean_labels = torch.cat([y_rev[:n_rev], y_mix[:n_mix]]).numpy()
-    views = torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy()
-    base_rule = ckpt.get("ood") or {}
+    train = SplitData(torch.cat([y_rev[:n_rev], y_mix[:n_mix]]).numpy(),
+                      features=torch.cat([x_rev[:n_rev], x_mix[:n_mix]]).numpy(),
+                      views=torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy())
+    # predict --search's threshold from the same validation photos (the site's look as they are taken)
+    val = SplitData(y_val.numpy(), features=x_val.numpy(), logits=val_logits,
+                    photos=[Path(data) / r.path for r in rev_val] + [Path(mix) / r.path for r in mix_val])
     # the backbone did not change, so a pretrained ImageNet head the base model used still fits it
-    imagenet = base_rule.get("imagenet")
-    ckpt["ood"] = unknown_rule(clean, clean_labels, x_val.numpy(), val_logits, len(classes), temperature,
-                               keep=base_rule.get("keep"), method=base_rule.get("method"), extra_feats=views,
-                               imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")})
+    imagenet = (ckpt.get("ood") or {}).get("imagenet")
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    ckpt["temperature"] = float(temperature)
-    # predict --search's threshold, from the same validation photos (the site's look as they are taken)
-    from wastenet.evaluation.runner import searched_thresholds
-
-    val_photos = [Path(data) / r.path for r in rev_val] + [Path(mix) / r.path for r in mix_val]
-    ckpt["ood"]["search_thresholds"] = searched_thresholds(model, ckpt, prep, val_photos, device, cfg.seed)
+    temperature = finalise(ckpt, model, train, val, prep=prep, device=device, seed=cfg.seed,
+                           imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")}
+                           ).temperature
     seconds = time.time() - t0
     ckpt["adapted"] = {"from": str(checkpoint_path), "reviewed_train": len(rev_train), "reviewed_val": len(rev_val),
                        "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1)}

@@ -17,6 +17,7 @@ import yaml
 from wastenet.data.augment_config import FILL_MODES, AugmentConfig
 from wastenet.decision import DEFAULT_THRESHOLD, check_threshold
 from wastenet.errors import ConfigError
+from wastenet.files import write_atomic
 from wastenet.inference.runner import BACKENDS as FROZEN_BACKENDS
 from wastenet.weight_packages import WEIGHT_PACKAGES, package_file, weight_package
 
@@ -217,7 +218,7 @@ class TrainConfig:
         d = self.to_dict()
         if run is not None:
             d["run"] = run
-        Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+        write_atomic(path, yaml.safe_dump(d, sort_keys=False))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

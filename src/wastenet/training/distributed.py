@@ -264,12 +264,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return DDP(model, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=False)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return model.module if isinstance(model, DDP) else model
-
-
 def release(net: nn.Module) -> None:
     """Detach a stage's DDP wrapper from the parameters: its gradient hooks would otherwise
     live on until the wrapper is garbage-collected and keep all-reducing in the next stage's

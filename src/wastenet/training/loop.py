@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import sys
@@ -42,6 +43,7 @@ from wastenet.data.augment import AugmentConfig, build_augment, field_augment_on
 from wastenet.data.composite import is_studio_like
 from wastenet.data.datasets import ImageCache, Row, build_cache, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
+from wastenet.files import write_atomic
 from wastenet.inference.runner import FrozenRunner, choose_backend, frozen_pass
 from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
 from wastenet.models import BuiltModel, FeatureHead, count_parameters, create_model, group_modules, merge_groups, resolve_weights_arg, safe_name
@@ -382,11 +384,12 @@ class Trainer:
     def write_history(self) -> None:
         if not distributed.is_main():
             return
-        with (self.out / "history.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-            w.writeheader()
-            for row in self.state.history:
-                w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        for row in self.state.history:
+            w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+        write_atomic(self.out / "history.csv", text.getvalue())
 
     def _begin_stage(self) -> None:
         s = self.state
@@ -696,12 +699,12 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     if last is not None:  # a resumed run also counts the epochs it had already trained
         train_seconds += sum(float(r.get("seconds", 0)) for r in last.get("history", []))
 
-    from wastenet.evaluation.runner import evaluate_after_training
+    from wastenet.training.finish import finish
 
     metrics: dict[str, Any] = {}
     if distributed.is_main():  # the test report is rank 0's; the others wait at the barrier
-        metrics = evaluate_after_training(trainer, train_seconds=train_seconds)
-        (out / "summary.json").write_text(json.dumps({"train_seconds": round(train_seconds, 1),
+        metrics = finish(trainer, train_seconds=train_seconds)
+        write_atomic(out / "summary.json", json.dumps({"train_seconds": round(train_seconds, 1),
                                                        "test_accuracy": metrics.get("accuracy"),
                                                        "run": run_info(device, dtype)}, indent=2))
     distributed.barrier()
