@@ -108,9 +108,21 @@ def test_no_import_runs_up_a_floor():
     assert not bad, "imports from a lower floor to a higher one:\n" + "\n".join(bad)
 
 
+#: Long modules still to split (issue 20): each entry goes when its module is split or says why.
+#: A module on this list that is no longer long fails the test below, so the list only shrinks.
+STILL_TO_SPLIT = {
+    "inference/predictor.py",     # issue 20 item 6: results, input helpers and Classifier in one file
+    "evaluation/report.py",       # plots and report.md in one file
+    "serve/app.py",               # issue 20 item 3 (the serve room)
+    "serve/decision_log.py",      # issue 20 item 3 (the serve room)
+}
+
+
 def test_no_module_is_long_without_saying_why():
     bad = long_modules(_modules())
-    assert not bad, "\n".join(bad)
+    named = {b.split(":")[0] for b in bad}
+    assert named <= STILL_TO_SPLIT, "\n".join(b for b in bad if b.split(":")[0] not in STILL_TO_SPLIT)
+    assert not STILL_TO_SPLIT - named, f"no longer long, drop from STILL_TO_SPLIT: {sorted(STILL_TO_SPLIT - named)}"
 
 
 # ---------------------------------------------------------------- the checks can fail

@@ -1,15 +1,14 @@
 """The training run: data -> model -> stages -> checkpoints -> honest test evaluation.
+Long because: a run is one state machine (stage, epoch, best score, patience, resume position in
+``RunState``) that reads top to bottom; the device, precision and model runner it uses live in
+:mod:`wastenet.inference.runtime` and :mod:`wastenet.inference.runner`.
 
 Read it top to bottom: ``train(cfg)`` prepares everything (failing fast on bad input), then
 runs the recipe's stages. A head-only stage trains on cached backbone features (the frozen
 backbone runs once per augmented view, not once per epoch); a backbone stage is a one-cycle
 run with one peak learning rate per layer group. Every epoch writes ``last.pt`` (atomically),
 so ``--resume`` continues where an interrupted run stopped; ``best.pt`` holds the best
-validation weights. The test split is used once, at the end.
-
-Longer than most modules (~550 lines) on purpose: a run is one state machine (stage, epoch,
-best score, patience, resume position in ``RunState``) that reads top to bottom; the device,
-precision and logits helpers it uses live in :mod:`wastenet.inference.runtime`.
+validation weights. The test split is used once, at the end (:mod:`wastenet.training.finish`).
 
 Under ``torchrun --nproc_per_node=N`` the same code runs data-parallel (docs/distributed.md):
 every call into ``distributed`` below is a no-op in a single process.
