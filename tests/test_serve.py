@@ -760,3 +760,63 @@ def test_a_service_started_with_search_decides_each_photo_as_predict_search_does
         served = c.post("/api/predict", files=upload(photo, "floor.png", "image/png")).json()
     assert served["ood_score"] == pytest.approx(searched.ood_score, abs=1e-6)  # the answer keeps 6 decimals
     assert served["label"] == searched.label and served["confidence"] == pytest.approx(searched.confidence, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- pinned before the settings refactor
+
+
+@pytest.mark.parametrize("photos", [1, 2], ids=["one-photo", "one-item-two-photos"])
+def test_a_failed_log_write_is_503_and_no_answer(client, monkeypatch, photos):
+    # no answer without its log entry: the client may retry (single photos and items alike)
+    def broken(*_a, **_k):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(client.app.state.decision_log, "record", broken)
+    parts = [("file", (f"p{i}.jpg", jpeg_bytes(seed=i), "image/jpeg")) for i in range(photos)]
+    r = client.post("/api/predict", files=parts)
+    assert r.status_code == 503 and "decision log unavailable" in r.json()["error"]
+    assert client.post("/api/predict?log=false", files=parts).status_code == 200  # not logging: no log needed
+
+
+def test_an_item_with_one_unreadable_photo_is_refused_and_not_logged(client):
+    parts = [("file", ("a.jpg", jpeg_bytes(), "image/jpeg")), ("file", ("b.txt", b"hello", "text/plain"))]
+    r = client.post("/api/predict", files=parts)
+    assert r.status_code == 415 and r.json()["error"] == "cannot read image: not an image"
+    assert rows(client) == []
+
+
+def test_the_serve_command_hands_its_defaults_and_options_to_the_app(tiny_checkpoint, tmp_path, monkeypatch):
+    import uvicorn
+
+    from wastenet.cli import main
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.delenv("WASTENET_REVIEW_TOKEN", raising=False)
+    port = _free_port()
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
+                 "--log-db", str(tmp_path / "d.sqlite")]) == 0
+    state = served["app"].state
+    assert (served["host"], served["port"], served["workers"]) == ("127.0.0.1", port, 1)
+    assert state.batcher.max_batch == 8 and state.decision_log.max_bytes == 512 * 2**20
+    assert state.threshold == state.classifier.threshold
+    slots = [state.decode_slots.acquire(blocking=False) for _ in range(3)]
+    assert slots == [True, True, False]  # --max-decodes 2
+    with TestClient(served["app"]) as c:
+        assert c.get("/api/health").json()["max_upload_bytes"] == 10 * 2**20
+    state.decision_log.close()
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port), "--log-db",
+                 str(tmp_path / "e.sqlite"), "--threshold", "0.7", "--max-batch", "3", "--log-max-mb", "0",
+                 "--max-upload-mb", "1", "--review-token", "abc"]) == 0
+    state = served["app"].state
+    assert (state.threshold, state.batcher.max_batch, state.decision_log.max_bytes, state.review_token) == (
+        0.7, 3, None, "abc")
+    state.decision_log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
