@@ -657,7 +657,7 @@ def test_a_huge_noise_png_is_stored_as_a_bounded_jpeg(unsure_client):
 
 
 def test_images_are_decoded_only_inside_a_decode_slot(tiny_checkpoint, tmp_path, monkeypatch):
-    import wastenet.serve.app as app_module
+    import wastenet.serve.service as app_module
 
     app = create_app(tiny_checkpoint, log_path=tmp_path / "d.sqlite", max_decodes=1)
     held = []
@@ -820,3 +820,65 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- same origin; labels the cap must keep
+
+
+@pytest.mark.parametrize("origin", ["http://10.9.9.9", "http://10.9.9.9:8000", "http://192.168.1.20",
+                                    "http://[::1]:8000", "null", "http://127.0.0.1.evil.example"])
+def test_a_relabel_from_another_ip_address_is_refused(unsure_client, pending_id, origin):
+    # PITFALLS "IP-literal Origins": any IP passes the Host rule, but a page on 10.9.9.9 is not this page
+    c = unsure_client
+    r = c.post(f"/api/review/{pending_id}", json={"label": "metal"}, headers={"Origin": origin, **auth(c)})
+    assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+    assert c.app.state.decision_log.get(pending_id)["reviewed_label"] is None
+
+
+def test_a_relabel_from_the_page_on_a_lan_address_is_accepted(unsure_client, pending_id):
+    c = unsure_client
+    r = c.post(f"/api/review/{pending_id}", json={"label": "metal"},
+               headers={"Host": "192.168.1.20:8000", "Origin": "http://192.168.1.20:8000", **auth(c)})
+    assert r.status_code == 200
+
+
+def _noise_jpeg(seed: int) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buf, "JPEG",
+                                                                                                       quality=90)
+    return buf.getvalue()
+
+
+def test_an_uploader_without_the_token_cannot_push_reviewed_labels_out_of_the_log(unsure_classifier, tmp_path):
+    app = create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", log_max_bytes=2**20)
+    with TestClient(app) as c:
+        log = c.app.state.decision_log
+
+        def review_one(seed: int) -> int | None:
+            p = c.post("/api/predict", files=upload(_noise_jpeg(seed), "r.jpg")).json()
+            if log.image(p["id"]) is None:
+                return None
+            assert c.post(f"/api/review/{p['id']}", json={"label": "glass"}, headers=auth(c)).status_code == 200
+            return p["id"]
+
+        reviewed = [review_one(k) for k in range(3)]
+        # anyone on the network: a flood of uploads, no token
+        for k in range(15):
+            r = c.post("/api/predict", files=upload(_noise_jpeg(100 + k), "flood.jpg"))
+            assert r.status_code == 200 and r.json()["id"] is not None  # decisions are still logged
+        for i in reviewed:  # every reviewed photo, label and history row is still there
+            assert c.get(f"/api/review/{i}/image", headers=auth(c)).status_code == 200
+            assert log.get(i)["reviewed_label"] == "glass" and len(log.history(i)) == 1
+        # reviewers label more until only their (unexported) photos are left: new photos are then not stored
+        while c.get("/api/health").json()["log"]["photos_stored"] and len(reviewed) < 30:
+            if (i := review_one(200 + len(reviewed))) is not None:
+                reviewed.append(i)
+        late = c.post("/api/predict", files=upload(_noise_jpeg(999), "late.jpg")).json()
+        assert log.get(late["id"]) is not None and log.image(late["id"]) is None
+        assert all(log.image(i) is not None for i in reviewed)
+        status = c.get("/api/health").json()["log"]
+        assert status["photos_stored"] is False and "review --export" in status["reason"]
+        assert status["disk_bytes"] <= 2**20 == status["max_bytes"]
+        assert "not stored" in c.get("/api/review", headers=auth(c)).json()["retention"]
