@@ -267,7 +267,7 @@ def test_export_validates_labels_read_from_the_log_and_skips_only_bad_rows(log, 
     _poison(log, ids[3], "x" * 300)            # too long for a folder name
     log.review(ids[4], "glass")
     out = tmp_path / "data" / "reviewed"
-    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 0
+    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 1  # README: 1 = some inputs failed
     err = capsys.readouterr().err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
         f"glass/{ids[4]}_4.jpg", f"paper/{ids[0]}_0.jpg"]
@@ -276,6 +276,25 @@ def test_export_validates_labels_read_from_the_log_and_skips_only_bad_rows(log, 
     for i in ids[1:4]:
         assert f"skipped #{i}:" in err
     assert "too long" in err and "exported 2 reviewed images" in err
+
+
+def test_an_export_that_skipped_a_row_exits_1_says_why_and_leaves_no_empty_folder(log, tmp_path, capsys):
+    good = log.record(pred(), photo(), "a.jpg", 0.9, "m", "api")
+    log.review(good, "glass")
+    bad = log.record(pred(), photo(seed=1), "b.jpg", 0.9, "m", "api")
+    log.review(bad, "metal")
+    conn = sqlite3.connect(log.path)  # a stored photo that is no image (a damaged or hand-edited log)
+    conn.execute("UPDATE decisions SET image = ? WHERE id = ?", (b"garbage bytes", bad))
+    conn.commit()
+    conn.close()
+    out = tmp_path / "out"
+    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"skipped #{bad}: its stored photo cannot be read (not an image)" in captured.err
+    assert "cannot write" not in captured.err and "1 skipped" in captured.err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["glass", f"glass/{good}_a.jpg"]
+    assert log.get(good)["exported_at"] and log.get(bad)["exported_at"] is None
+    assert main(["review", "--log-db", str(log.path), "--export", str(tmp_path / "again"), "--list"]) == 1
 
 
 @pytest.mark.parametrize("label", ["../x", "/etc", "a\\b", ".hidden", "", "x" * 101, "a\x00b"])
