@@ -882,3 +882,84 @@ def test_an_uploader_without_the_token_cannot_push_reviewed_labels_out_of_the_lo
         assert status["photos_stored"] is False and "review --export" in status["reason"]
         assert status["disk_bytes"] <= 2**20 == status["max_bytes"]
         assert "not stored" in c.get("/api/review", headers=auth(c)).json()["retention"]
+
+
+# --------------------------------------------------------------------------- decoding bounded by pixels
+
+
+def _big_tiff(width: int = 6000, height: int = 6000) -> bytes:
+    """Many pixels in few bytes (the issue's 36 Mpx TIFFs of ~174 kB): flat colour, deflated."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 160, 60)).save(buf, "TIFF", compression="tiff_deflate")
+    return buf.getvalue()
+
+
+def test_the_decode_cost_is_read_from_the_header_and_a_jpeg_costs_its_reduced_size():
+    from wastenet.serve.decode_budget import decode_cost
+
+    tiff = _big_tiff(3000, 2000)
+    assert len(tiff) < 200_000 and decode_cost(tiff) == 6_000_000
+    buf = io.BytesIO()
+    Image.new("RGB", (4096, 3072), (1, 2, 3)).save(buf, "JPEG")
+    assert decode_cost(buf.getvalue()) == 4096 * 3072
+    # 1/2 DCT scale: both sides stay >= 1024 px; exactly what load_image then decodes
+    assert decode_cost(buf.getvalue(), draft_size=1024) == 2048 * 1536
+    from wastenet.data.images import load_image
+
+    assert load_image(buf.getvalue(), draft_size=1024).size == (2048, 1536)
+    assert decode_cost(b"not an image") == 1
+
+
+def test_a_decode_waits_until_its_pixels_fit_the_budget():
+    import time
+
+    from wastenet.serve.decode_budget import DecodeBudget
+
+    budget = DecodeBudget(slots=4, pixels=100)  # slots to spare: only pixels can make B wait
+    release, entered = threading.Event(), threading.Event()
+
+    def first():
+        with budget.hold(80):
+            release.wait()
+
+    def second():
+        with budget.hold(50):
+            entered.set()
+
+    a = threading.Thread(target=first)
+    a.start()
+    for _ in range(1000):  # until A holds its pixels (a bounded wait, no timing assertion)
+        if budget.in_flight == 80:
+            break
+        time.sleep(0.005)
+    b = threading.Thread(target=second)
+    b.start()
+    for _ in range(1000):  # until B is waiting for pixels
+        if budget.waiting == 1:
+            break
+        time.sleep(0.005)
+    assert budget.waiting == 1 and not entered.is_set()
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert entered.is_set() and budget.in_flight == 0 and budget.peak == 80
+    with budget.hold(10**9):  # larger than the whole budget: runs alone instead of never
+        assert budget.in_flight == 100
+
+
+def test_the_service_decodes_a_huge_pixel_count_within_its_pixel_budget(tiny_checkpoint, tmp_path):
+    app = create_app(tiny_checkpoint, log_path=tmp_path / "d.sqlite", decode_pixels=10_000_000)
+    with TestClient(app) as c:
+        parts = [("file", (f"t{i}.tif", _big_tiff(), "image/tiff")) for i in range(2)]
+        assert c.post("/api/predict", files=parts).status_code == 200
+        decoding = c.get("/api/health").json()["decoding"]
+    assert decoding["pixels"] == 10_000_000 and decoding["peak"] <= 10_000_000 and decoding["in_flight"] == 0
+
+
+def test_serve_cli_refuses_a_bad_decode_budget(tiny_checkpoint, capsys):
+    from wastenet.cli import main
+
+    for value in ("0", "-1", "nan"):
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--decode-mpx", value]) == 2
+        err = capsys.readouterr().err
+        assert "--decode-mpx" in err and len(err.strip().splitlines()) == 1

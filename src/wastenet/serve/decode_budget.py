@@ -69,6 +69,7 @@ class DecodeBudget:
         self.pixels = int(pixels)
         self._free = threading.Condition()
         self._in_flight = 0
+        self.waiting = 0  # decodes waiting for pixels (for /api/health and the tests)
         self.peak = 0  # most pixels ever held at once (for /api/health and the tests)
 
     @contextmanager
@@ -77,7 +78,9 @@ class DecodeBudget:
         cost = max(1, min(int(cost), self.pixels))
         with self.slots:
             with self._free:
+                self.waiting += 1
                 self._free.wait_for(lambda: self._in_flight + cost <= self.pixels)
+                self.waiting -= 1
                 self._in_flight += cost
                 self.peak = max(self.peak, self._in_flight)
             try:
@@ -92,6 +95,9 @@ class DecodeBudget:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def stats(self) -> dict[str, int]:
+        return {"pixels": self.pixels, "in_flight": self._in_flight, "waiting": self.waiting, "peak": self.peak}
 
 
 _libc: ctypes.CDLL | None | bool = None

@@ -75,6 +75,7 @@ def health(request: Request) -> dict[str, Any]:
         "max_upload_bytes": s.settings.max_upload_bytes,
         "explain": s.backend == "torch",
         "batching": s.batcher.stats(),
+        "decoding": s.decoding.stats(),
         "search": s.settings.search,
         "log": s.log.storage_status(),
     }
