@@ -43,7 +43,7 @@ def test_durable_settings(log):
     cols = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
     assert cols == ["id", "created_at", "source", "label", "confidence", "bin", "bin_confidence", "decision",
                     "threshold", "model", "image", "image_name", "reviewed_label", "reviewed_at",
-                    "reason", "ood_score"]
+                    "reason", "ood_score", "exported_at"]
     assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     conn.close()
 
@@ -267,7 +267,7 @@ def test_export_validates_labels_read_from_the_log_and_skips_only_bad_rows(log, 
     _poison(log, ids[3], "x" * 300)            # too long for a folder name
     log.review(ids[4], "glass")
     out = tmp_path / "data" / "reviewed"
-    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 0
+    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 1  # README: 1 = some inputs failed
     err = capsys.readouterr().err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
         f"glass/{ids[4]}_4.jpg", f"paper/{ids[0]}_0.jpg"]
@@ -276,6 +276,25 @@ def test_export_validates_labels_read_from_the_log_and_skips_only_bad_rows(log, 
     for i in ids[1:4]:
         assert f"skipped #{i}:" in err
     assert "too long" in err and "exported 2 reviewed images" in err
+
+
+def test_an_export_that_skipped_a_row_exits_1_says_why_and_leaves_no_empty_folder(log, tmp_path, capsys):
+    good = log.record(pred(), photo(), "a.jpg", 0.9, "m", "api")
+    log.review(good, "glass")
+    bad = log.record(pred(), photo(seed=1), "b.jpg", 0.9, "m", "api")
+    log.review(bad, "metal")
+    conn = sqlite3.connect(log.path)  # a stored photo that is no image (a damaged or hand-edited log)
+    conn.execute("UPDATE decisions SET image = ? WHERE id = ?", (b"garbage bytes", bad))
+    conn.commit()
+    conn.close()
+    out = tmp_path / "out"
+    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"skipped #{bad}: its stored photo cannot be read (not an image)" in captured.err
+    assert "cannot write" not in captured.err and "1 skipped" in captured.err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["glass", f"glass/{good}_a.jpg"]
+    assert log.get(good)["exported_at"] and log.get(bad)["exported_at"] is None
+    assert main(["review", "--log-db", str(log.path), "--export", str(tmp_path / "again"), "--list"]) == 1
 
 
 @pytest.mark.parametrize("label", ["../x", "/etc", "a\\b", ".hidden", "", "x" * 101, "a\x00b"])
@@ -334,29 +353,101 @@ def test_a_stored_photo_is_a_bounded_jpeg_whatever_was_uploaded(log):
     assert len(kept) < len(upload) / 4
 
 
-def test_the_cap_deletes_oldest_reviewed_and_automatic_rows_first_then_pending(tmp_path):
+def _with_automatic_photo(lg: DecisionLog) -> int:
+    """An automatic decision that kept its photo (as issue 22's audits will): written directly."""
+    i = lg.record(pred("recyclable"), None, "auto.jpg", 0.9, "m", "api")
+    conn = sqlite3.connect(lg.path)
+    conn.execute("UPDATE decisions SET image = ? WHERE id = ?", (_small_jpeg(99), i))
+    conn.commit()
+    conn.close()
+    return i
+
+
+def _small_jpeg(seed: int, size: tuple[int, int] = (400, 300)) -> bytes:
+    """A noise photo that stays ~100-200 kB as a stored JPEG (small enough for a 1 MB cap)."""
     from wastenet.serve.decision_log import review_jpeg
 
-    photo_bytes = len(review_jpeg(noise_png(1)))
-    cap = int(3.5 * photo_bytes) + 64 * 1024  # room for 3 stored photos, not 4
+    return review_jpeg(noise_png(seed, size))
+
+
+def test_the_cap_never_evicts_reviewed_photos_that_were_not_exported(tmp_path):
+    cap = 2**20
     with DecisionLog(tmp_path / "d.sqlite", max_bytes=cap) as lg:
-        auto = [lg.record(pred("recyclable"), None, f"a{k}.jpg", 0.9, "m", "api") for k in range(50)]
-        reviewed = lg.record(pred(), noise_png(1), "r.png", 0.9, "m", "api")
-        lg.review(reviewed, "glass")
-        pending = [lg.record(pred(), noise_png(10 + k), f"p{k}.png", 0.9, "m", "api") for k in range(3)]
-        assert lg.used_bytes() <= cap
-        assert lg.get(reviewed) is None and lg.history(reviewed) == []  # reviewed went first ...
-        assert lg.get(auto[0]) is None                                   # ... with the oldest automatic ones
-        assert [lg.get(i) is not None for i in pending] == [True] * 3    # pending kept
-        assert lg.pruned_pending() == 0 and f"at most {cap / 2**20:g} MB" in lg.retention_note()
-        more = [lg.record(pred(), noise_png(20 + k), f"q{k}.png", 0.9, "m", "api") for k in range(6)]
-        assert lg.used_bytes() <= cap
-        # nothing else left: the oldest pending reviews go, the newest stay, and the note says so
-        assert lg.get(pending[0]) is None and lg.get(more[-1]) is not None
-        assert lg.pruned_pending() >= 1 and "deleted unreviewed" in lg.retention_note()
-    conn = sqlite3.connect(tmp_path / "d.sqlite")
+        automatic = _with_automatic_photo(lg)
+        reviewed = [lg.record(pred(), _small_jpeg(k), f"r{k}.jpg", 0.9, "m", "api") for k in range(2)]
+        for i in reviewed:
+            lg.review(i, "glass")
+        rows = [lg.record(pred("recyclable"), None, f"a{k}.jpg", 0.9, "m", "api") for k in range(20)]
+        pending: list[int] = []
+        while lg.image(automatic) is not None and len(pending) < 20:
+            pending.append(lg.record(pred(), _small_jpeg(10 + len(pending)), "p.jpg", 0.9, "m", "api"))
+        # the automatic photo went first: every pending photo is still there
+        assert lg.image(automatic) is None and all(lg.image(i) is not None for i in pending)
+        while lg.pruned_pending() == 0 and len(pending) < 40:
+            pending.append(lg.record(pred(), _small_jpeg(10 + len(pending)), "p.jpg", 0.9, "m", "api"))
+        # old unreviewed rows went before any pending photo; then the oldest pending photo (its row stays)
+        assert all(lg.get(i) is None for i in rows)
+        assert lg.image(pending[0]) is None and lg.get(pending[0]) is not None and lg.image(pending[-1]) is not None
+        assert "lost their photo unreviewed" in lg.retention_note()
+        assert lg.disk_bytes() <= cap and lg.used_bytes() <= cap
+        # every reviewed photo, row and history entry is still there
+        assert all(lg.image(i) is not None and lg.history(i) for i in reviewed)
+        assert lg.storage_status()["photos_stored"] is True
+
+
+def test_when_only_protected_photos_are_left_new_photos_are_not_stored_and_the_log_says_so(tmp_path):
+    cap = 2**20
+    with DecisionLog(tmp_path / "d.sqlite", max_bytes=cap) as lg:
+        reviewed = []
+        while lg.storage_status()["photos_stored"] and len(reviewed) < 30:  # fill the log with reviewed photos
+            i = lg.record(pred(), _small_jpeg(len(reviewed)), "r.jpg", 0.9, "m", "api")
+            if lg.image(i) is not None:
+                lg.review(i, "paper")
+                reviewed.append(i)
+        assert 2 <= len(reviewed) < 30
+        status = lg.storage_status()
+        assert status["photos_stored"] is False and "review --export" in status["reason"]
+        assert "not stored" in lg.retention_note()
+        late = lg.record(pred(), _small_jpeg(50), "late.jpg", 0.9, "m", "api")
+        assert lg.get(late)["decision"] == "manual_sort" and lg.image(late) is None  # the decision is logged
+        assert all(lg.image(i) is not None for i in reviewed) and lg.disk_bytes() <= cap
+        # exporting releases them: the next photo is stored again, in place of exported ones
+        assert sum(lg.export_dataset(tmp_path / "out").values()) == len(reviewed)
+        assert all(lg.get(i)["exported_at"] for i in reviewed)
+        again = lg.record(pred(), _small_jpeg(51), "again.jpg", 0.9, "m", "api")
+        assert lg.image(again) is not None and lg.storage_status()["photos_stored"] is True
+        assert any(lg.image(i) is None for i in reviewed)   # an exported photo made room ...
+        assert all(lg.get(i)["reviewed_label"] == "paper" and lg.history(i) for i in reviewed)  # ... its label stayed
+        lg.review(reviewed[-1], "glass")   # a new label has not been exported: protected again
+        assert lg.get(reviewed[-1])["exported_at"] is None
+
+
+def test_the_cap_holds_for_the_files_on_disk_with_their_wal(tmp_path):
+    # PITFALLS "SQLite WAL is outside the page count": the WAL held 4.4 MB under a 1 MB cap
+    cap = 2**20
+    path = tmp_path / "d.sqlite"
+    with DecisionLog(path, max_bytes=cap) as lg:
+        sizes = []
+        for k in range(60):
+            i = lg.record(pred() if k % 3 else pred("recyclable"), _small_jpeg(k % 7), f"{k}.jpg", 0.9, "m", "api")
+            if k % 5 == 0:
+                lg.review(i, "metal")
+                lg.export_dataset(tmp_path / "out")
+            sizes.append(sum(p.stat().st_size for p in tmp_path.glob("d.sqlite*")))
+        assert max(sizes) <= cap, sizes
+        assert lg.disk_bytes() == sizes[-1]
+    conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_a_log_reopened_under_a_smaller_cap_shrinks_on_disk(tmp_path):
+    path = tmp_path / "d.sqlite"
+    with DecisionLog(path) as lg:
+        for k in range(25):
+            lg.record(pred(), _small_jpeg(k), f"{k}.jpg", 0.9, "m", "api")
+    with DecisionLog(path, max_bytes=2**20) as lg:
+        assert lg.disk_bytes() <= 2**20 and lg.pending_count() >= 1
 
 
 def test_serve_cli_refuses_bad_caps_and_tokens(tiny_checkpoint, capsys):

@@ -657,7 +657,7 @@ def test_a_huge_noise_png_is_stored_as_a_bounded_jpeg(unsure_client):
 
 
 def test_images_are_decoded_only_inside_a_decode_slot(tiny_checkpoint, tmp_path, monkeypatch):
-    import wastenet.serve.app as app_module
+    import wastenet.serve.service as app_module
 
     app = create_app(tiny_checkpoint, log_path=tmp_path / "d.sqlite", max_decodes=1)
     held = []
@@ -760,3 +760,206 @@ def test_a_service_started_with_search_decides_each_photo_as_predict_search_does
         served = c.post("/api/predict", files=upload(photo, "floor.png", "image/png")).json()
     assert served["ood_score"] == pytest.approx(searched.ood_score, abs=1e-6)  # the answer keeps 6 decimals
     assert served["label"] == searched.label and served["confidence"] == pytest.approx(searched.confidence, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- pinned before the settings refactor
+
+
+@pytest.mark.parametrize("photos", [1, 2], ids=["one-photo", "one-item-two-photos"])
+def test_a_failed_log_write_is_503_and_no_answer(client, monkeypatch, photos):
+    # no answer without its log entry: the client may retry (single photos and items alike)
+    def broken(*_a, **_k):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(client.app.state.decision_log, "record", broken)
+    parts = [("file", (f"p{i}.jpg", jpeg_bytes(seed=i), "image/jpeg")) for i in range(photos)]
+    r = client.post("/api/predict", files=parts)
+    assert r.status_code == 503 and "decision log unavailable" in r.json()["error"]
+    assert client.post("/api/predict?log=false", files=parts).status_code == 200  # not logging: no log needed
+
+
+def test_an_item_with_one_unreadable_photo_is_refused_and_not_logged(client):
+    parts = [("file", ("a.jpg", jpeg_bytes(), "image/jpeg")), ("file", ("b.txt", b"hello", "text/plain"))]
+    r = client.post("/api/predict", files=parts)
+    assert r.status_code == 415 and r.json()["error"] == "cannot read image: not an image"
+    assert rows(client) == []
+
+
+def test_the_serve_command_hands_its_defaults_and_options_to_the_app(tiny_checkpoint, tmp_path, monkeypatch):
+    import uvicorn
+
+    from wastenet.cli import main
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.delenv("WASTENET_REVIEW_TOKEN", raising=False)
+    port = _free_port()
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
+                 "--log-db", str(tmp_path / "d.sqlite")]) == 0
+    state = served["app"].state
+    assert (served["host"], served["port"], served["workers"]) == ("127.0.0.1", port, 1)
+    assert state.batcher.max_batch == 8 and state.decision_log.max_bytes == 512 * 2**20
+    assert state.threshold == state.classifier.threshold
+    slots = [state.decode_slots.acquire(blocking=False) for _ in range(3)]
+    assert slots == [True, True, False]  # --max-decodes 2
+    with TestClient(served["app"]) as c:
+        assert c.get("/api/health").json()["max_upload_bytes"] == 10 * 2**20
+    state.decision_log.close()
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port), "--log-db",
+                 str(tmp_path / "e.sqlite"), "--threshold", "0.7", "--max-batch", "3", "--log-max-mb", "0",
+                 "--max-upload-mb", "1", "--review-token", "abc"]) == 0
+    state = served["app"].state
+    assert (state.threshold, state.batcher.max_batch, state.decision_log.max_bytes, state.review_token) == (
+        0.7, 3, None, "abc")
+    state.decision_log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- same origin; labels the cap must keep
+
+
+@pytest.mark.parametrize("origin", ["http://10.9.9.9", "http://10.9.9.9:8000", "http://192.168.1.20",
+                                    "http://[::1]:8000", "null", "http://127.0.0.1.evil.example"])
+def test_a_relabel_from_another_ip_address_is_refused(unsure_client, pending_id, origin):
+    # PITFALLS "IP-literal Origins": any IP passes the Host rule, but a page on 10.9.9.9 is not this page
+    c = unsure_client
+    r = c.post(f"/api/review/{pending_id}", json={"label": "metal"}, headers={"Origin": origin, **auth(c)})
+    assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+    assert c.app.state.decision_log.get(pending_id)["reviewed_label"] is None
+
+
+def test_a_relabel_from_the_page_on_a_lan_address_is_accepted(unsure_client, pending_id):
+    c = unsure_client
+    r = c.post(f"/api/review/{pending_id}", json={"label": "metal"},
+               headers={"Host": "192.168.1.20:8000", "Origin": "http://192.168.1.20:8000", **auth(c)})
+    assert r.status_code == 200
+
+
+def _noise_jpeg(seed: int) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buf, "JPEG",
+                                                                                                       quality=90)
+    return buf.getvalue()
+
+
+def test_an_uploader_without_the_token_cannot_push_reviewed_labels_out_of_the_log(unsure_classifier, tmp_path):
+    app = create_app(unsure_classifier, log_path=tmp_path / "d.sqlite", log_max_bytes=2**20)
+    with TestClient(app) as c:
+        log = c.app.state.decision_log
+
+        def review_one(seed: int) -> int | None:
+            p = c.post("/api/predict", files=upload(_noise_jpeg(seed), "r.jpg")).json()
+            if log.image(p["id"]) is None:
+                return None
+            assert c.post(f"/api/review/{p['id']}", json={"label": "glass"}, headers=auth(c)).status_code == 200
+            return p["id"]
+
+        reviewed = [review_one(k) for k in range(3)]
+        # anyone on the network: a flood of uploads, no token
+        for k in range(15):
+            r = c.post("/api/predict", files=upload(_noise_jpeg(100 + k), "flood.jpg"))
+            assert r.status_code == 200 and r.json()["id"] is not None  # decisions are still logged
+        for i in reviewed:  # every reviewed photo, label and history row is still there
+            assert c.get(f"/api/review/{i}/image", headers=auth(c)).status_code == 200
+            assert log.get(i)["reviewed_label"] == "glass" and len(log.history(i)) == 1
+        # reviewers label more until only their (unexported) photos are left: new photos are then not stored
+        while c.get("/api/health").json()["log"]["photos_stored"] and len(reviewed) < 30:
+            if (i := review_one(200 + len(reviewed))) is not None:
+                reviewed.append(i)
+        late = c.post("/api/predict", files=upload(_noise_jpeg(999), "late.jpg")).json()
+        assert log.get(late["id"]) is not None and log.image(late["id"]) is None
+        assert all(log.image(i) is not None for i in reviewed)
+        status = c.get("/api/health").json()["log"]
+        assert status["photos_stored"] is False and "review --export" in status["reason"]
+        assert status["disk_bytes"] <= 2**20 == status["max_bytes"]
+        assert "not stored" in c.get("/api/review", headers=auth(c)).json()["retention"]
+
+
+# --------------------------------------------------------------------------- decoding bounded by pixels
+
+
+def _big_tiff(width: int = 6000, height: int = 6000) -> bytes:
+    """Many pixels in few bytes (the issue's 36 Mpx TIFFs of ~174 kB): flat colour, deflated."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 160, 60)).save(buf, "TIFF", compression="tiff_deflate")
+    return buf.getvalue()
+
+
+def test_the_decode_cost_is_read_from_the_header_and_a_jpeg_costs_its_reduced_size():
+    from wastenet.serve.decode_budget import decode_cost
+
+    tiff = _big_tiff(3000, 2000)
+    assert len(tiff) < 200_000 and decode_cost(tiff) == 6_000_000
+    buf = io.BytesIO()
+    Image.new("RGB", (4096, 3072), (1, 2, 3)).save(buf, "JPEG")
+    assert decode_cost(buf.getvalue()) == 4096 * 3072
+    # 1/2 DCT scale: both sides stay >= 1024 px; exactly what load_image then decodes
+    assert decode_cost(buf.getvalue(), draft_size=1024) == 2048 * 1536
+    from wastenet.data.images import load_image
+
+    assert load_image(buf.getvalue(), draft_size=1024).size == (2048, 1536)
+    assert decode_cost(b"not an image") == 1
+
+
+def test_a_decode_waits_until_its_pixels_fit_the_budget():
+    import time
+
+    from wastenet.serve.decode_budget import DecodeBudget
+
+    budget = DecodeBudget(slots=4, pixels=100)  # slots to spare: only pixels can make B wait
+    release, entered = threading.Event(), threading.Event()
+
+    def first():
+        with budget.hold(80):
+            release.wait()
+
+    def second():
+        with budget.hold(50):
+            entered.set()
+
+    a = threading.Thread(target=first)
+    a.start()
+    for _ in range(1000):  # until A holds its pixels (a bounded wait, no timing assertion)
+        if budget.in_flight == 80:
+            break
+        time.sleep(0.005)
+    b = threading.Thread(target=second)
+    b.start()
+    for _ in range(1000):  # until B is waiting for pixels
+        if budget.waiting == 1:
+            break
+        time.sleep(0.005)
+    assert budget.waiting == 1 and not entered.is_set()
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert entered.is_set() and budget.in_flight == 0 and budget.peak == 80
+    with budget.hold(10**9):  # larger than the whole budget: runs alone instead of never
+        assert budget.in_flight == 100
+
+
+def test_the_service_decodes_a_huge_pixel_count_within_its_pixel_budget(tiny_checkpoint, tmp_path):
+    app = create_app(tiny_checkpoint, log_path=tmp_path / "d.sqlite", decode_pixels=10_000_000)
+    with TestClient(app) as c:
+        parts = [("file", (f"t{i}.tif", _big_tiff(), "image/tiff")) for i in range(2)]
+        assert c.post("/api/predict", files=parts).status_code == 200
+        decoding = c.get("/api/health").json()["decoding"]
+    assert decoding["pixels"] == 10_000_000 and decoding["peak"] <= 10_000_000 and decoding["in_flight"] == 0
+
+
+def test_serve_cli_refuses_a_bad_decode_budget(tiny_checkpoint, capsys):
+    from wastenet.cli import main
+
+    for value in ("0", "-1", "nan"):
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--decode-mpx", value]) == 2
+        err = capsys.readouterr().err
+        assert "--decode-mpx" in err and len(err.strip().splitlines()) == 1

@@ -7,8 +7,10 @@ Usage::
     wastenet review --log-db runs/x/decisions.sqlite --export data/reviewed
     wastenet train --data data/reviewed ...                          # learn from them
 
-The service's ``/review`` page does the same in a browser. Exit status: 0 success,
-1 an unknown decision id, 2 a usage error (missing log file, unknown class label).
+The service's ``/review`` page does the same in a browser. ``--export`` marks each photo it wrote
+as exported: from then on the log's cap may drop it (reviewed photos that were not exported are
+never dropped). Exit status: 0 success, 1 an unknown decision id or an export that skipped rows
+(each one named on stderr, with why), 2 a usage error (missing log file, unknown class label).
 Torch-free.
 """
 
@@ -61,19 +63,21 @@ def run(args: argparse.Namespace) -> int:
             except KeyError:
                 raise WastenetError(f"no decision with id {set_id} in {args.log_db}") from None
             print(f"#{item['id']}: {item['label'] or '?'} -> {item['reviewed_label']}")
+        skips: list[int] = []
         if args.export:
             def skipped(decision_id: int, reason: str) -> None:
+                skips.append(decision_id)
                 print(f"skipped #{decision_id}: {reason}", file=sys.stderr)
 
             counts = log.export_dataset(args.export, on_skip=skipped)
             total = sum(counts.values())
             for cls, n in counts.items():
                 print(f"{cls}\t{n}")
-            print(f"exported {total} reviewed image{'s' if total != 1 else ''} to {args.export}",
-                  file=sys.stderr)
+            print(f"exported {total} reviewed image{'s' if total != 1 else ''} to {args.export}"
+                  + (f"; {len(skips)} skipped" if skips else ""), file=sys.stderr)
         if args.list or (set_id is None and not args.export):
             _print_pending(log, args.limit)
-    return 0
+    return 1 if skips else 0  # README: 1 = some inputs failed
 
 
 def _print_pending(log: object, limit: int) -> None:

@@ -20,13 +20,18 @@ module level: an ``.onnx`` file runs on the torch-free edge install.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import sys
 
 from wastenet.decision import DEFAULT_THRESHOLD
+from wastenet.serve.settings import ServeSettings
 
 HELP = "Serve the classifier: JSON API, web page (upload or camera) and the manual-sort review loop."
+
+_MB = 2**20
+_default = ServeSettings.default  # every default below comes from the settings: one place each
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,23 +47,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a host name clients use to reach the server (e.g. bin-3.local); IP addresses, "
                              "localhost and --host are always accepted, other Host headers get 403")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
-    parser.add_argument("--log-db", default=None, metavar="PATH",
+    parser.add_argument("--log-db", default=_default("log_path"), metavar="PATH",
                         help="SQLite decision log (None = decisions.sqlite beside the model file, "
                              "else ~/.local/share/wastenet/)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=float, default=_default("threshold"),
                         help="default decision threshold in [0, 1] (None = the model file's, normally "
                              f"{DEFAULT_THRESHOLD:g})")
-    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload, in MB")
-    parser.add_argument("--log-max-mb", type=float, default=512.0,
-                        help="cap on the decision log: past it the oldest reviewed and automatic decisions are "
-                             "deleted first, pending reviews only if nothing else is left (0 = no cap)")
-    parser.add_argument("--max-decodes", type=int, default=2,
-                        help="images decoded at once per process (each can cost ~100 MB at the pixel limit)")
+    parser.add_argument("--max-upload-mb", type=float, default=_default("max_upload_bytes") / _MB,
+                        help="largest accepted upload, in MB (default %(default)g)")
+    parser.add_argument("--log-max-mb", type=float, default=_default("log_max_bytes") / _MB,
+                        help="cap on the decision log's files on disk, in MB (default %(default)g; 0 = no cap): past "
+                             "it the photos of the oldest automatic decisions go first, then those of pending reviews; "
+                             "reviewed photos not yet exported are never deleted (new photos are then not stored)")
+    parser.add_argument("--max-decodes", type=int, default=_default("max_decodes"),
+                        help="images decoded at once per process (default %(default)s)")
+    parser.add_argument("--decode-mpx", type=float, default=_default("decode_pixels") / 1e6,
+                        help="decoded megapixels in flight at once per process (default %(default)g: one image at "
+                             "the service's pixel limit, ~3 bytes a pixel); a larger image waits until it fits")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes, each with its own copy of the model")
-    parser.add_argument("--max-batch", type=int, default=8,
+    parser.add_argument("--max-batch", type=int, default=_default("max_batch"),
                         help="most concurrent requests stacked into one forward pass (1 = no batching)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=int, default=_default("torch_threads"),
                         help="PyTorch CPU threads per process (None = cores / workers)")
     parser.add_argument("--search", action="store_true",
                         help="look at each photo through windows, the most item-like one decides (predict --search; "
@@ -72,30 +82,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("critical", "error", "warning", "info", "debug"), help="server log level")
 
 
-def run(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """The command line as :class:`ServeSettings` (units converted; ConfigError for a bad value).
+
+    The review token comes from ``--review-token``, else ``$WASTENET_REVIEW_TOKEN``; None here
+    means ``run`` makes (and prints) a random one.
+    """
     from pathlib import Path
 
-    from wastenet.decision import check_threshold
     from wastenet.errors import ConfigError
 
-    ckpt = Path(args.checkpoint)
-    if ckpt.suffix.lower() not in (".pt", ".onnx"):
-        raise ConfigError(f"--checkpoint must be a .pt checkpoint or an .onnx file, got {ckpt}")
-    if not ckpt.is_file():
-        raise ConfigError(f"model file not found: {ckpt}")
-    if args.threshold is not None:
-        check_threshold(args.threshold, name="--threshold")
-    if not args.max_upload_mb > 0:
-        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    if not args.log_max_mb >= 0:
-        raise ConfigError(f"--log-max-mb must be 0 (no cap) or positive, got {args.log_max_mb}")
-    log_max_bytes = int(args.log_max_mb * 2**20) or None
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    if args.max_decodes < 1:
-        raise ConfigError(f"--max-decodes must be at least 1, got {args.max_decodes}")
-    if args.max_batch < 1:
-        raise ConfigError(f"--max-batch must be at least 1, got {args.max_batch}")
+    for flag in ("max_upload_mb", "log_max_mb", "decode_mpx"):
+        if not math.isfinite(getattr(args, flag)):
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a number, got {getattr(args, flag)}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # one model per process: split the cores between processes instead of oversubscribing
+    threads = args.threads or (max(1, cores // args.workers) if args.workers > 1 else None)
+    token = args.review_token if args.review_token is not None else os.environ.get("WASTENET_REVIEW_TOKEN") or None
+    return ServeSettings(
+        checkpoint=str(Path(args.checkpoint).expanduser().resolve()),
+        log_path=str(Path(args.log_db).expanduser()) if args.log_db else None,
+        max_upload_bytes=int(args.max_upload_mb * _MB), log_max_bytes=int(args.log_max_mb * _MB) or None,
+        decode_pixels=int(args.decode_mpx * 1e6), max_decodes=args.max_decodes,
+        threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
+        channels_last=args.channels_last, onnx_spin=args.onnx_spin, review_token=token,
+        host=args.host, allowed_hosts=tuple(args.allowed_host),
+        search=args.search)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from wastenet.errors import ConfigError
+
+    settings = settings_from_args(args)  # every option checked here, before anything loads
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     try:
@@ -107,44 +129,31 @@ def run(args: argparse.Namespace) -> int:
                           "pip install 'wastenet[serve]'") from exc
     _check_port_free(args.host, args.port)
 
-    max_bytes = int(args.max_upload_mb * 2**20)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # one model per process: split the cores between processes instead of oversubscribing
-    threads = args.threads or (max(1, cores // args.workers) if args.workers > 1 else None)
-    log_db = str(Path(args.log_db).expanduser()) if args.log_db else None
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
-    token = args.review_token or os.environ.get("WASTENET_REVIEW_TOKEN") or None
-    if token is not None and not token.strip():
-        raise ConfigError("--review-token must not be empty")
-    if token is None:
+    if settings.review_token is None:
         from wastenet.serve.guard import new_review_token
 
-        token = new_review_token()
+        settings = dataclasses.replace(settings, review_token=new_review_token())  # one for every worker
         # the fragment never reaches the server or its logs; the page keeps it for the session
-        print(f"wastenet serve: review token {token}  (review page: {url}review#token={token})", file=sys.stderr)
+        print(f"wastenet serve: review token {settings.review_token}  "
+              f"(review page: {url}review#token={settings.review_token})", file=sys.stderr)
 
-    from wastenet.serve.settings import ENV_VAR, ServeSettings
-
-    settings = ServeSettings(checkpoint=str(ckpt.resolve()), log_path=log_db, max_upload_bytes=max_bytes,
-                             threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
-                             channels_last=args.channels_last, onnx_spin=args.onnx_spin,
-                             review_token=token, host=args.host, allowed_hosts=tuple(args.allowed_host),
-                             log_max_bytes=log_max_bytes, max_decodes=args.max_decodes, search=args.search)
     if args.workers == 1:
         from wastenet.serve.app import create_app
 
-        app = create_app(settings.checkpoint, **settings.app_options())
+        app = create_app(settings)
         print(f"wastenet serve: {url}  (decision log: {app.state.decision_log.path})", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
         return 0
 
     # several processes: uvicorn imports the app factory in each one; the settings go as one JSON variable
+    from wastenet.serve.settings import ENV_VAR
+
     os.environ[ENV_VAR] = settings.to_json()
     print(f"wastenet serve: {url}  ({args.workers} workers)", file=sys.stderr)
     uvicorn.run("wastenet.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
     return 0
-
 
 def _check_port_free(host: str, port: int) -> None:
     """Fail with one clear line (exit 2) instead of uvicorn's traceback when the port is taken."""

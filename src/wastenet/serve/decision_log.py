@@ -5,8 +5,8 @@ before the HTTP response is sent, so a server killed mid-request loses nothing i
 answered. Photos are kept only for ``manual_sort`` items: those are the ones a person
 reviews, and the reviewed photos become new training data. A photo is stored as what a
 reviewer needs, a JPEG at most 1024 px on its longest side (:func:`review_jpeg`), and
-``max_bytes`` caps the log: past it, the oldest reviewed and automatic decisions are deleted
-first, pending reviews only when nothing else is left (:meth:`DecisionLog.enforce_cap`)::
+``max_bytes`` caps the log's files on disk: past it, old photos and rows make room in a fixed
+order, and a reviewed photo that was not exported is never deleted (:mod:`wastenet.serve.log_cap`)::
 
     log = DecisionLog("runs/x/decisions.sqlite", max_bytes=512 * 2**20)
     row_id = log.record(prediction, image_bytes, "bottle.jpg", threshold=0.85,
@@ -29,12 +29,14 @@ import os
 import re
 import sqlite3
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from wastenet.errors import ConfigError, WastenetError
 from wastenet.files import write_atomic
+from wastenet.serve import log_cap
 
 __all__ = ["DecisionLog", "check_label", "default_log_path", "image_media_type", "valid_id", "LOG_FILENAME", "MAX_ID"]
 
@@ -55,9 +57,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     image          BLOB,                      -- only for manual_sort items
     image_name     TEXT,
     reviewed_label TEXT,
-    reviewed_at    TEXT,
-    reason         TEXT,                      -- why manual_sort: low_confidence | unknown
-    ood_score      REAL                       -- the unknown-item score, when the model has the rule
+    reviewed_at    TEXT                       -- later columns: _COLUMNS_ADDED
 );
 CREATE INDEX IF NOT EXISTS decisions_review ON decisions (decision, reviewed_label, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,12 +73,20 @@ CREATE TABLE IF NOT EXISTS review_history (
 CREATE INDEX IF NOT EXISTS review_history_decision ON review_history (decision_id, id);
 """
 
-# A manual-sort photo nobody has labelled yet: what retention keeps longest.
+#: Columns added after the first version, in order: every log, new or old, gains them on open
+#: (``_migrate``), so adding a column is one line here.
+_COLUMNS_ADDED = (
+    ("reason", "TEXT"),        # why manual_sort: low_confidence | unknown
+    ("ood_score", "REAL"),     # the unknown-item score, when the model has the rule
+    ("exported_at", "TEXT"),   # when `review --export` wrote the reviewed photo (from then on evictable)
+)
+
+# A manual-sort photo nobody has labelled yet: the review queue.
 _PENDING = "decision = 'manual_sort' AND reviewed_label IS NULL AND image IS NOT NULL"
 
 # Columns returned by the listing queries (never the image blob: it can be megabytes).
 _ITEM_COLUMNS = ("id, created_at, source, label, confidence, bin, bin_confidence, decision, "
-                 "threshold, model, image_name, reviewed_label, reviewed_at, reason, ood_score, "
+                 "threshold, model, image_name, reviewed_label, reviewed_at, reason, ood_score, exported_at, "
                  "image IS NOT NULL AS has_image")
 
 
@@ -108,8 +116,6 @@ def image_media_type(data: bytes) -> str:
 #: Longest side of a stored review photo: enough to tell a yoghurt pot from a cup.
 REVIEW_MAX_SIDE = 1024
 _REVIEW_QUALITY = 85
-# bytes a decision row costs besides its photo (columns, index entry): used to size a prune
-_ROW_OVERHEAD = 200
 
 
 def review_copy(image: Any) -> Any:
@@ -210,7 +216,8 @@ class DecisionLog:
             raise ConfigError(f"the decision log cap must be positive, got {max_bytes} bytes")
         self.max_bytes = max_bytes  # None: no cap
         self.path = Path(path) if str(path) != ":memory:" else Path(":memory:")
-        if str(path) != ":memory:":
+        self._on_disk = str(path) != ":memory:"
+        if self._on_disk:
             if not create and not self.path.is_file():
                 raise ConfigError(f"decision log not found: {self.path}")
             try:
@@ -218,31 +225,29 @@ class DecisionLog:
             except OSError as err:
                 raise ConfigError(f"cannot create folder for decision log {self.path}: {err}") from None
         self._lock = threading.Lock()
+        self._truncate_due = False  # a WAL truncation a reader blocked: tried again after the next write
         try:
             # autocommit mode: every write below opens and commits its own transaction
             self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
                                          timeout=30.0)
             self._conn.row_factory = sqlite3.Row
+            # new files only (before the first table): freed pages can go back to the file system
+            self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=30000")
+            if max_bytes is not None:  # a WAL file left larger than its share is cut back after checkpoints
+                self._conn.execute(f"PRAGMA journal_size_limit={log_cap.wal_allowance(max_bytes)}")
             if not create and not self._conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'").fetchone():
                 self._conn.close()
                 raise ConfigError(f"{self.path} is not a wastenet decision log")
             self._conn.executescript(_SCHEMA)
-            cols = {r["name"] for r in self._conn.execute("PRAGMA table_info(decisions)")}
+            _migrate(self._conn, self.path)
         except sqlite3.DatabaseError as err:
             raise ConfigError(f"cannot open decision log {self.path}: {err}") from None
-        if "reviewed_label" not in cols:
-            raise ConfigError(f"{self.path} is not a wastenet decision log")
-        # logs written before the unknown-item rule gain its two columns (empty for old rows)
-        try:
-            for name, kind in (("reason", "TEXT"), ("ood_score", "REAL")):
-                if name not in cols:
-                    self._conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
-        except sqlite3.DatabaseError as err:
-            raise ConfigError(f"cannot upgrade decision log {self.path}: {err}") from None
+        if max_bytes is not None:
+            self.enforce_cap()  # a log reopened under a smaller cap
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -258,34 +263,58 @@ class DecisionLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The open connection, held under the lock (``WastenetError`` once closed)."""
         with self._lock:
             if self._conn is None:
                 raise WastenetError("decision log is closed")
-            self._conn.execute("BEGIN IMMEDIATE")
+            yield self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed (durable: ``synchronous=FULL``) when the block ends,
+        rolled back if it raises; then the files are kept within the cap (:meth:`_keep_wal_small`)."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._conn.execute(sql, tuple(params))
-                self._conn.execute("COMMIT")  # durable (synchronous=FULL) before we return
+                yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            return cur
+            self._keep_wal_small(conn)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            if self._conn is None:
-                raise WastenetError("decision log is closed")
-            return self._conn.execute(sql, tuple(params)).fetchall()
+        with self._connection() as conn:
+            return conn.execute(sql, tuple(params)).fetchall()
+
+    def _keep_wal_small(self, conn: sqlite3.Connection) -> None:
+        """After a write under a cap: truncate the WAL when it outgrew its share or the files
+        went over the cap (the main file can sit a few pages above its budget after an insert)."""
+        if self.max_bytes is None or not self._on_disk:
+            return
+        log_cap.shrink_file(conn, log_cap.budget(self.max_bytes))
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if (self._truncate_due or wal > log_cap.wal_allowance(self.max_bytes)
+                or log_cap.disk_bytes(self.path) > self.max_bytes):
+            self._truncate_due = not log_cap.truncate_wal(conn)
 
     # ---------------------------------------------------------------- metadata
     def set_classes(self, classes: Iterable[str]) -> None:
         """Remember the model's class names, so that ``wastenet review --set`` can check labels."""
-        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES ('classes', ?)",
-                    (json.dumps(list(classes)),))
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('classes', ?)", (json.dumps(list(classes)),))
 
     def classes(self) -> list[str] | None:
         """The class names last stored with :meth:`set_classes`, or None."""
-        rows = self._read("SELECT value FROM meta WHERE key = 'classes'")
+        return self._meta("classes")
+
+    def _meta(self, key: str) -> Any:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else None
 
     # ------------------------------------------------------------------ writes
@@ -302,136 +331,137 @@ class DecisionLog:
 
         ``prediction`` is a ``Prediction`` or its ``to_dict()``. ``image`` (encoded bytes or a
         PIL image) is kept only when the decision is ``manual_sort``, as :func:`review_jpeg`;
-        an image that cannot be re-encoded is logged without its photo. Past ``max_bytes``
-        the oldest rows go (:meth:`enforce_cap`), never the one just written.
+        an image that cannot be re-encoded is logged without its photo. Under ``max_bytes``
+        older photos and rows make room first (:mod:`wastenet.serve.log_cap`, in the same
+        transaction); when only protected photos are left, the photo is not stored
+        (:meth:`storage_status` says so).
         """
         decision = _field(prediction, "decision") or "error"
         stored = None
-        if decision == "manual_sort" and image is not None and (not isinstance(image, (bytes, bytearray)) or image):
+        wants_photo = decision == "manual_sort" and image is not None and (
+            not isinstance(image, (bytes, bytearray)) or bool(image))
+        if wants_photo:
             try:
                 stored = review_jpeg(image)
             except (WastenetError, OSError, ValueError) as exc:
                 logging.getLogger("wastenet.serve").warning("decision log: photo not kept: %s", exc)
-        cur = self._write(
-            "INSERT INTO decisions (created_at, source, label, confidence, bin, bin_confidence,"
-            " decision, threshold, model, image, image_name, reason, ood_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                _now(), source, _field(prediction, "label"),
-                _opt_float(_field(prediction, "confidence")), _field(prediction, "bin"),
-                _opt_float(_field(prediction, "bin_confidence")), decision,
-                _opt_float(threshold), model,
-                sqlite3.Binary(stored) if stored else None,
-                image_name, _field(prediction, "reason") or None, _opt_float(_field(prediction, "ood_score")),
-            ),
-        )
-        row_id = int(cur.lastrowid)
-        if self.max_bytes is not None:
-            self.enforce_cap(keep_id=row_id)
-        return row_id
+        with self._transaction() as conn:
+            refused = None
+            if self.max_bytes is not None:
+                stored, refused = self._make_room(conn, stored)
+            cur = conn.execute(
+                "INSERT INTO decisions (created_at, source, label, confidence, bin, bin_confidence,"
+                " decision, threshold, model, image, image_name, reason, ood_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    _now(), source, _field(prediction, "label"),
+                    _opt_float(_field(prediction, "confidence")), _field(prediction, "bin"),
+                    _opt_float(_field(prediction, "bin_confidence")), decision,
+                    _opt_float(threshold), model,
+                    sqlite3.Binary(stored) if stored else None,
+                    image_name, _field(prediction, "reason") or None, _opt_float(_field(prediction, "ood_score")),
+                ),
+            )
+            if refused:
+                _set_meta(conn, "photos_refused", {"at": _now(), "reason": refused})
+            elif stored:
+                conn.execute("DELETE FROM meta WHERE key = 'photos_refused'")
+        return int(cur.lastrowid)
+
+    def _make_room(self, conn: sqlite3.Connection, photo: bytes | None) -> tuple[bytes | None, str | None]:
+        """Evict for one new row (and ``photo``) under the cap; ``(photo or None, why it was refused)``."""
+        limit = log_cap.budget(self.max_bytes)  # type: ignore[arg-type]
+        refused = None
+        if photo and log_cap.live_bytes(conn) - log_cap.evictable_bytes(conn) + len(photo) + log_cap.ROW_OVERHEAD > limit:
+            # evicting everything allowed would not make room: keep what there is, store no photo
+            photo, refused = None, (
+                "the log is full of reviewed photos that were not exported yet: new photos are not stored "
+                "(decisions still are) until `wastenet review --export DIR` has run")
+        self._evict(conn, (len(photo) if photo else 0) + log_cap.ROW_OVERHEAD)
+        return photo, refused
 
     # ---------------------------------------------------------------- retention
     def used_bytes(self) -> int:
-        """Bytes of live data in the file (pages in use; freed pages are reused, not counted)."""
-        with self._lock:
-            if self._conn is None:
-                raise WastenetError("decision log is closed")
-            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
+        """Bytes of live data in the database (pages in use; freed pages are reused, not counted)."""
+        with self._connection() as conn:
+            return log_cap.live_bytes(conn)
 
-    def enforce_cap(self, keep_id: int | None = None) -> int:
-        """Delete the oldest rows until the live data fits ``max_bytes``; returns how many went.
+    def disk_bytes(self) -> int:
+        """Bytes the log takes on disk: the database file plus its ``-wal`` and ``-shm`` files."""
+        return log_cap.disk_bytes(self.path) if self._on_disk else self.used_bytes()
 
-        Reviewed and automatic decisions go first, oldest first; pending reviews (manual-sort
-        photos nobody labelled yet) only when nothing else is left, and they are counted in
-        :meth:`pruned_pending` so that the review page can say so. ``keep_id`` is never deleted.
+    def enforce_cap(self) -> int:
+        """Evict until the log fits its cap (at open: a log reopened with a smaller cap); how many went.
+
+        A log written before incremental auto-vacuum (its file cannot shrink) is rewritten once
+        (``VACUUM``) when it is over the cap.
         """
         if self.max_bytes is None:
             return 0
-        deleted = 0
-        for pending in (False, True):
-            while (excess := self.used_bytes() - self.max_bytes) > 0:
-                n = self._prune_oldest(excess, pending, keep_id)
-                if n == 0:
-                    break
-                deleted += n
-        return deleted
+        with self._transaction() as conn:
+            taken = self._evict(conn, 0)
+        if self._on_disk and self.disk_bytes() > self.max_bytes:
+            with self._connection() as conn:
+                if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                    conn.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+                self._truncate_due = not log_cap.truncate_wal(conn)
+        return taken
 
-    def _prune_oldest(self, excess: int, pending: bool, keep_id: int | None) -> int:
-        where = (_PENDING if pending else f"NOT ({_PENDING})") + " AND id != ?"
-        keep = -1 if keep_id is None else int(keep_id)
-        with self._lock:
-            if self._conn is None:
-                raise WastenetError("decision log is closed")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                # the oldest rows whose photos and columns add up to the excess: one DELETE
-                last, freed, n = None, 0, 0
-                for row in self._conn.execute(f"SELECT id, COALESCE(length(image), 0) AS size FROM decisions "
-                                              f"WHERE {where} ORDER BY id LIMIT 10000", (keep,)):
-                    last, freed, n = row["id"], freed + row["size"] + _ROW_OVERHEAD, n + 1
-                    if freed >= excess:
-                        break
-                if last is not None:
-                    self._conn.execute(f"DELETE FROM review_history WHERE decision_id IN "
-                                       f"(SELECT id FROM decisions WHERE {where} AND id <= ?)", (keep, last))
-                    self._conn.execute(f"DELETE FROM decisions WHERE {where} AND id <= ?", (keep, last))
-                    if pending:
-                        self._conn.execute(
-                            "INSERT INTO meta (key, value) VALUES ('pruned_pending', ?) ON CONFLICT(key) DO "
-                            "UPDATE SET value = CAST(value AS INTEGER) + excluded.value", (str(n),))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return n
+    def _evict(self, conn: sqlite3.Connection, need: int) -> int:
+        """Make room for ``need`` bytes under the cap (inside ``conn``'s transaction); how many went."""
+        taken = log_cap.make_room(conn, need, log_cap.budget(self.max_bytes))  # type: ignore[arg-type]
+        if taken.get("pending photos"):
+            conn.execute("INSERT INTO meta (key, value) VALUES ('pruned_pending', ?) ON CONFLICT(key) DO "
+                         "UPDATE SET value = CAST(value AS INTEGER) + excluded.value", (str(taken["pending photos"]),))
+        return sum(taken.values())
 
     def pruned_pending(self) -> int:
-        """How many pending reviews the cap has deleted so far (0 normally)."""
-        rows = self._read("SELECT value FROM meta WHERE key = 'pruned_pending'")
-        return int(rows[0]["value"]) if rows else 0
+        """How many pending reviews lost their photo to the cap so far (0 normally)."""
+        return int(self._meta("pruned_pending") or 0)
+
+    def storage_status(self) -> dict[str, Any]:
+        """``{"photos_stored", "reason", "disk_bytes", "max_bytes"}``: whether new photos are kept
+        (False when the cap holds only reviewed photos that were not exported), for ``/api/health``."""
+        refused = self._meta("photos_refused")
+        return {"photos_stored": refused is None, "reason": refused["reason"] if refused else None,
+                "disk_bytes": self.disk_bytes(), "max_bytes": self.max_bytes}
 
     def retention_note(self) -> str | None:
-        """One sentence for the review page about the cap, or None without one."""
+        """One or two sentences for the review page about the cap, or None without one."""
         if self.max_bytes is None:
             return None
-        note = (f"The log keeps at most {self.max_bytes / 2**20:g} MB: the oldest reviewed and automatic "
-                "decisions are deleted first, pending items only if nothing else is left.")
+        note = (f"The log keeps at most {self.max_bytes / 2**20:g} MB on disk: photos of automatic decisions go "
+                "first, then exported reviewed photos and old decisions, pending photos last; reviewed photos "
+                "that were not exported are never deleted.")
         lost = self.pruned_pending()
         if lost:
-            note += f" {lost} pending item{'s' if lost != 1 else ''} were deleted unreviewed to stay under it."
+            note += f" {lost} pending item{'s' if lost != 1 else ''} lost their photo unreviewed to stay under it."
+        refused = self._meta("photos_refused")
+        if refused:
+            note += f" Now {refused['reason']}."
         return note
 
     def review(self, decision_id: int, label: str, who: str | None = None) -> dict[str, Any]:
         """Set a person's label on a decision; ``KeyError`` if there is no such id.
 
         The previous label is kept: each call adds a ``review_history`` row (who, when, old,
-        new) in the same transaction, see :meth:`history`. Labels are checked for shape here
-        (:func:`check_label`) but not against the classes (the log does not own the class list):
-        the service and ``wastenet review`` do that first.
+        new) in the same transaction, see :meth:`history`. A new label has not been exported
+        yet (``exported_at`` is cleared). Labels are checked for shape here (:func:`check_label`)
+        but not against the classes (the log does not own the class list): the service and
+        ``wastenet review`` do that first.
         """
         label = check_label(label)
         n = valid_id(decision_id)
         if n is None:
             raise KeyError(decision_id)
-        with self._lock:
-            if self._conn is None:
-                raise WastenetError("decision log is closed")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._conn.execute("SELECT reviewed_label FROM decisions WHERE id = ?", (n,)).fetchone()
-                if row is None:
-                    raise KeyError(decision_id)
-                at = _now()
-                self._conn.execute("UPDATE decisions SET reviewed_label = ?, reviewed_at = ? WHERE id = ?",
-                                   (label, at, n))
-                self._conn.execute("INSERT INTO review_history (decision_id, at, who, old_label, new_label)"
-                                   " VALUES (?,?,?,?,?)", (n, at, who, row["reviewed_label"], label))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            row = conn.execute("SELECT reviewed_label FROM decisions WHERE id = ?", (n,)).fetchone()
+            if row is None:
+                raise KeyError(decision_id)
+            at = _now()
+            conn.execute("UPDATE decisions SET reviewed_label = ?, reviewed_at = ?, exported_at = NULL WHERE id = ?",
+                         (label, at, n))
+            conn.execute("INSERT INTO review_history (decision_id, at, who, old_label, new_label)"
+                         " VALUES (?,?,?,?,?)", (n, at, who, row["reviewed_label"], label))
         return self.get(n)  # type: ignore[return-value]
 
     def history(self, decision_id: int) -> list[dict[str, Any]]:
@@ -451,8 +481,7 @@ class DecisionLog:
 
     def pending_reviews(self, limit: int | None = 50) -> list[dict[str, Any]]:
         """``manual_sort`` items with a stored photo and no review yet, newest first."""
-        sql = (f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE decision = 'manual_sort' "
-               "AND reviewed_label IS NULL AND image IS NOT NULL ORDER BY id DESC")
+        sql = f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE {_PENDING} ORDER BY id DESC"
         params: tuple[Any, ...] = ()
         if limit is not None:
             sql += " LIMIT ?"
@@ -461,9 +490,7 @@ class DecisionLog:
 
     def pending_count(self) -> int:
         """How many items :meth:`pending_reviews` would list without a limit."""
-        rows = self._read("SELECT COUNT(*) AS n FROM decisions WHERE decision = 'manual_sort' "
-                          "AND reviewed_label IS NULL AND image IS NOT NULL")
-        return int(rows[0]["n"])
+        return int(self._read(f"SELECT COUNT(*) AS n FROM decisions WHERE {_PENDING}")[0]["n"])
 
     def reviewed(self) -> list[dict[str, Any]]:
         """Every decision a person has labelled, oldest first."""
@@ -488,11 +515,13 @@ class DecisionLog:
         """Write reviewed photos as ``OUT/<label>/<id>_<name>.jpg|png`` and count them per class.
 
         The result is a class-folder dataset that ``wastenet train --data OUT`` reads.
-        Exporting again overwrites the same files (names carry the decision id). A row whose
-        label cannot name a folder inside OUT (see :func:`check_label`) or whose file cannot
-        be written is skipped and reported to ``on_skip(id, reason)`` (default: a warning in
-        the ``wastenet.serve`` log); the other rows are still exported. ``ConfigError`` when
-        OUT is not a folder that can be created.
+        Exporting again overwrites the same files (names carry the decision id). Each written
+        row is marked exported (``exported_at``): from then on the cap may drop its photo. A row
+        whose label cannot name a folder inside OUT (see :func:`check_label`), whose stored photo
+        cannot be read, or whose file cannot be written is skipped and reported to
+        ``on_skip(id, reason)`` (default: a warning in the ``wastenet.serve`` log); the other rows
+        are still exported, and no folder is made for a skipped row. ``ConfigError`` when OUT is
+        not a folder that can be created.
 
         >>> log.export_dataset("data/reviewed", on_skip=lambda i, why: print(i, why))  # doctest: +SKIP
         """
@@ -509,25 +538,50 @@ class DecisionLog:
         rows = self._read("SELECT id, reviewed_label, image_name FROM decisions "
                           "WHERE reviewed_label IS NOT NULL AND image IS NOT NULL ORDER BY id")
         for row in rows:
+            decision_id = int(row["id"])
             try:
                 label = check_label(row["reviewed_label"])  # validated on read as on write
             except ValueError as exc:
-                on_skip(int(row["id"]), str(exc))
+                on_skip(decision_id, str(exc))
                 continue
-            data = self.image(row["id"])
-            if data is None:
+            data = self.image(decision_id)
+            if data is None:  # its photo went since the listing
+                continue
+            try:
+                data, ext = _as_jpeg_or_png(data)
+            except (WastenetError, OSError, ValueError) as exc:
+                on_skip(decision_id, f"its stored photo cannot be read ({exc})")
                 continue
             folder = out / label
+            target = folder / f"{decision_id}_{_safe_stem(row['image_name'])}{ext}"
             try:
                 folder.mkdir(exist_ok=True)
-                data, ext = _as_jpeg_or_png(data)
-                target = folder / f"{row['id']}_{_safe_stem(row['image_name'])}{ext}"
                 write_atomic(target, data)  # never a half-written image in the dataset
             except (OSError, WastenetError) as exc:
-                on_skip(int(row["id"]), f"cannot write {folder}: {getattr(exc, 'strerror', None) or exc}")
+                on_skip(decision_id, f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}")
                 continue
+            with self._transaction() as conn:  # one row at a time: what was written is marked, even if a later one fails
+                conn.execute("UPDATE decisions SET exported_at = ? WHERE id = ? AND reviewed_label = ?",
+                             (_now(), decision_id, row["reviewed_label"]))
             counts[label] = counts.get(label, 0) + 1
         return dict(sorted(counts.items()))
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Give a log written by an older version the columns added since (empty for its old rows)."""
+    cols = {r["name"] for r in conn.execute("PRAGMA table_info(decisions)")}
+    if "reviewed_label" not in cols:
+        raise ConfigError(f"{path} is not a wastenet decision log")
+    try:
+        for name, kind in _COLUMNS_ADDED:
+            if name not in cols:
+                conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(f"cannot upgrade decision log {path}: {err}") from None
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
 
 def _opt_float(x: Any) -> float | None:

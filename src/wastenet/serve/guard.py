@@ -9,7 +9,8 @@ Two rules, both checked here and nowhere else:
 - **Review**: reading the review queue and its stored photos needs the review token
   (``Authorization: Bearer TOKEN``, :func:`token_refusal`); a request that changes stored data
   (relabelling) also needs ``Content-Type: application/json`` and, when the browser sends an
-  ``Origin``, an origin whose host passes the Host rule (no cross-site forms).
+  ``Origin``, an origin whose host is the request's ``Host`` (no cross-site forms, not even
+  from a page on another IP address).
 
 ::
 
@@ -82,12 +83,22 @@ class HostGuard:
         # an IP literal cannot be a rebound DNS name; names must be known
         return name is not None and (_is_ip(name) or name in self.names)
 
-    def allows_origin(self, origin: str) -> bool:
+    def allows_origin(self, origin: str, host_header: str | None) -> bool:
+        """Whether a browser's ``Origin`` is this very page: its host must be the request's
+        ``Host`` exactly (the port may differ behind a proxy). Not the Host rule itself: "any IP
+        address" would let a page on ``http://10.9.9.9`` through (PITFALLS "IP-literal Origins").
+
+        >>> g = HostGuard()
+        >>> g.allows_origin("http://127.0.0.1:8000", "127.0.0.1:8000"), g.allows_origin("http://10.9.9.9", "127.0.0.1:8000")
+        (True, False)
+        """
         try:
-            parts = urlsplit(origin)
+            parts = urlsplit(origin.strip())
         except ValueError:
             return False
-        return parts.scheme in ("http", "https") and self.allows(parts.netloc)
+        name = host_name(parts.netloc)
+        return (parts.scheme in ("http", "https") and name is not None and name == host_name(host_header)
+                and self.allows(host_header))
 
 
 class HostCheckMiddleware:
@@ -121,7 +132,7 @@ def review_refusal(headers: Mapping[str, str], token: str, guard: HostGuard) -> 
     ``headers`` is case-insensitive (Starlette's ``request.headers``).
     """
     origin = headers.get("origin")
-    if origin is not None and not guard.allows_origin(origin):
+    if origin is not None and not guard.allows_origin(origin, headers.get("host")):
         return 403, f"cross-origin request refused (Origin {origin!r})"
     refused = token_refusal(headers, token)
     if refused is not None:

@@ -1,11 +1,15 @@
-"""The service's settings as one object: what ``wastenet serve`` hands to every worker process.
+"""The service's settings as one object: every option of ``wastenet serve``, its default and its check.
 
-With ``--workers N`` uvicorn imports the app factory in each process; the settings cross as one
-JSON environment variable (``WASTENET_SERVE``) instead of one variable per option::
+This is the one place a serve option is written down. ``wastenet serve`` takes its argparse
+defaults from here and builds one :class:`ServeSettings` (its checks run on construction, so a bad
+value is one ``ConfigError`` line, exit 2, before anything loads); :func:`wastenet.serve.app.create_app`
+takes the object; with ``--workers N`` it crosses to every worker process as one JSON environment
+variable (``WASTENET_SERVE``)::
 
     s = ServeSettings(checkpoint="runs/x/best.onnx", threshold=0.85, max_batch=4)
-    os.environ[ENV_VAR] = s.to_json()         # the parent
-    app = create_app_from(ServeSettings.from_env())   # each worker (wastenet.serve.app.app_from_env)
+    app = create_app(s)
+    os.environ[ENV_VAR] = s.to_json()                  # the parent, for N workers ...
+    app = create_app(ServeSettings.from_env())         # ... each worker (wastenet.serve.app.app_from_env)
 
 Torch-free, like everything ``serve`` needs for an ``.onnx`` model.
 """
@@ -16,29 +20,61 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
+from wastenet.data.images import SERVICE_MAX_PIXELS  # the service's pixel limit per image
+from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError
 
-__all__ = ["DEFAULT_LOG_MAX_BYTES", "DEFAULT_MAX_DECODES", "DEFAULT_MAX_UPLOAD_BYTES", "ENV_VAR", "ServeSettings"]
+__all__ = ["DEFAULT_LOG_MAX_BYTES", "DEFAULT_MAX_DECODES", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_DECODE_PIXELS",
+           "ENV_VAR", "MODEL_SUFFIXES", "SERVICE_MAX_PIXELS", "ServeSettings", "check_model_file"]
 
 ENV_VAR = "WASTENET_SERVE"
+MODEL_SUFFIXES = (".pt", ".onnx")
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
-DEFAULT_LOG_MAX_BYTES = 512 * 2**20   # the decision log's cap (oldest reviewed/automatic rows go first)
-DEFAULT_MAX_DECODES = 2               # images decoded at once: each can cost ~100 MB at the pixel limit
+DEFAULT_LOG_MAX_BYTES = 512 * 2**20   # the decision log's cap on disk (database + WAL)
+DEFAULT_MAX_DECODES = 2               # images decoded at once
+#: Decoded pixels in flight at once: one image at the pixel limit, or many small ones. A decoded
+#: RGB pixel costs 3 bytes, and conversion/orientation can hold a second copy: ~240 MB at most.
+DEFAULT_DECODE_PIXELS = SERVICE_MAX_PIXELS
+
+
+def check_model_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it names an existing ``.pt`` or ``.onnx`` file; ConfigError otherwise.
+
+    >>> check_model_file("model.h5")      # doctest: +SKIP
+    ConfigError: --checkpoint must be a .pt checkpoint or an .onnx file, got model.h5
+    """
+    p = Path(path)
+    if p.suffix.lower() not in MODEL_SUFFIXES:
+        raise ConfigError(f"--checkpoint must be a .pt checkpoint or an .onnx file, got {p}")
+    if not p.is_file():
+        raise ConfigError(f"model file not found: {p}")
+    return p
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Everything ``create_app`` takes besides the model; ``None`` means the documented default.
+    """Everything the service is started with; each field's default is the documented one.
 
+    ``checkpoint``: the model file (None only when ``create_app`` is handed a loaded ``Classifier``);
     ``threshold``: the model file's when None; ``torch_threads``: PyTorch's choice when None;
-    ``review_token``, ``host``, ``allowed_hosts``: see :mod:`wastenet.serve.guard`;
+    ``review_token`` (None: a random one), ``host``, ``allowed_hosts``: see :mod:`wastenet.serve.guard`;
+    ``log_max_bytes``: cap on the log's files on disk (None: no cap); ``max_pixels``: largest image;
+    ``max_decodes`` and ``decode_pixels``: images and decoded pixels in flight at once;
     ``onnx_spin``: let onnxruntime's idle threads spin (off: they sleep, which leaves the cores
-    to request decoding: +17% requests/s under 8 clients on 2 cores, BENCHMARKS.md).
+    to request decoding: +17% requests/s under 8 clients on 2 cores, BENCHMARKS.md);
+    ``search``: look at every photo through windows (~51 model calls each).
+
+    Construction checks every value (``ConfigError`` naming the command-line option):
+
+    >>> ServeSettings(checkpoint=None, max_decodes=0)
+    Traceback (most recent call last):
+    wastenet.errors.ConfigError: --max-decodes must be at least 1, got 0
     """
 
-    checkpoint: str
+    checkpoint: str | None
     log_path: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     threshold: float | None = None
@@ -49,13 +85,36 @@ class ServeSettings:
     review_token: str | None = None      # the same in every worker (a random one per worker would differ)
     host: str | None = None
     allowed_hosts: tuple[str, ...] = ()
-    log_max_bytes: int | None = DEFAULT_LOG_MAX_BYTES   # None: no cap
+    log_max_bytes: int | None = DEFAULT_LOG_MAX_BYTES
+    max_pixels: int = SERVICE_MAX_PIXELS
     max_decodes: int = DEFAULT_MAX_DECODES
-    search: bool = False                 # item search: windows of each photo (~51 model calls each)
+    decode_pixels: int = DEFAULT_DECODE_PIXELS
+    search: bool = False
 
-    def app_options(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`wastenet.serve.app.create_app` (all but the model)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "checkpoint"}
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None:
+            check_model_file(self.checkpoint)
+        if self.threshold is not None:
+            check_threshold(self.threshold, name="--threshold")
+        if not self.max_upload_bytes > 0:
+            raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_bytes / 2**20:g}")
+        if self.log_max_bytes is not None and not self.log_max_bytes > 0:
+            raise ConfigError(f"--log-max-mb must be 0 (no cap) or positive, got {self.log_max_bytes / 2**20:g}")
+        for name, flag in (("max_batch", "--max-batch"), ("max_decodes", "--max-decodes"), ("max_pixels", "max_pixels")):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"{flag} must be at least 1, got {getattr(self, name)}")
+        if not self.decode_pixels >= 1:
+            raise ConfigError(f"--decode-mpx must be positive, got {self.decode_pixels / 1e6:g}")
+        if self.torch_threads is not None and not self.torch_threads >= 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.torch_threads}")
+        if self.review_token is not None and not self.review_token.strip():
+            raise ConfigError("--review-token must not be empty")
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))  # JSON and callers give lists
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of one field, for the command line: ``ServeSettings.default("max_batch")`` -> 8."""
+        return cls.__dataclass_fields__[name].default
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -66,8 +125,6 @@ class ServeSettings:
             data = json.loads(text)
             if not isinstance(data, Mapping):
                 raise ValueError("not a JSON object")
-            if "allowed_hosts" in data:  # JSON has lists, the frozen settings a tuple
-                data = {**data, "allowed_hosts": tuple(data["allowed_hosts"])}
             return cls(**data)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{ENV_VAR} does not hold serve settings: {exc}") from None
