@@ -119,8 +119,8 @@ def fitted_rule_checkpoint(tmp_path, image_folder):
 
     rows, classes = scan_folder(image_folder)
     split = [Row(r.path, r.label, ("val", "test")[i % 2]) for i, r in enumerate(rows)]
+    torch.manual_seed(0)  # the whole tiny network, not only its head: the fitted temperature depends on it
     built = create_model("test_resnet", len(classes), weights=None, img_size=64)
-    torch.manual_seed(0)
     torch.nn.init.normal_(built.model.get_classifier().weight, std=0.5)
     prep, model = built.preprocessing, built.model.eval()
     val = build_cache(image_folder, [r for r in split if r.split == "val"], classes, prep.cache_size, prep.interpolation)
