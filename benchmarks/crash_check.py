@@ -47,9 +47,7 @@ TOKEN = "crash-check-token"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--checkpoint", help="model file to serve (.pt or .onnx)")
-    g.add_argument("--tiny", action="store_true", help="build a random-init 64 px test_resnet checkpoint and serve it")
+    add_model_options(p)
     p.add_argument("--data", default=str(SHARED / "data" / "trashnet"))
     p.add_argument("--split-file", default=str(SHARED / "data" / "trashnet-split.csv"))
     p.add_argument("--max-images", type=int, default=60, help="photos cycled through")
@@ -60,6 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="every N-th request asks threshold=1 (manual sort: a photo is stored for the reviewer)")
     p.add_argument("--json", default=None, metavar="FILE")
     return p.parse_args(argv)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint FILE`` or ``--tiny``: the model a benchmark serves (see :func:`model_to_serve`)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint", help="model file to serve (.pt or .onnx)")
+    g.add_argument("--tiny", action="store_true", help="build a random-init 64 px test_resnet checkpoint and serve it")
+
+
+def model_to_serve(args: argparse.Namespace, work: Path) -> Path:
+    """The ``--checkpoint`` file, or a tiny checkpoint built in ``work`` under ``--tiny``."""
+    return tiny_checkpoint(work) if args.tiny else Path(args.checkpoint)
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -174,7 +184,7 @@ def verify(db: Path, tally: Tally) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="wastenet-crash-"))
-    ckpt = tiny_checkpoint(work) if args.tiny else Path(args.checkpoint)
+    ckpt = model_to_serve(args, work)
     photos = load_photos(Path(args.data), Path(args.split_file), "test", args.max_images)
     db = work / "decisions.sqlite"
     server = Server(ckpt, db)

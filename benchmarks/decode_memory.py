@@ -33,16 +33,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_description, wait_for_health  # noqa: E402
-from crash_check import tiny_checkpoint  # noqa: E402 - one tiny model builder
+from crash_check import add_model_options, model_to_serve  # noqa: E402 - one model choice, one tiny builder
 from load_test import REPO, _free_port  # noqa: E402 - one port picker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--checkpoint", help="model file to serve (.pt or .onnx)")
-    g.add_argument("--tiny", action="store_true", help="build a random-init 64 px test_resnet checkpoint and serve it")
+    add_model_options(p)
     p.add_argument("--size", type=int, default=6000, help="side of each uploaded TIFF, in pixels")
     p.add_argument("--burst", type=int, default=8, help="concurrent uploads per burst")
     p.add_argument("--rounds", type=int, default=3, help="bursts, one after the other")
@@ -116,7 +114,7 @@ def burst(url: str, photos: list[bytes], pid: int, timeout: float) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="decode-memory-"))
-    checkpoint = tiny_checkpoint(work) if args.tiny else Path(args.checkpoint)
+    checkpoint = model_to_serve(args, work)
     photos = [big_tiff(args.size, k) for k in range(args.burst)]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
