@@ -17,16 +17,17 @@ order, and a reviewed photo that was not exported is never deleted (:mod:`wasten
     log.export_dataset("data/reviewed")                   # {'plastic': 1}: class folders
     # then: wastenet train --data data/reviewed ...
 
-Torch-free (stdlib ``sqlite3`` plus Pillow for the rare re-encode on export).
+Torch-free (stdlib ``sqlite3`` plus Pillow for the rare re-encode on export). About 480 lines: one
+class owns the file (schema, migration, transactions, every query); what the cap may evict is in
+:mod:`~wastenet.serve.log_cap`, the item checks in :mod:`~wastenet.serve.log_items`, the export in
+:mod:`~wastenet.serve.log_export`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -35,10 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from wastenet.errors import ConfigError, WastenetError
-from wastenet.files import write_atomic
 from wastenet.serve import log_cap
+from wastenet.serve.log_items import (MAX_ID, MAX_LABEL_LENGTH, REVIEW_MAX_SIDE, check_label, image_media_type,
+                                      review_copy, review_jpeg, valid_id)
 
-__all__ = ["DecisionLog", "check_label", "default_log_path", "image_media_type", "valid_id", "LOG_FILENAME", "MAX_ID"]
+# the item helpers live in log_items; they are re-exported here, where callers have always found them
+__all__ = ["DecisionLog", "LOG_FILENAME", "MAX_ID", "MAX_LABEL_LENGTH", "REVIEW_MAX_SIDE", "check_label",
+           "default_log_path", "image_media_type", "review_copy", "review_jpeg", "valid_id"]
 
 LOG_FILENAME = "decisions.sqlite"
 
@@ -105,62 +109,6 @@ def default_log_path(checkpoint: str | os.PathLike | None) -> Path:
     return Path(base) / "wastenet" / LOG_FILENAME
 
 
-def image_media_type(data: bytes) -> str:
-    """The MIME type of encoded image bytes, from their signature (for HTTP responses)."""
-    from wastenet.data.images import sniff_format
-
-    kind = sniff_format(data)
-    return f"image/{kind.lower()}" if kind else "application/octet-stream"
-
-
-#: Longest side of a stored review photo: enough to tell a yoghurt pot from a cup.
-REVIEW_MAX_SIDE = 1024
-_REVIEW_QUALITY = 85
-
-
-def review_copy(image: Any) -> Any:
-    """``image`` (PIL) shrunk to at most :data:`REVIEW_MAX_SIDE` px on its longest side (itself if small)."""
-    if max(image.size) <= REVIEW_MAX_SIDE:
-        return image
-    copy = image.copy()
-    copy.thumbnail((REVIEW_MAX_SIDE, REVIEW_MAX_SIDE))  # keeps the aspect ratio; reduce() first: fast
-    return copy
-
-
-def review_jpeg(image: Any) -> bytes:
-    """The photo a reviewer sees, as stored: a JPEG, longest side <= 1024 px.
-
-    ``image`` is a PIL image or encoded bytes (any format ``load_image`` reads); whatever a
-    client uploaded (a 10 MB noise PNG, say), the log keeps ~100-300 kB.
-    """
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        from wastenet.data.images import load_image
-
-        image = load_image(bytes(image))
-    buf = io.BytesIO()
-    review_copy(image).convert("RGB").save(buf, format="JPEG", quality=_REVIEW_QUALITY)
-    return buf.getvalue()
-
-
-#: Largest id SQLite can store (signed 64 bit); a larger one cannot name a row.
-MAX_ID = 2**63 - 1
-
-
-def valid_id(decision_id: Any) -> int | None:
-    """``decision_id`` as an int when it can name a row (1 .. 2**63 - 1), else None.
-
-    >>> valid_id("17"), valid_id(2**63), valid_id(0)
-    (17, None, None)
-    """
-    try:
-        n = int(decision_id)
-    except (TypeError, ValueError):
-        return None
-    return n if 1 <= n <= MAX_ID else None
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -170,34 +118,6 @@ def _field(prediction: Any, name: str) -> Any:
     if isinstance(prediction, Mapping):
         return prediction.get(name)
     return getattr(prediction, name, None)
-
-
-#: Longest reviewed label (it names a folder on export; file systems allow 255 bytes).
-MAX_LABEL_LENGTH = 100
-
-
-def check_label(label: Any) -> str:
-    """A reviewed label that can safely name one folder, stripped; ``ValueError`` otherwise.
-
-    Applied when a label is written and again when one is read back for export: a log file
-    edited by hand, or written by an older version, must not steer files out of the folder.
-
-    >>> check_label(" plastic ")
-    'plastic'
-    """
-    text = str(label).strip()
-    if (not text or text in (".", "..") or text.startswith(".") or any(c in text for c in "/\\:")
-            or any(ord(c) < 32 or ord(c) == 127 for c in text)):
-        raise ValueError(f"invalid label {text[:40]!r}: it must be usable as a folder name")
-    if len(text) > MAX_LABEL_LENGTH:
-        raise ValueError(f"label too long ({len(text)} characters, at most {MAX_LABEL_LENGTH})")
-    return text
-
-
-def _safe_stem(name: str | None) -> str:
-    stem = Path(name or "image").stem
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
-    return (stem or "image")[:60]
 
 
 class DecisionLog:
@@ -525,46 +445,21 @@ class DecisionLog:
 
         >>> log.export_dataset("data/reviewed", on_skip=lambda i, why: print(i, why))  # doctest: +SKIP
         """
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"export target {out} is a file, not a folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"cannot create export folder {out}: {err.strerror or err}") from None
-        if on_skip is None:
-            on_skip = lambda i, why: logging.getLogger("wastenet.serve").warning("export: skipped #%d: %s", i, why)  # noqa: E731
-        counts: dict[str, int] = {}
-        rows = self._read("SELECT id, reviewed_label, image_name FROM decisions "
-                          "WHERE reviewed_label IS NOT NULL AND image IS NOT NULL ORDER BY id")
-        for row in rows:
-            decision_id = int(row["id"])
-            try:
-                label = check_label(row["reviewed_label"])  # validated on read as on write
-            except ValueError as exc:
-                on_skip(decision_id, str(exc))
-                continue
-            data = self.image(decision_id)
-            if data is None:  # its photo went since the listing
-                continue
-            try:
-                data, ext = _as_jpeg_or_png(data)
-            except (WastenetError, OSError, ValueError) as exc:
-                on_skip(decision_id, f"its stored photo cannot be read ({exc})")
-                continue
-            folder = out / label
-            target = folder / f"{decision_id}_{_safe_stem(row['image_name'])}{ext}"
-            try:
-                folder.mkdir(exist_ok=True)
-                write_atomic(target, data)  # never a half-written image in the dataset
-            except (OSError, WastenetError) as exc:
-                on_skip(decision_id, f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}")
-                continue
-            with self._transaction() as conn:  # one row at a time: what was written is marked, even if a later one fails
-                conn.execute("UPDATE decisions SET exported_at = ? WHERE id = ? AND reviewed_label = ?",
-                             (_now(), decision_id, row["reviewed_label"]))
-            counts[label] = counts.get(label, 0) + 1
-        return dict(sorted(counts.items()))
+        from wastenet.serve.log_export import export_reviewed
+
+        return export_reviewed(self, out_dir, on_skip)
+
+    def reviewed_photos(self) -> list[dict[str, Any]]:
+        """``{"id", "reviewed_label", "image_name"}`` of every reviewed decision that has a photo, oldest first."""
+        return [dict(r) for r in self._read("SELECT id, reviewed_label, image_name FROM decisions "
+                                            "WHERE reviewed_label IS NOT NULL AND image IS NOT NULL ORDER BY id")]
+
+    def mark_exported(self, decision_id: int, label: str) -> None:
+        """Record that ``decision_id``'s photo was exported with ``label`` (unless it was relabelled since):
+        from then on the cap may drop it."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE decisions SET exported_at = ? WHERE id = ? AND reviewed_label = ?",
+                         (_now(), int(decision_id), label))
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -594,19 +489,3 @@ def _item(row: sqlite3.Row) -> dict[str, Any]:
     d = {k: row[k] for k in row.keys()}
     d["has_image"] = bool(d.get("has_image"))
     return d
-
-
-def _as_jpeg_or_png(data: bytes) -> tuple[bytes, str]:
-    """Keep JPEG and PNG bytes as they are; re-encode anything else (WebP, BMP, ...) as PNG."""
-    kind = image_media_type(data)
-    if kind == "image/jpeg":
-        return data, ".jpg"
-    if kind == "image/png":
-        return data, ".png"
-    import io
-
-    from wastenet.data.images import load_image
-
-    buf = io.BytesIO()
-    load_image(data).save(buf, format="PNG")
-    return buf.getvalue(), ".png"
