@@ -209,3 +209,25 @@ def test_identity_taxonomy_maps_each_class_to_its_own_bin():
     assert tax.bins == {"cans": ["cans"], "jars": ["jars"]}
     probs = np.array([[0.25, 0.75]])
     np.testing.assert_allclose(tax.bin_probabilities(probs, ["cans", "jars"]), probs)
+
+
+# ------------------------------------------------------------------------- the one fallback
+def test_taxonomy_for_a_model_takes_the_given_one_else_a_matching_builtin_else_one_bin_per_class():
+    from wastenet.taxonomy import taxonomy_for
+
+    assert taxonomy_for("trashnet", TRASHNET).name == "trashnet"
+    assert taxonomy_for(None, list(reversed(TRASHNET))).name == "trashnet"  # the built-in with these classes
+    assert taxonomy_for({}, ["cans", "jars"]).bins == {"cans": ["cans"], "jars": ["jars"]}  # empty: no taxonomy
+    with pytest.raises(ConfigError):
+        taxonomy_for({"bins": {"recyclable": ["cans"]}}, ["cans", "jars"])  # the given one is checked
+
+
+def test_the_classifier_falls_back_the_same_way():
+    from wastenet.inference.predictor import Classifier
+    from wastenet.preprocessing import Preprocessing
+
+    prep = Preprocessing(input_size=8, resize_size=8, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
+    assert Classifier(None, classes=TRASHNET, preprocessing=prep).taxonomy.name == "trashnet"
+    assert Classifier(None, classes=["cans", "jars"], preprocessing=prep).taxonomy.name == "identity"
+    with pytest.raises(ConfigError):
+        Classifier(None, classes=["cans", "jars"], preprocessing=prep, taxonomy={"bins": {"x": ["cans"]}})

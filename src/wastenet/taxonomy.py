@@ -42,6 +42,7 @@ __all__ = [
     "default_taxonomy_for",
     "identity_taxonomy",
     "load_taxonomy",
+    "taxonomy_for",
 ]
 
 #: Names accepted by :func:`load_taxonomy` without a file (``taxonomies/<name>.yaml``).
@@ -216,6 +217,21 @@ def identity_taxonomy(classes: Sequence[str]) -> Taxonomy:
     {'a': ['a'], 'b': ['b']}
     """
     return Taxonomy("identity", {str(c): [str(c)] for c in classes})
+
+
+def taxonomy_for(spec: str | Path | Mapping[str, Any] | Taxonomy | None, classes: Sequence[str]) -> Taxonomy:
+    """A model's taxonomy: ``spec`` (the one asked for or stored with the model) checked against
+    ``classes``; without one (None or empty), the built-in taxonomy with exactly these classes, else
+    one bin per class. The one fallback that train, eval and predict use::
+
+        taxonomy_for(ckpt.get("taxonomy"), ckpt["classes"])
+
+    >>> taxonomy_for(None, ["a", "b"]).name
+    'identity'
+    """
+    if spec:
+        return load_taxonomy(spec, classes)
+    return default_taxonomy_for(classes) or identity_taxonomy(classes)
 
 
 # --------------------------------------------------------------------------- helpers
