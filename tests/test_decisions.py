@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from wastenet.evaluation.decisions import coverage_curve, decision_analysis, suggest_threshold
-from wastenet.inference.predictor import decide as decide_one
 from wastenet.taxonomy import Taxonomy
 
 CLASSES = ["newspaper", "office_paper", "straw"]
@@ -17,7 +16,9 @@ BOUNDARY = np.array([[0.20381898702851367, 0.7463113329614236, 0.049869680010062
 
 
 def test_eval_counts_what_predict_decides_at_the_threshold_boundary():
-    assert decide_one(BOUNDARY[0], CLASSES, ONE_BIN, threshold=1.0).decision == "recyclable"
+    from wastenet.decision import decide
+
+    assert decide(ONE_BIN.bin_probabilities(BOUNDARY, CLASSES), ONE_BIN.bin_names, 1.0).decision[0] == "recyclable"
     d = decision_analysis(BOUNDARY, np.array([0]), CLASSES, ONE_BIN, threshold=1.0)
     assert d["accepted"] == 1 and d["coverage"] == 1.0
     curve = coverage_curve(BOUNDARY, np.array([0]), ONE_BIN, CLASSES, thresholds=[1.0])

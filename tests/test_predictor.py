@@ -1,4 +1,4 @@
-"""The Python prediction API: Classifier (torch and ONNX backends), Prediction, decide()."""
+"""The Python prediction API: Classifier (torch and ONNX backends), Prediction, the bin decision."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from wastenet.errors import ConfigError
-from wastenet.inference.predictor import MANUAL_SORT, Classifier, Prediction, decide, softmax
+from wastenet.inference.predictor import MANUAL_SORT, Classifier, Prediction, softmax
 from wastenet.taxonomy import Taxonomy
 
 ROW_KEYS = ["path", "label", "confidence", "bin", "decision", "error", "bin_confidence", "reason", "ood_score"]
@@ -193,6 +193,19 @@ TORN = ["newspaper", "office_paper", "straw"]
 TORN_TAX = Taxonomy("t", {"recyclable": ["newspaper", "office_paper"], "compostable": [], "landfill": ["straw"]})
 
 
+def decide(probs, classes, tax, threshold):
+    """One item through the one rule, as Classifier.predict decides it (wastenet.decision.decide
+    on the bin totals); ``bin_probs`` is the row Prediction.bin_probs shows."""
+    from types import SimpleNamespace
+
+    from wastenet.decision import decide as decide_rows
+
+    bp = tax.bin_probabilities(np.asarray(probs, dtype=np.float64)[None, :], classes)
+    d = decide_rows(bp, tax.bin_names, threshold)
+    return SimpleNamespace(bin=str(d.bin[0]), bin_confidence=float(d.confidence[0]), decision=str(d.decision[0]),
+                           bin_probs={b: min(float(v), 1.0) for b, v in zip(tax.bin_names, bp[0])})
+
+
 def test_item_torn_between_two_recyclable_classes_is_confidently_recyclable():
     d = decide([0.45, 0.45, 0.10], TORN, TORN_TAX, threshold=0.9)
     assert d.bin == "recyclable" and d.decision == "recyclable"  # 0.9 >= 0.9: at the threshold counts
@@ -274,3 +287,14 @@ def test_onnx_predictions_run_without_torch(onnx_file, images):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() in ("glass", "metal", "paper")
+
+
+def test_the_public_names_stay_importable_from_predictor():
+    import wastenet.inference.predictor as predictor
+    from wastenet.inference import inputs, results
+
+    assert predictor.Prediction is results.Prediction and predictor.ImageInput is inputs.ImageInput
+    for name in predictor.__all__:
+        assert hasattr(predictor, name), name
+    # the one decision rule is wastenet.decision.decide: no one-item copy of it here
+    assert "decide" not in predictor.__all__ and not hasattr(predictor, "Decision")

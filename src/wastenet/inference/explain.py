@@ -27,7 +27,9 @@ from PIL import Image
 
 from wastenet.errors import ConfigError
 from wastenet.files import write_atomic
-from wastenet.inference.predictor import Classifier, ImageInput, Prediction, _display_name, _to_pil
+from wastenet.inference.inputs import ImageInput, display_name, to_pil
+from wastenet.inference.predictor import Classifier
+from wastenet.inference.results import Prediction
 from wastenet.preprocessing import model_input_uint8, normalize
 
 __all__ = ["class_index", "explain", "explain_batch", "find_target_layer", "overlay_heatmap", "save_overlay"]
@@ -171,9 +173,9 @@ def explain(source: str | os.PathLike | Classifier, image: ImageInput, target_cl
     clf = source if isinstance(source, Classifier) else Classifier.load(source, device=device)
     model = clf.model  # ConfigError for an ONNX file: Grad-CAM needs gradients
     target = class_index(clf.classes, target_class)
-    pil = _to_pil(image)
+    pil = to_pil(image)
     pred = clf.predict([pil])[0]
-    pred.path = _display_name(image, 0)
+    pred.path = display_name(image, 0)
     if target is None:
         target = clf.classes.index(pred.label)
     crop = model_input_uint8(pil, clf.preprocessing)

@@ -14,6 +14,9 @@ Images may be paths, PIL images, uint8 ``H x W x 3`` arrays or encoded bytes, mi
 that cannot be decoded gives an error ``Prediction`` (``decision == "error"``) and never
 stops the batch. Decoding and preprocessing of the next batches run in background threads
 while the model works on the current one.
+
+The rows are :class:`wastenet.inference.results.Prediction`, the inputs
+:mod:`wastenet.inference.inputs` (both importable from here too).
 """
 
 from __future__ import annotations
@@ -21,140 +24,32 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from wastenet.data.images import ImageDecodeError, composite_on_white, load_image
-from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, Threshold, check_threshold
-from wastenet.decision import decide as decide_bins
+from wastenet.data.images import ImageDecodeError
+from wastenet.decision import DEFAULT_THRESHOLD, MANUAL_SORT, Threshold, check_threshold, decide
 from wastenet.errors import ConfigError
 from wastenet.inference.backends import OnnxBackend, TorchBackend
+from wastenet.inference.inputs import ImageInput, as_list, display_name, to_pil
+from wastenet.inference.results import Prediction
 from wastenet.inference.tta import tta_logits
 from wastenet.preprocessing import Preprocessing, preprocess_images
 from wastenet.probabilities import softmax
-from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
+from wastenet.taxonomy import Taxonomy, load_taxonomy, taxonomy_for
 
 __all__ = [
     "Classifier",
-    "Decision",
     "ImageInput",
     "MANUAL_SORT",
     "OnnxBackend",
     "Prediction",
     "TorchBackend",
-    "decide",
     "softmax",
 ]
-
-ERROR = "error"
-
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
-
-
-# --------------------------------------------------------------------------- results
-@dataclass
-class Prediction:
-    """One input's result. Error rows have ``decision == "error"`` and empty class fields.
-
-    >>> p = Prediction("a.jpg", "glass", 0.97, "recyclable", 0.99, "recyclable")
-    >>> p.to_row()["decision"]
-    'recyclable'
-    """
-
-    path: str
-    label: str | None = None
-    confidence: float | None = None
-    bin: str | None = None
-    bin_confidence: float | None = None
-    decision: str = ERROR
-    error: str | None = None
-    topk: list[tuple[str, float]] = field(default_factory=list)
-    bin_probs: dict[str, float] = field(default_factory=dict)
-    reason: str = ""                     # why manual_sort: low_confidence | unknown ("" otherwise)
-    ood_score: float | None = None       # unknown-item score (higher = less like the training data)
-
-    @property
-    def ok(self) -> bool:
-        return self.decision != ERROR
-
-    @classmethod
-    def failed(cls, path: str, reason: str) -> "Prediction":
-        return cls(path=path, decision=ERROR, error=reason)
-
-    def to_row(self) -> dict[str, Any]:
-        """The CSV row: ``path,label,confidence,bin,decision,error,bin_confidence,reason,ood_score`` (in order)."""
-        return {
-            "path": self.path,
-            "label": self.label or "",
-            "confidence": _fmt(self.confidence),
-            "bin": self.bin or "",
-            "decision": self.decision,
-            "error": self.error or "",
-            "bin_confidence": _fmt(self.bin_confidence),
-            "reason": self.reason,
-            "ood_score": _fmt(self.ood_score),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form: the row's fields (``null`` when empty) plus ``topk`` and ``bin_probs``."""
-        return {
-            "path": self.path,
-            "label": self.label,
-            "confidence": _round(self.confidence),
-            "bin": self.bin,
-            "decision": self.decision,
-            "error": self.error,
-            "bin_confidence": _round(self.bin_confidence),
-            "reason": self.reason,
-            "ood_score": _round(self.ood_score),
-            "topk": [{"label": label, "probability": _round(p)} for label, p in self.topk],
-            "bin_probs": {b: _round(p) for b, p in self.bin_probs.items()},
-        }
-
-    def __str__(self) -> str:
-        if not self.ok:
-            return f"{self.path}: error: {self.error}"
-        verdict = self.bin if self.decision == self.bin else f"{MANUAL_SORT}: {self.reason or 'low_confidence'} (best bin {self.bin})"
-        return f"{self.path}: {self.label} {self.confidence:.2f} -> {verdict} ({self.bin_confidence:.2f})"
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 6)
-
-
-def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{float(x):.6f}"
-
-
-class Decision(NamedTuple):
-    bin: str
-    bin_confidence: float
-    decision: str
-    bin_probs: dict[str, float]
-
-
-def decide(probs: Sequence[float] | np.ndarray, classes: Sequence[str], taxonomy: Taxonomy,
-           threshold: float) -> Decision:
-    """The decision for one item, from its class probabilities (model class order).
-
-    A one-item view of :func:`wastenet.decision.decide`: the bin is the one with the highest
-    *total* probability (sum over its classes), so an item torn between two recyclable
-    classes still goes confidently to recycling; it is kept only if that total reaches
-    ``threshold``, otherwise the item goes to manual sort::
-
-        d = decide([0.45, 0.45, 0.10], ["newspaper", "office_paper", "straw"], tax, 0.8)
-        d.bin, d.decision          # ('recyclable', 'recyclable'): 0.90 >= 0.8
-    """
-    bp = taxonomy.bin_probabilities(np.asarray(probs, dtype=np.float64)[None, :], classes)
-    names = taxonomy.bin_names
-    d = decide_bins(bp, names, threshold)
-    return Decision(str(d.bin[0]), float(d.confidence[0]), str(d.decision[0]),
-                    {b: min(float(v), 1.0) for b, v in zip(names, bp[0])})
-
 
 # --------------------------------------------------------------------------- classifier
 class Classifier:
@@ -176,7 +71,7 @@ class Classifier:
         self.ood = _check_ood(ood)
         self.classes = [str(c) for c in classes]
         self.preprocessing = preprocessing
-        self.taxonomy = _resolve_taxonomy(taxonomy, self.classes)
+        self.taxonomy = taxonomy_for(taxonomy, self.classes)  # none in the file: a built-in or one bin per class
         self.temperature = float(temperature)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
@@ -346,14 +241,14 @@ class Classifier:
         (:mod:`wastenet.inference.search`; ~51 model inputs for a 320 x 427 photo) and takes the
         unknown-item threshold fitted on searched validation photos where the model has one.
         """
-        items = _as_list(images)
+        items = as_list(images)
         thr = self.threshold if threshold is None else check_threshold(threshold)
         tax = self.taxonomy if taxonomy is None else load_taxonomy(taxonomy, self.classes)
         if int(batch_size) < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         k = max(1, min(int(topk), len(self.classes)))
         ood_thr = self.unknown_threshold(ood_threshold, ood_method, search)
-        names = [_display_name(item, i) for i, item in enumerate(items)]
+        names = [display_name(item, i) for i, item in enumerate(items)]
         results: list[Prediction | None] = [None] * len(items)
         from wastenet.inference.search import photos_per_batch
 
@@ -445,7 +340,7 @@ class Classifier:
         failures: list[tuple[int, str]] = []
         for i, item in zip(idx, batch):
             try:
-                views = windows(_to_pil(item)) if search else [_to_pil(item)]
+                views = windows(to_pil(item)) if search else [to_pil(item)]
             except ImageDecodeError as err:
                 failures.append((i, err.reason))
                 continue
@@ -468,7 +363,7 @@ class Classifier:
         """One batch's rows: every item decided at once by :func:`wastenet.decision.decide`."""
         bp = tax.bin_probabilities(probs, self.classes)
         default = self.threshold if isinstance(self.threshold, float) else DEFAULT_THRESHOLD
-        d = decide_bins(bp, tax.bin_names, threshold, unknown=unknown, default=default)
+        d = decide(bp, tax.bin_names, threshold, unknown=unknown, default=default)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         out = []
         for n, name in enumerate(names):
@@ -527,49 +422,6 @@ def _done(value: Any) -> Future:
     fut: Future = Future()
     fut.set_result(value)
     return fut
-
-
-def _resolve_taxonomy(spec: Any, classes: list[str]) -> Taxonomy:
-    if spec:
-        return load_taxonomy(spec, classes)
-    # no taxonomy in the file: a built-in one if the classes match it, else one bin per class
-    return default_taxonomy_for(classes) or identity_taxonomy(classes)
-
-
-def _as_list(images: Any) -> list[ImageInput]:
-    if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        # one H x W x 3 image, or a stack N x H x W x 3
-        return [images] if images.ndim == 3 else list(images)
-    return list(images)
-
-
-def _display_name(item: ImageInput, index: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    if isinstance(item, Image.Image):
-        return getattr(item, "filename", "") or f"<image {index}>"
-    if isinstance(item, np.ndarray):
-        return f"<array {index}>"
-    return f"<bytes {index}>"
-
-
-def _to_pil(item: ImageInput) -> Image.Image:
-    """Any supported input -> RGB PIL image; unreadable data raises ImageDecodeError."""
-    if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return load_image(item)
-    if isinstance(item, Image.Image):
-        if item.mode == "RGB":
-            return item
-        if item.mode in ("RGBA", "LA", "PA", "P"):
-            return composite_on_white(item)  # like load_image does (not the hidden colour)
-        return item.convert("RGB")
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
-            raise ImageDecodeError(f"expected a uint8 H x W x 3 array, got {item.dtype} {tuple(item.shape)}")
-        return Image.fromarray(np.ascontiguousarray(item), "RGB")
-    raise ImageDecodeError(f"unsupported input type {type(item).__name__}")
 
 
 def _progress_bar(total: int, enabled: bool, desc: str = "predict") -> Any:
