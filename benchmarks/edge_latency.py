@@ -90,8 +90,7 @@ def bench_checkpoint(ckpt_path: Path, args: argparse.Namespace, work: Path) -> d
     import torch
 
     from wastenet import checkpoint
-    from wastenet.commands.export import parse_exclude
-    from wastenet.export.int8 import default_exclude, quantize_int8
+    from wastenet.export.int8 import default_exclude, parse_exclude, quantize_int8
     from wastenet.export.onnx import export_onnx, onnx_session, spread
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
@@ -194,6 +193,8 @@ def markdown(results: list[dict[str, Any]], batch: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wastenet.export.int8 import CALIBRATION_METHODS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", nargs="+", required=True, help="wastenet .pt checkpoints")
     p.add_argument("--data", required=True, help="dataset root (the split file's paths are relative to it)")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=60.0, help="time budget per timing loop")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--calib-count", type=int, default=200)
-    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--calib-method", default="minmax", choices=CALIBRATION_METHODS)
     p.add_argument("--int8-exclude", default="auto", help="'auto', 'none' or a comma list (see wastenet export)")
     args = p.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",") if t]

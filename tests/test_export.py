@@ -135,7 +135,7 @@ def test_int8_exclude_keeps_classifier_in_float(tmp_path, tiny_onnx, image_folde
 
 
 def test_cli_int8_calibrates_on_train_rows_only(tmp_path, tiny_checkpoint, image_folder, capsys):
-    from wastenet.commands.export import calibration_images
+    from wastenet.export.int8 import calibration_images
 
     imgs = _images(image_folder)
     split = tmp_path / "split.csv"

@@ -7,7 +7,8 @@
 
 Every export is checked: ``onnx.checker`` plus PyTorch vs onnxruntime logits on real or
 generated images (the file is not written if they disagree beyond ``--tolerance``).
-Heavy libraries are imported inside ``run`` only.
+Heavy libraries are imported inside ``run`` only. The policies (which images calibrate, what
+``--int8-exclude`` means) live in :mod:`wastenet.export.int8`; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ HELP = "Export a checkpoint to ONNX (fp32, optionally INT8) for onnxruntime / Te
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from wastenet.export.int8 import CALIBRATION_METHODS  # torch-free
     p.add_argument("--checkpoint", required=True, metavar="FILE.pt",
                    help="wastenet checkpoint to export (an fp32 .onnx file is accepted with --int8)" + _NO_DEFAULT)
     p.add_argument("--format", default="onnx", choices=["onnx"], help="output format")
@@ -45,18 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split file (path,label,split): calibrate on its train rows only; all images "
                         "under --calib-data when not given" + _NO_DEFAULT)
     q.add_argument("--calib-count", type=int, default=200, help="calibration images (evenly spread)")
-    q.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy"],
+    q.add_argument("--calib-method", default="minmax", choices=CALIBRATION_METHODS,
                    help="activation range calibration")
     q.add_argument("--int8-exclude", default="auto", metavar="LIST",
                    help="comma list kept in float: first_conv, classifier, module names (blocks.0) or "
                         "node names; 'auto' = the measured default for the architecture, 'none' = nothing")
-
-
-def parse_exclude(text: str) -> tuple[str, ...] | None:
-    """``--int8-exclude``: ``auto`` -> None (architecture default), ``none`` -> (), else the list."""
-    if text == "auto":
-        return None
-    return tuple(e.strip() for e in text.split(",") if e.strip() and e.strip() != "none")
 
 
 def _int8_paths(ckpt: Path, out: str | None) -> tuple[Path, Path]:
@@ -87,27 +82,6 @@ def _check_images(specs: list[str] | None, count: int) -> list[Path] | None:
     return paths
 
 
-def calibration_images(data: str, split_file: str | None) -> list[Path]:
-    """Calibration images: the split file's ``train`` rows, else every image under ``data``."""
-    from wastenet.data.images import iter_image_files
-
-    root = Path(data)
-    if not root.is_dir():
-        raise ConfigError(f"--calib-data: folder not found: {root}")
-    if split_file is None:
-        paths = iter_image_files(root)
-    else:
-        from wastenet.data.datasets import read_split_file
-
-        # never calibrate on test (or val) images: the INT8 model would have seen them
-        paths = [root / r.path for r in read_split_file(split_file, root) if r.split == "train"]
-        paths = [p for p in paths if p.is_file()]
-    if not paths:
-        where = f" for the train rows of {split_file}" if split_file else ""
-        raise ConfigError(f"no calibration images in {root}{where}")
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if args.int8 and not args.calib_data:
@@ -121,12 +95,12 @@ def run(args: argparse.Namespace) -> int:
     from_onnx = ckpt.suffix.lower() == ".onnx"
     if from_onnx and not args.int8:
         raise ConfigError(f"{ckpt} is already ONNX: pass a .pt checkpoint (or --int8 to quantise it)")
+    from wastenet.export.int8 import calibration_images, parse_exclude, quantize_int8
+    from wastenet.export.onnx import export_onnx
+
     exclude = parse_exclude(args.int8_exclude)
     calib = calibration_images(args.calib_data, args.calib_split_file) if args.int8 else []
     checks = _check_images(args.check_data, args.check_count)
-
-    from wastenet.export.int8 import quantize_int8
-    from wastenet.export.onnx import export_onnx
 
     if args.int8:
         fp32_path, int8_path = _int8_paths(ckpt, args.out)

@@ -28,7 +28,8 @@ from wastenet.files import atomic_path
 from wastenet.inference.onnx_runtime import INPUT_NAME, onnx_session, read_metadata
 from wastenet.preprocessing import Preprocessing, preprocess_images
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_EXCLUDE", "EXCLUDE_CHOICES", "default_exclude", "int8_score_tables", "quantize_int8"]
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_EXCLUDE", "EXCLUDE_CHOICES", "calibration_images", "default_exclude",
+           "int8_score_tables", "parse_exclude", "quantize_int8"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 EXCLUDE_CHOICES = ("first_conv", "classifier")
@@ -142,6 +143,44 @@ def _exclude_nodes(model: Any, exclude: Sequence[str]) -> list[str]:
     # the unknown-item score stays in float: its distances are sums of squares of small differences
     names += [n for n in node_names if n.startswith("/score/") and n not in names]
     return names
+
+
+def parse_exclude(text: str) -> tuple[str, ...] | None:
+    """``--int8-exclude``: ``auto`` -> None (architecture default), ``none`` -> (), else the list.
+
+    >>> parse_exclude("first_conv, blocks.0")
+    ('first_conv', 'blocks.0')
+    """
+    if text == "auto":
+        return None
+    return tuple(e.strip() for e in text.split(",") if e.strip() and e.strip() != "none")
+
+
+def calibration_images(data: str, split_file: str | None) -> list[Path]:
+    """Calibration images: the split file's ``train`` rows, else every image under ``data``.
+
+    Never test (or val) rows: an INT8 model calibrated on them would have seen the images it is
+    measured on. ConfigError when the folder is missing or no image is left::
+
+        calibration_images("data/trashnet", "runs/x/split.csv")   # the train rows that exist
+    """
+    from wastenet.data.images import iter_image_files
+
+    root = Path(data)
+    if not root.is_dir():
+        raise ConfigError(f"--calib-data: folder not found: {root}")
+    if split_file is None:
+        paths = iter_image_files(root)
+    else:
+        from wastenet.data.datasets import read_split_file
+
+        # never calibrate on test (or val) images: the INT8 model would have seen them
+        paths = [root / r.path for r in read_split_file(split_file, root) if r.split == "train"]
+        paths = [p for p in paths if p.is_file()]
+    if not paths:
+        where = f" for the train rows of {split_file}" if split_file else ""
+        raise ConfigError(f"no calibration images in {root}{where}")
+    return paths
 
 
 def default_exclude(arch: str) -> tuple[str, ...]:
