@@ -74,3 +74,19 @@ def test_constant_fill_does_leave_black_corners():
     torch.manual_seed(0)
     y = KerasAugment(AugmentConfig(zoom=0, rotation=45, shift=0, hflip=False, fill="constant"))(torch.ones(16, 3, 32, 32))
     assert y.min() < 0.01
+
+
+def test_composite_and_auto_augment_choices_are_one_list_each_for_the_cli_and_the_config():
+    import argparse
+
+    from wastenet.commands import train as train_cmd
+    from wastenet.errors import ConfigError
+    from wastenet.training.config import TrainConfig
+
+    p = argparse.ArgumentParser()
+    train_cmd.add_arguments(p)
+    choices = {a.dest: tuple(a.choices) for a in p._actions if a.dest in ("composite", "auto_augment")}
+    assert choices == {"composite": ("auto", "on", "off"), "auto_augment": ("none", "trivial", "rand")}
+    for field, bad in (("composite", "yes"), ("auto_augment", "auto")):
+        with pytest.raises(ConfigError, match=bad):
+            TrainConfig(**{field: bad}).validate()

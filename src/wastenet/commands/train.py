@@ -30,6 +30,7 @@ def _lwf_arg(value: str) -> float | str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from wastenet.data.augment_config import AUTO_AUGMENT_MODES, COMPOSITE_MODES
     from wastenet.training.config import AMP_MODES, DEFAULT_MODEL, FILL_MODES, FROZEN_BACKENDS, LOSSES, RECIPES, TrainConfig
     from wastenet.weight_packages import WEIGHT_PACKAGES
 
@@ -84,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fill", default=d.fill, choices=FILL_MODES, help="fill for new pixels")
     _bool(g, "tta", d.tta, "test-time augmentation (flip) in the final evaluation")
     g = p.add_argument_group("field augmentation (breaks the studio shortcuts of TrashNet-like data)")
-    g.add_argument("--composite", default=d.composite, choices=["auto", "on", "off"],
+    g.add_argument("--composite", default=d.composite, choices=COMPOSITE_MODES,
                    help="matte items off a plain studio board onto new backgrounds (auto: when the data is studio-like)")
     _bool(g, "scale-jitter", d.scale_jitter, "with compositing: rescale items to cover --min-cover..--max-cover of the frame")
     g.add_argument("--min-cover", type=float, default=d.min_cover, help="smallest share of the frame an item covers")
@@ -92,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backgrounds", metavar="DIR", help="real background photos (e.g. your bin's empty tray), mixed with procedural ones")
     g.add_argument("--color-jitter", type=float, default=d.color_jitter, help="colour and white-balance jitter strength (0 = off)")
     g.add_argument("--blur-jpeg", type=float, default=d.blur_jpeg, help="probability of blur, JPEG artefacts and noise each (0 = off)")
-    g.add_argument("--auto-augment", default=d.auto_augment, choices=["none", "trivial", "rand"],
+    g.add_argument("--auto-augment", default=d.auto_augment, choices=AUTO_AUGMENT_MODES,
                    help="add kornia's TrivialAugment or RandAugment")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)

@@ -13,9 +13,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AugmentConfig", "FILL_MODES"]
+__all__ = ["AUTO_AUGMENT_MODES", "AugmentConfig", "COMPOSITE_MODES", "FILL_MODES"]
 
 FILL_MODES = ("nearest", "constant", "reflect")  # Keras fill_mode names
+#: ``--composite``: auto (when the training photos are studio-like), on, off
+COMPOSITE_MODES = ("auto", "on", "off")
+#: ``--auto-augment``: none, or kornia's TrivialAugment / RandAugment
+AUTO_AUGMENT_MODES = ("none", "trivial", "rand")
 
 
 @dataclass

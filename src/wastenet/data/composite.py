@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wastenet.data.augment_config import AUTO_AUGMENT_MODES
 from wastenet.data.backgrounds import BackgroundBank
 
 # An image whose matte covers less than this, or more than MAX_MATTE, is not studio-like
@@ -220,8 +221,8 @@ class PolicyAugment(nn.Module):
         super().__init__()
         from kornia.augmentation.auto import RandAugment, TrivialAugment
 
-        if policy not in ("trivial", "rand"):
-            raise ValueError("policy must be trivial or rand")
+        if policy not in AUTO_AUGMENT_MODES or policy == "none":
+            raise ValueError(f"policy must be one of {', '.join(AUTO_AUGMENT_MODES[1:])}, not {policy!r}")
         self.op = TrivialAugment() if policy == "trivial" else RandAugment(n=2, m=9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

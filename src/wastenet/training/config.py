@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from wastenet.data.augment_config import FILL_MODES, AugmentConfig
+from wastenet.data.augment_config import AUTO_AUGMENT_MODES, COMPOSITE_MODES, FILL_MODES, AugmentConfig
 from wastenet.decision import DEFAULT_THRESHOLD, check_threshold
 from wastenet.errors import ConfigError
 from wastenet.files import write_atomic
@@ -160,14 +160,14 @@ class TrainConfig:
         for extra in self.extra_data:
             if not Path(extra).is_dir():
                 raise ConfigError(f"extra data folder not found: {extra}")
-        if self.composite not in ("auto", "on", "off"):
-            raise ConfigError(f"--composite must be auto, on or off, not {self.composite!r}")
+        if self.composite not in COMPOSITE_MODES:
+            raise ConfigError(f"--composite must be one of {', '.join(COMPOSITE_MODES)}, not {self.composite!r}")
         if not 0 < self.min_cover <= self.max_cover <= 1:
             raise ConfigError("--min-cover and --max-cover must satisfy 0 < min <= max <= 1")
         if not 0 <= self.color_jitter <= 1 or not 0 <= self.blur_jpeg <= 1:
             raise ConfigError("--color-jitter and --blur-jpeg must be in [0, 1]")
-        if self.auto_augment not in ("none", "trivial", "rand"):
-            raise ConfigError(f"--auto-augment must be none, trivial or rand, not {self.auto_augment!r}")
+        if self.auto_augment not in AUTO_AUGMENT_MODES:
+            raise ConfigError(f"--auto-augment must be one of {', '.join(AUTO_AUGMENT_MODES)}, not {self.auto_augment!r}")
         if self.backgrounds and not Path(self.backgrounds).is_dir():
             raise ConfigError(f"backgrounds folder not found: {self.backgrounds}")
         _check_model_name(self.model)
