@@ -43,7 +43,8 @@ def test_durable_settings(log):
     cols = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
     assert cols == ["id", "created_at", "source", "label", "confidence", "bin", "bin_confidence", "decision",
                     "threshold", "model", "image", "image_name", "reviewed_label", "reviewed_at",
-                    "reason", "ood_score", "exported_at"]
+                    "reason", "ood_score", "exported_at", "kind", "model_id", "audit_seed", "audit_u",
+                    "audit_rate", "reviewed_bin"]
     assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     conn.close()
 

@@ -16,6 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from conftest import make_image  # noqa: E402
+from wastenet.model_identity import model_id  # noqa: E402
 from wastenet.serve.app import create_app  # noqa: E402
 from wastenet.serve.body_limit import BodyLimitMiddleware  # noqa: E402
 
@@ -49,19 +50,6 @@ def classifier(tiny_checkpoint):
     from wastenet.inference.predictor import Classifier
 
     return Classifier.load(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def unsure_classifier(tiny_checkpoint):
-    """The tiny (random) model with one class per bin: ~1/3 per bin, so manual_sort at 0.9."""
-    from wastenet.inference.predictor import Classifier
-    from wastenet.taxonomy import load_taxonomy
-
-    clf = Classifier.load(tiny_checkpoint)
-    clf.taxonomy = load_taxonomy(
-        {"name": "split", "bins": {"recyclable": ["glass"], "compostable": ["paper"], "landfill": ["metal"]}},
-        clf.classes)
-    return clf
 
 
 @pytest.fixture()
@@ -101,7 +89,7 @@ def test_health(client):
     assert h["class_bins"] == {"glass": "recyclable", "metal": "recyclable", "paper": "recyclable"}
 
 
-def test_predict_returns_design_fields_and_logs(client):
+def test_predict_returns_design_fields_and_logs(client, tiny_checkpoint):
     data = jpeg_bytes()
     r = client.post("/api/predict", files=upload(data, "bottle.jpg"))
     assert r.status_code == 200, r.text
@@ -119,8 +107,11 @@ def test_predict_returns_design_fields_and_logs(client):
     assert len(logged) == 1
     row = logged[0]
     assert row["id"] == p["id"]
-    assert (row["label"], row["decision"], row["bin"], row["image_name"], row["model"], row["source"]) == (
-        p["label"], "recyclable", "recyclable", "bottle.jpg", "test_resnet", "api")
+    assert (row["label"], row["decision"], row["bin"], row["image_name"], row["source"]) == (
+        p["label"], "recyclable", "recyclable", "bottle.jpg", "api")
+    # the version in every row (DESIGN "The site loop"): the model file's path and content hash
+    assert row["model"] == str(tiny_checkpoint) and row["model_id"] == p["model_id"] == model_id(tiny_checkpoint)
+    assert row["kind"] == p["kind"] in ("auto", "audit")
     assert row["confidence"] == pytest.approx(p["confidence"], abs=1e-6)
     assert row["image"] is None  # photos are kept only for manual_sort
 

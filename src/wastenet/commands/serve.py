@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search", action="store_true",
                         help="look at each photo through windows, the most item-like one decides (predict --search; "
                              "~51 model calls a photo)")
+    parser.add_argument("--audit-rate", type=float, default=_default("audit_rate"), metavar="R",
+                        help="share of automatically sorted photos kept for review as audits, drawn at random "
+                             "(default %(default)g; 0 = off): they estimate each bin's real contamination")
+    parser.add_argument("--audit-seed", type=int, default=_default("audit_seed"), metavar="N",
+                        help="seed of the audit draw (default: the log's own, random when the log was made)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run a .pt model in channels-last (NHWC) memory layout, often faster on CPU")
     parser.add_argument("--onnx-spin", action="store_true",
@@ -109,7 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
         channels_last=args.channels_last, onnx_spin=args.onnx_spin, review_token=token,
         host=args.host, allowed_hosts=tuple(args.allowed_host),
-        search=args.search)
+        search=args.search, audit_rate=args.audit_rate, audit_seed=args.audit_seed)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from wastenet.audit import ESTIMATE_NOTE, site_stats
 from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError
 from wastenet.serve.decision_log import image_media_type
@@ -114,7 +115,7 @@ async def predict(
 
 @router.get("/api/review")
 def review_list(request: Request, limit: int = 50) -> dict[str, Any]:
-    """Manual-sort items that wait for a person's label, newest first (needs the review token)."""
+    """Manual-sort items and audits that wait for a person's label, newest first (needs the review token)."""
     _need_token(request)  # the queue and its photos are the reviewers' only
     s = _service(request)
     limit = max(1, min(int(limit), 500))
@@ -122,11 +123,25 @@ def review_list(request: Request, limit: int = 50) -> dict[str, Any]:
         "id": it["id"], "created_at": it["created_at"], "label": it["label"],
         "confidence": it["confidence"], "bin": it["bin"],
         "bin_confidence": it["bin_confidence"], "threshold": it["threshold"], "reason": it["reason"],
-        "model": it["model"], "source": it["source"], "image_name": it["image_name"],
+        "model": it["model"], "source": it["source"], "image_name": it["image_name"], "kind": it["kind"],
         "image_url": f"/api/review/{it['id']}/image",
     } for it in s.log.pending_reviews(limit)]
     return {"items": items, "pending": s.log.pending_count(), "classes": s.classes,
             "bins": s.bins, "retention": s.log.retention_note()}
+
+
+@router.get("/api/stats")
+def stats(request: Request, since: str | None = None) -> dict[str, Any]:
+    """Live figures per model version and bin (needs the review token): contamination estimated from
+    labelled audits with 95% Wilson intervals (:func:`wastenet.audit.site_stats`); ``?since=ISO``."""
+    _need_token(request)  # the figures describe reviewed items: the reviewers' (and operator's) view
+    s = _service(request)
+    try:
+        rows = s.log.stats_rows(since)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return {"since": since, "audit_rate": s.settings.audit_rate, "model_id": s.model_id,
+            **site_stats(rows), "note": ESTIMATE_NOTE}
 
 
 @router.get("/api/review/{decision_id}/image")

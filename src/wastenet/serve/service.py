@@ -22,10 +22,13 @@ import logging
 import math
 import sqlite3
 import threading
+from pathlib import Path
 from typing import Any
 
+from wastenet.audit import AuditDraw, audit_kind
 from wastenet.data.images import ImageDecodeError, load_image
 from wastenet.decision import check_threshold
+from wastenet.model_identity import model_id
 from wastenet.serve.batcher import Batcher
 from wastenet.serve.decision_log import REVIEW_MAX_SIDE, DecisionLog, default_log_path, review_copy
 from wastenet.serve.decode_budget import DecodeBudget, decode_cost
@@ -74,7 +77,12 @@ class Service:
         source = settings.checkpoint or getattr(classifier, "source", None)
         self.log = DecisionLog(settings.log_path if settings.log_path is not None else default_log_path(source),
                                max_bytes=settings.log_max_bytes)
-        self.log.set_classes(self.classes)
+        self.log.set_classes(self.classes, self.class_bins)
+        # the version in every row: the file's path and content hash (a handed-in model: its name)
+        self.model_path = str(source) if source else self.arch
+        self.model_id = model_id(source) if source and Path(source).is_file() else None
+        self.audit = (AuditDraw(settings.audit_rate, self.log.audit_seed(settings.audit_seed))
+                      if settings.audit_rate > 0 else None)
         self.model_lock = threading.Lock()  # the batcher's thread, Grad-CAM and multi-photo items take turns
         self.batcher = Batcher(classifier, self.model_lock, max_batch=settings.max_batch, search=settings.search)
         self.decoding = DecodeBudget(settings.max_decodes, settings.decode_pixels)
@@ -120,11 +128,16 @@ class Service:
             out["photos"] = len(decoded)
         first = decoded[0][1]
         try:
-            out["id"] = self.log.record(pred, first, name, threshold, self.arch, source) if log else None
+            row = (self.log.record(pred, first, name, threshold, self.model_path, source, model_id=self.model_id,
+                                   audit=self.audit) if log else None)
         except sqlite3.Error as exc:
             # no answer without its log entry: the caller may retry
             logger.error("decision log write failed: %s", exc)
             raise ApiError(503, f"decision log unavailable: {exc}") from None
+        out["id"] = int(row) if row is not None else None
+        # an unlogged answer is never audited: its kind follows from the decision alone
+        out["kind"] = row.kind if row is not None else audit_kind(out.get("decision") or "", 1.0, 0.0)
+        out["model_id"] = self.model_id
         if explain and len(decoded) == 1:
             out.update(self._explain(first, out.get("label")))
         return out

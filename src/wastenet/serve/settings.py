@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from wastenet.audit import DEFAULT_AUDIT_RATE, check_audit_rate
 from wastenet.data.images import SERVICE_MAX_PIXELS  # the service's pixel limit per image
 from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError
@@ -65,7 +66,9 @@ class ServeSettings:
     ``max_decodes`` and ``decode_pixels``: images and decoded pixels in flight at once;
     ``onnx_spin``: let onnxruntime's idle threads spin (off: they sleep, which leaves the cores
     to request decoding: +17% requests/s under 8 clients on 2 cores, BENCHMARKS.md);
-    ``search``: look at every photo through windows (~51 model calls each).
+    ``search``: look at every photo through windows (~51 model calls each);
+    ``audit_rate``: share of automatic decisions kept for review (0: no audits; :mod:`wastenet.audit`),
+    ``audit_seed``: the seed of the draw (None: the log's own, random at its creation).
 
     Construction checks every value (``ConfigError`` naming the command-line option):
 
@@ -90,6 +93,8 @@ class ServeSettings:
     max_decodes: int = DEFAULT_MAX_DECODES
     decode_pixels: int = DEFAULT_DECODE_PIXELS
     search: bool = False
+    audit_rate: float = DEFAULT_AUDIT_RATE
+    audit_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -109,6 +114,12 @@ class ServeSettings:
             raise ConfigError(f"--threads must be at least 1, got {self.torch_threads}")
         if self.review_token is not None and not self.review_token.strip():
             raise ConfigError("--review-token must not be empty")
+        try:
+            object.__setattr__(self, "audit_rate", check_audit_rate(self.audit_rate))
+        except ValueError as exc:
+            raise ConfigError(f"--audit-rate: {exc}") from None
+        if self.audit_seed is not None and not (isinstance(self.audit_seed, int) and 0 <= self.audit_seed < 2**63):
+            raise ConfigError(f"--audit-seed must be a whole number >= 0, got {self.audit_seed!r}")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))  # JSON and callers give lists
 
     @classmethod
