@@ -175,7 +175,7 @@ def test_review_cli(log, tmp_path, capsys):
     db = str(log.path)
     assert main(["review", "--log-db", db]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:3] == ["id", "time", "label"]
+    assert out[0].split()[:4] == ["id", "kind", "time", "label"]  # the queue holds manual-sort items and audits
     assert [line.split()[0] for line in out[1:]] == [str(i) for i in ids[::-1]]
 
     assert main(["review", "--log-db", db, "--set", str(ids[0]), "paper"]) == 0
