@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import make_image
 from wastenet.audit import AuditDraw, audit_draw
+from wastenet.model_identity import model_id
 from wastenet.serve.decision_log import DecisionLog
 
 pytest.importorskip("fastapi")
@@ -119,12 +120,20 @@ def token(c) -> dict:
     return {"Authorization": f"Bearer {c.app.state.review_token}"}
 
 
-def test_an_audited_answer_says_so_and_waits_for_review(audited):
-    p = audited.post("/api/predict", files={"file": ("a.jpg", jpeg(), "image/jpeg")}).json()
+def test_an_audited_answer_says_so_and_waits_for_review(audited, tiny_checkpoint):
+    big = io.BytesIO()
+    make_image("glass", 1, size=(3000, 2200)).save(big, "PNG")
+    p = audited.post("/api/predict", files={"file": ("a.png", big.getvalue(), "image/png")}).json()
     assert p.get("kind") == "audit" and p["decision"] != "manual_sort", p
     queue = audited.get("/api/review", headers=token(audited)).json()
     assert [(it["id"], it["kind"]) for it in queue["items"]] == [(p["id"], "audit")]
-    assert audited.get(f"/api/review/{p['id']}/image", headers=token(audited)).status_code == 200
+    # the same rules as a manual-sort photo: the token, and a JPEG of at most 1024 px
+    assert audited.get(f"/api/review/{p['id']}/image").status_code == 401
+    stored = audited.get(f"/api/review/{p['id']}/image", headers=token(audited))
+    assert stored.status_code == 200 and stored.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(stored.content)).size) == 1024
+    h = audited.get("/api/health").json()
+    assert h["audit_rate"] == 1.0 and h["model_id"] == p["model_id"] == model_id(tiny_checkpoint)
 
 
 def test_stats_need_the_token_and_estimate_contamination_from_labelled_audits(audited):

@@ -355,7 +355,7 @@ def test_pages_and_static(client):
     for asset in ("app.js", "style.css", "review.js"):
         assert client.get(f"/static/{asset}").status_code == 200
     review = client.get("/review")
-    assert review.status_code == 200 and 'id="review-list"' in review.text
+    assert review.status_code == 200 and 'id="label-buttons"' in review.text
     assert client.get("/docs").status_code == 200
     assert client.get("/openapi.json").json()["paths"]["/api/predict"]
 

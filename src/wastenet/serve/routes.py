@@ -78,6 +78,9 @@ def health(request: Request) -> dict[str, Any]:
         "batching": s.batcher.stats(),
         "decoding": s.decoding.stats(),
         "search": s.settings.search,
+        "audit_rate": s.settings.audit_rate,
+        "model_path": s.model_path,
+        "model_id": s.model_id,
         "log": s.log.storage_status(),
     }
 
