@@ -317,6 +317,19 @@ def test_review_page_labels_by_keyboard_alone_with_undo_and_shows_the_live_figur
         got = dict(conn.execute(f"SELECT id, reviewed_label FROM decisions WHERE id IN ({','.join(map(str, labelled))})"))
     assert got == {labelled[0]: "metal", labelled[1]: "metal", labelled[2]: "paper"}
 
+    # a kind of item the model has no class for: N, its name and bin, Enter; it is a button from then on
+    new_kind = httpx.post(server + "/api/predict", files={"file": ("cup.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    page.reload()
+    page.wait_for_selector(f"#current[data-id='{new_kind['id']}']", timeout=15_000)
+    page.keyboard.press("n")
+    page.fill("#new-kind-name", "Food waste")
+    page.fill("#new-kind-bin", "compostable")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#label-food_waste", timeout=15_000)
+    with sqlite3.connect(SERVER_DB[0]) as conn:
+        assert conn.execute("SELECT reviewed_label, reviewed_bin FROM decisions WHERE id = ?",
+                            (new_kind["id"],)).fetchone() == ("food_waste", "compostable")
+
     # the live figures: the labelled audit is counted, its estimate shown as an interval (n < 30)
     deadline = time.monotonic() + 15
     while "1 / 1" not in page.inner_text("#stats-body") and time.monotonic() < deadline:

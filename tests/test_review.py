@@ -181,7 +181,7 @@ def test_review_cli(log, tmp_path, capsys):
     assert main(["review", "--log-db", db, "--set", str(ids[0]), "paper"]) == 0
     assert "-> paper" in capsys.readouterr().out
     assert main(["review", "--log-db", db, "--set", str(ids[1]), "banana"]) == 2
-    assert "unknown class 'banana'" in capsys.readouterr().err
+    assert "'banana' is no class of the model" in capsys.readouterr().err
     assert main(["review", "--log-db", db, "--set", str(ids[1]), "banana", "--force"]) == 0
     assert main(["review", "--log-db", db, "--set", "999", "paper"]) == 1
     assert "no decision with id 999" in capsys.readouterr().err

@@ -34,8 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=50, help="most items listed")
     parser.add_argument("--set", nargs=2, metavar=("ID", "LABEL"), default=None,
                         help="record the correct class LABEL for decision ID")
+    parser.add_argument("--bin", default=None, metavar="BIN",
+                        help="with --set: the bin of a new kind of item (a LABEL that is no model class)")
+    parser.add_argument("--allow-new-bins", action="store_true",
+                        help="with --set --bin: BIN may be a bin the taxonomy lacks")
     parser.add_argument("--force", action="store_true",
-                        help="with --set: accept a label that is not one of the model's classes")
+                        help="with --set: accept a label that is not one of the model's classes, without a bin")
     parser.add_argument("--export", default=None, metavar="DIR",
                         help="write every reviewed photo to DIR/<label>/<id>_<name>.jpg|png "
                              "(a dataset for `wastenet train --data DIR`)")
@@ -50,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from wastenet.errors import ConfigError, WastenetError
     from wastenet.serve.decision_log import MAX_ID, DecisionLog, parse_since, valid_id
+    from wastenet.serve.review_label import LabelRule
 
     if args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
@@ -72,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
             _print_stats(log, args.since, args.format)
             return 0
         if set_id is not None:
-            label = args.set[1].strip()
+            label, bin_name = args.set[1].strip(), args.bin
             classes = log.classes()
-            if classes and label not in classes and not args.force:
-                raise ConfigError(f"--set: unknown class {label!r} (classes: {', '.join(classes)}; "
-                                  "--force accepts it anyway)")
+            if classes and not (args.force and args.bin is None):
+                try:  # the service's rule: a class, or a new kind with its bin
+                    label, bin_name = LabelRule.from_log(log, args.allow_new_bins).check(label, args.bin)
+                except ValueError as exc:
+                    raise ConfigError(f"--set: {exc} (--force accepts any label without a bin)") from None
             try:
-                item = log.review(set_id, label, who=f"cli:{_user()}")
+                item = log.review(set_id, label, who=f"cli:{_user()}", bin=bin_name)
             except ValueError as exc:
                 raise ConfigError(f"--set: {exc}") from None
             except KeyError:

@@ -78,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)g; 0 = off): they estimate each bin's real contamination")
     parser.add_argument("--audit-seed", type=int, default=_default("audit_seed"), metavar="N",
                         help="seed of the audit draw (default: the log's own, random when the log was made)")
+    parser.add_argument("--allow-new-bins", action="store_true",
+                        help="a reviewer's new kind of item may name a bin the taxonomy lacks (default: existing bins only)")
+    parser.add_argument("--new-class-min", type=int, default=_default("new_class_min"), metavar="K",
+                        help="reviewed items a new kind needs before adaptation makes it a class (default %(default)s)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run a .pt model in channels-last (NHWC) memory layout, often faster on CPU")
     parser.add_argument("--onnx-spin", action="store_true",
@@ -114,7 +118,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
         channels_last=args.channels_last, onnx_spin=args.onnx_spin, review_token=token,
         host=args.host, allowed_hosts=tuple(args.allowed_host),
-        search=args.search, audit_rate=args.audit_rate, audit_seed=args.audit_seed)
+        search=args.search, audit_rate=args.audit_rate, audit_seed=args.audit_seed,
+        allow_new_bins=args.allow_new_bins, new_class_min=args.new_class_min)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -248,17 +248,25 @@ class DecisionLog:
             self._truncate_due = not log_cap.truncate_wal(conn)
 
     # ---------------------------------------------------------------- metadata
-    def set_classes(self, classes: Iterable[str], bins: Mapping[str, str] | None = None) -> None:
-        """Remember the model's class names (so that ``wastenet review --set`` can check labels) and,
-        given, each class's bin (so that a review records the bin of its label: ``reviewed_bin``)."""
+    def set_classes(self, classes: Iterable[str], bins: Mapping[str, str] | None = None,
+                    bin_names: Iterable[str] | None = None) -> None:
+        """Remember the model's class names (so that ``wastenet review --set`` can check labels), given,
+        each class's bin (so that a review records the bin of its label: ``reviewed_bin``) and the
+        taxonomy's bins (a new kind may go to any of them, even one no class goes to)."""
         with self._transaction() as conn:
             _set_meta(conn, "classes", list(classes))
             if bins is not None:
                 _set_meta(conn, "class_bins", {str(k): str(v) for k, v in bins.items()})
+            if bin_names is not None:
+                _set_meta(conn, "bins", [str(b) for b in bin_names])
 
     def class_bins(self) -> dict[str, str]:
         """``{class: bin}`` last stored with :meth:`set_classes` (empty without one)."""
         return dict(self._meta("class_bins") or {})
+
+    def bin_names(self) -> list[str]:
+        """The taxonomy's bins last stored with :meth:`set_classes` (else those the classes go to)."""
+        return list(self._meta("bins") or dict.fromkeys(self.class_bins().values()))
 
     def classes(self) -> list[str] | None:
         """The class names last stored with :meth:`set_classes`, or None."""
@@ -493,6 +501,20 @@ class DecisionLog:
         else:
             rows = self._read(f"SELECT {cols} FROM decisions WHERE created_at >= ? ORDER BY id", (parse_since(since),))
         return [dict(r) for r in rows]
+
+    def new_kinds(self) -> dict[str, dict[str, Any]]:
+        """Reviewed labels that are no model class (:meth:`set_classes`): ``{kind: {"bin", "reviewed"}}``,
+        the bin being the one the kind was first given (:class:`~wastenet.serve.review_label.LabelRule`)."""
+        classes = set(self.classes() or [])
+        out: dict[str, dict[str, Any]] = {}
+        for r in self._read("SELECT reviewed_label AS label, reviewed_bin AS bin, COUNT(*) AS n, MIN(id) AS first "
+                            "FROM decisions WHERE reviewed_label IS NOT NULL GROUP BY reviewed_label, reviewed_bin "
+                            "ORDER BY first"):
+            if r["label"] in classes:
+                continue
+            entry = out.setdefault(r["label"], {"bin": r["bin"], "reviewed": 0})
+            entry["reviewed"] += int(r["n"])
+        return out
 
     def count(self) -> int:
         """Number of decisions logged."""

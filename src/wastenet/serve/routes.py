@@ -129,8 +129,10 @@ def review_list(request: Request, limit: int = 50) -> dict[str, Any]:
         "model": it["model"], "source": it["source"], "image_name": it["image_name"], "kind": it["kind"],
         "image_url": f"/api/review/{it['id']}/image",
     } for it in s.log.pending_reviews(limit)]
-    return {"items": items, "pending": s.log.pending_count(), "classes": s.classes,
-            "bins": s.bins, "retention": s.log.retention_note()}
+    kinds = [{"label": k, "bin": v["bin"], "reviewed": v["reviewed"]} for k, v in s.log.new_kinds().items()]
+    return {"items": items, "pending": s.log.pending_count(), "classes": s.classes, "class_bins": s.class_bins,
+            "bins": s.bins, "new_kinds": kinds, "new_class_min": s.settings.new_class_min,
+            "allow_new_bins": s.settings.allow_new_bins, "retention": s.log.retention_note()}
 
 
 @router.get("/api/stats")
@@ -162,7 +164,8 @@ def review_image(decision_id: int, request: Request) -> Response:
 
 @router.post("/api/review/{decision_id}")
 async def review_set(decision_id: int, request: Request) -> dict[str, Any]:
-    """Record a person's label: JSON ``{"label": "<class>"}`` with the review token."""
+    """Record a person's label: JSON ``{"label": "<class>"}``, or a new kind with its bin
+    (``{"label": "food_waste", "bin": "compostable"}``), with the review token."""
     s = _service(request)
     refused = review_refusal(request.headers, s.review_token, s.guard)
     if refused is not None:
@@ -171,13 +174,17 @@ async def review_set(decision_id: int, request: Request) -> dict[str, Any]:
         body = await request.json()
     except Exception:  # noqa: BLE001 - any unparsable body is the client's mistake
         raise ApiError(400, 'expected a JSON body like {"label": "<class>"}') from None
-    label = body.get("label") if isinstance(body, dict) else None
-    if not isinstance(label, str) or label not in s.classes:
-        raise ApiError(400, f"label must be one of: {', '.join(s.classes)}")
+    if not isinstance(body, dict):
+        raise ApiError(400, 'expected a JSON body like {"label": "<class>"}')
+    try:  # the rule reads the log's new kinds: off the event loop
+        label, bin_name = await run_in_threadpool(lambda: s.label_rule().check(body.get("label"), body.get("bin")))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
     try:
         who = f"web:{request.client.host if request.client else 'unknown'}"
-        item = await run_in_threadpool(s.log.review, decision_id, label, who)
+        item = await run_in_threadpool(s.log.review, decision_id, label, who, bin_name)
     except KeyError:
         raise ApiError(404, f"no decision with id {decision_id}") from None
     return {"id": item["id"], "label": item["label"], "reviewed_label": item["reviewed_label"],
+            "reviewed_bin": item["reviewed_bin"],
             "reviewed_at": item["reviewed_at"], "history": s.log.history(item["id"])}

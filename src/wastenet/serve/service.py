@@ -33,6 +33,7 @@ from wastenet.serve.batcher import Batcher
 from wastenet.serve.decision_log import REVIEW_MAX_SIDE, DecisionLog, default_log_path, review_copy
 from wastenet.serve.decode_budget import DecodeBudget, decode_cost
 from wastenet.serve.guard import HostGuard, new_review_token
+from wastenet.serve.review_label import LabelRule
 from wastenet.serve.settings import ServeSettings
 
 __all__ = ["ApiError", "Service"]
@@ -77,7 +78,7 @@ class Service:
         source = settings.checkpoint or getattr(classifier, "source", None)
         self.log = DecisionLog(settings.log_path if settings.log_path is not None else default_log_path(source),
                                max_bytes=settings.log_max_bytes)
-        self.log.set_classes(self.classes, self.class_bins)
+        self.log.set_classes(self.classes, self.class_bins, self.bins)
         # the version in every row: the file's path and content hash (a handed-in model: its name)
         self.model_path = str(source) if source else self.arch
         self.model_id = model_id(source) if source and Path(source).is_file() else None
@@ -93,6 +94,10 @@ class Service:
             from wastenet.inference.search import searched_side
 
             self.draft_size = max(self.draft_size, searched_side(prep))
+
+    def label_rule(self) -> LabelRule:
+        """What a reviewer may label an item with now (the model's classes plus the log's new kinds)."""
+        return LabelRule.from_log(self.log, self.settings.allow_new_bins)
 
     def close(self) -> None:
         self.batcher.close()

@@ -27,6 +27,7 @@ from wastenet.audit import DEFAULT_AUDIT_RATE, check_audit_rate
 from wastenet.data.images import SERVICE_MAX_PIXELS  # the service's pixel limit per image
 from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError
+from wastenet.serve.review_label import DEFAULT_NEW_CLASS_MIN
 
 __all__ = ["DEFAULT_LOG_MAX_BYTES", "DEFAULT_MAX_DECODES", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_DECODE_PIXELS",
            "ENV_VAR", "MODEL_SUFFIXES", "SERVICE_MAX_PIXELS", "ServeSettings", "check_model_file"]
@@ -68,7 +69,9 @@ class ServeSettings:
     to request decoding: +17% requests/s under 8 clients on 2 cores, BENCHMARKS.md);
     ``search``: look at every photo through windows (~51 model calls each);
     ``audit_rate``: share of automatic decisions kept for review (0: no audits; :mod:`wastenet.audit`),
-    ``audit_seed``: the seed of the draw (None: the log's own, random at its creation).
+    ``audit_seed``: the seed of the draw (None: the log's own, random at its creation);
+    ``allow_new_bins``: a reviewer's new kind may name a bin the taxonomy lacks; ``new_class_min``:
+    reviewed items a new kind needs before adaptation makes it a class (:mod:`wastenet.serve.review_label`).
 
     Construction checks every value (``ConfigError`` naming the command-line option):
 
@@ -95,6 +98,8 @@ class ServeSettings:
     search: bool = False
     audit_rate: float = DEFAULT_AUDIT_RATE
     audit_seed: int | None = None
+    allow_new_bins: bool = False
+    new_class_min: int = DEFAULT_NEW_CLASS_MIN
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -120,6 +125,8 @@ class ServeSettings:
             raise ConfigError(f"--audit-rate: {exc}") from None
         if self.audit_seed is not None and not (isinstance(self.audit_seed, int) and 0 <= self.audit_seed < 2**63):
             raise ConfigError(f"--audit-seed must be a whole number >= 0, got {self.audit_seed!r}")
+        if not (isinstance(self.new_class_min, int) and self.new_class_min >= 2):
+            raise ConfigError(f"--new-class-min must be at least 2 (one to learn from, one to check), got {self.new_class_min}")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))  # JSON and callers give lists
 
     @classmethod

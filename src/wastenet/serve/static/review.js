@@ -14,12 +14,15 @@
   const undoButton = $("undo");
   const skipButton = $("skip");
   const pretty = (s) => (s || "").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
-  // keys 1..9 then 0, then letters that are not S (skip) or U (undo)
-  const KEYS = "1234567890abcdefghijklmnopqrtvwxyz".split("");
+  // keys 1..9 then 0, then letters that are not N (new kind), S (skip) or U (undo)
+  const KEYS = "1234567890abcdefghijklmopqrtvwxyz".split("");
+  const newKindForm = $("new-kind-form");
 
   let queue = [];        // pending items, newest first, as /api/review lists them
   let pending = 0;       // how many are left in the log (the queue holds at most one page)
-  let classes = [];
+  let classes = [];      // the model's classes, then the new kinds reviewers named (with their bins)
+  let kindBins = {};     // {new kind: bin}
+  let allowNewBins = false;
   let shown = null;      // the item on screen
   let lastSaved = null;  // {item, label}: what U brings back
   let skipped = new Set();
@@ -68,7 +71,7 @@
       b.id = "label-" + c;
       const k = document.createElement("kbd");
       k.textContent = (KEYS[i] || "").toUpperCase();
-      b.append(k, " " + pretty(c));
+      b.append(k, " " + pretty(c) + (kindBins[c] ? ` (new, ${pretty(kindBins[c])})` : ""));
       b.addEventListener("click", () => label(c));
       buttons.appendChild(b);
     });
@@ -105,24 +108,32 @@
     if (!item && pending > 0 && queue.length === 0) load();  // the page of items is done: fetch the next
   }
 
-  async function label(value) {
+  async function label(value, bin) {
     if (!shown || busy) return;
     const item = shown;
     busy = true;
     try {
+      const body = { label: value };
+      if (bin || kindBins[value]) body.bin = bin || kindBins[value];
       const r = await fetch(`/api/review/${item.id}`, {
-        method: "POST", ...authed({ "Content-Type": "application/json" }), body: JSON.stringify({ label: value }),
+        method: "POST", ...authed({ "Content-Type": "application/json" }), body: JSON.stringify(body),
       });
-      const body = await r.json().catch(() => ({}));
+      const answer = await r.json().catch(() => ({}));
       if (r.status === 401) { askToken("Saving needs the review token that `wastenet serve` printed at start."); return; }
-      if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
+      if (!r.ok) throw new Error(answer.error || `HTTP ${r.status}`);
       showError("");
+      if (!classes.includes(answer.reviewed_label)) {  // a new kind: a button (and a key) from now on
+        kindBins[answer.reviewed_label] = answer.reviewed_bin;
+        classes = [...classes, answer.reviewed_label];
+        renderButtons();
+      }
+      newKindForm.hidden = true;
       const wasPending = queue.some((it) => it.id === item.id);
       queue = queue.filter((it) => it.id !== item.id);
       if (wasPending) pending = Math.max(0, pending - 1);
       lastSaved = { item, label: value };
       undoButton.disabled = false;
-      $("last-saved").textContent = `Saved #${item.id} as ${pretty(value)}.`;
+      $("last-saved").textContent = `Saved #${item.id} as ${pretty(answer.reviewed_label)}.`;
       setStatus();
       nextItem();
       loadStats();
@@ -148,6 +159,17 @@
     nextItem();
   }
 
+  function askNewKind() {
+    if (!shown) return;
+    newKindForm.hidden = false;
+    $("new-kind-name").focus();
+  }
+  newKindForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    label($("new-kind-name").value.trim(), $("new-kind-bin").value.trim());
+    $("new-kind-name").value = "";
+  });
+
   undoButton.addEventListener("click", undo);
   skipButton.addEventListener("click", skip);
   document.addEventListener("keydown", (e) => {
@@ -155,6 +177,7 @@
     const key = e.key.toLowerCase();
     if (key === "u") { e.preventDefault(); undo(); return; }
     if (key === "s") { e.preventDefault(); skip(); return; }
+    if (key === "n") { e.preventDefault(); askNewKind(); return; }
     const i = KEYS.indexOf(key);
     if (i >= 0 && i < classes.length && shown) { e.preventDefault(); label(classes[i]); }
   });
@@ -215,7 +238,14 @@
         if (!data) return;
         pending = data.pending;
         queue = data.items;
-        if (JSON.stringify(classes) !== JSON.stringify(data.classes)) { classes = data.classes; renderButtons(); }
+        kindBins = Object.fromEntries(data.new_kinds.map((k) => [k.label, k.bin]));
+        allowNewBins = data.allow_new_bins;
+        const all = [...data.classes, ...data.new_kinds.map((k) => k.label)];
+        if (JSON.stringify(classes) !== JSON.stringify(all)) { classes = all; renderButtons(); }
+        $("bin-names").replaceChildren(...data.bins.map((b) => { const o = document.createElement("option"); o.value = b; return o; }));
+        $("new-kinds-note").textContent = data.new_kinds.length
+          ? "New kinds: " + data.new_kinds.map((k) => `${pretty(k.label)} → ${pretty(k.bin)}: ${k.reviewed} of ${data.new_class_min} reviewed items before it can become a class`).join("; ") + "."
+          : (allowNewBins ? "" : "A new kind goes to one of the bins the model knows.");
         setStatus();
         if (data.retention) status.textContent += " " + data.retention;
         nextItem();
