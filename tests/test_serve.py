@@ -61,7 +61,8 @@ def client(tiny_checkpoint, tmp_path):
 
 @pytest.fixture()
 def unsure_client(unsure_classifier, tmp_path):
-    app = create_app(unsure_classifier, log_path=tmp_path / "decisions.sqlite")
+    # no audits: the review-queue tests count exactly the manual-sort items (tests/test_audit_served.py has audits)
+    app = create_app(unsure_classifier, log_path=tmp_path / "decisions.sqlite", audit_rate=0.0)
     with TestClient(app) as c:
         yield c
 
