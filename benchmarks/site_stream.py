@@ -1,0 +1,374 @@
+"""The site loop, measured end to end: a labelled stream through a real server and a simulated reviewer.
+
+A real ``wastenet serve`` on loopback; the photos of ``DIR/<class>/...`` go through
+``POST /api/predict`` one at a time in a fixed order; a simulated reviewer polls the review queue
+(``GET /api/review``) as a site's reviewer does and labels manual-sort items and audits from ground
+truth (``--reviewer-delay``: only items at least that many items old; ``--reviewer-error``: that
+share labelled with a wrong class, seeded); the server adapts as configured (``--adapt-every``
+...). Each item is scored when it is streamed, before anyone labels it, and the model can learn
+only from items already streamed and reviewed: the one honest way to learn from an evaluation set.
+
+The class map (``classes: {folder: target}``) says what each folder is: a model class; ``bin:NAME``
+(only its bin is known: the reviewer skips it); ``unknown`` (not a waste item: it should be refused;
+skipped); ``new:BIN`` (a kind the model has no class for: the reviewer labels it with the folder's
+name and that bin). DESIGN.md "The site loop" holds the contract::
+
+    python benchmarks/site_stream.py --checkpoint runs/mnv2/best.pt \\
+        --stream ../shared/data/field-drinkingwaste --class-map benchmarks/field/drinkingwaste.yaml \\
+        --order benchmarks/results/field-order.csv --out benchmarks/results/site-stream-field.json \\
+        --plot benchmarks/results/site-stream-field.png
+
+``--order``: a CSV whose ``path`` column (relative to DIR) is the stream, in order (paths it does
+not name are not streamed; ``benchmarks/stream_order.py`` writes them); default: every photo,
+sorted, shuffled by ``--seed``. RESULT.json: one row per window of ``--window`` items and a
+``final`` block over the last third; the last line printed is
+``last third: coverage C; recycling-bin contamination X; class accuracy of auto-sorted A``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shlex
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_description, wait_for_health  # noqa: E402
+from load_test import REPO, _free_port  # noqa: E402 - one port picker
+
+from wastenet.audit import wilson_interval  # noqa: E402
+from wastenet.errors import ConfigError  # noqa: E402
+from wastenet.evaluation.field import UNKNOWN, load_class_map  # noqa: E402
+
+TOKEN = "site-stream-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+AUTO_KINDS = ("auto", "audit")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--stream", required=True, help="DIR/<class>/... photos")
+    p.add_argument("--class-map", required=True, help="YAML classes: {folder: class | bin:NAME | unknown | new:BIN}")
+    p.add_argument("--order", default=None, help="CSV with a path column: the stream, in order")
+    p.add_argument("--audit-rate", type=float, default=None, help="passed to serve (default: serve's)")
+    p.add_argument("--adapt-every", type=int, default=None, help="passed to serve")
+    p.add_argument("--adapt-mix", default=None, help="passed to serve")
+    p.add_argument("--adapt-mix-split", default=None, help="passed to serve")
+    p.add_argument("--window", type=int, default=100)
+    p.add_argument("--reviewer-error", type=float, default=0.0)
+    p.add_argument("--reviewer-delay", type=int, default=0, help="label an item only once this many more streamed")
+    p.add_argument("--review-every", type=int, default=10, help="the reviewer looks at the queue every N items")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serve-args", default="", help="more `wastenet serve` options")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plot", default=None)
+    args = p.parse_args(argv)
+    if args.window < 1 or not 0.0 <= args.reviewer_error <= 1.0 or args.reviewer_delay < 0 or args.review_every < 1:
+        p.error("--window and --review-every must be >= 1, --reviewer-delay >= 0, --reviewer-error in [0, 1]")
+    return args
+
+
+def stream_paths(root: Path, order: str | None, seed: int) -> list[str]:
+    """The stream's paths relative to ``root``, in order."""
+    if order:
+        with open(order, newline="") as f:
+            paths = [r["path"] for r in csv.DictReader(f)]
+        missing = [p for p in paths if not (root / p).is_file()]
+        if missing:
+            sys.exit(f"--order names {len(missing)} photos not under {root}, e.g. {missing[0]}")
+        return paths
+    paths = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and len(p.relative_to(root).parts) > 1)
+    random.Random(seed).shuffle(paths)
+    return paths
+
+
+def truth_of(targets: dict[str, Any], class_bins: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``{folder: {"class", "bin", "label", "review_bin"}}``: the true class and bin, and what the reviewer says."""
+    out = {}
+    for folder, t in targets.items():
+        if t.kind == "class":
+            out[folder] = {"class": t.name, "bin": class_bins.get(t.name), "label": t.name, "review_bin": None}
+        elif t.kind == "new":
+            out[folder] = {"class": folder, "bin": t.name, "label": folder, "review_bin": t.name}
+        elif t.kind == "bin":
+            out[folder] = {"class": None, "bin": t.name, "label": None, "review_bin": None}
+        else:  # unknown: belongs in no bin
+            out[folder] = {"class": None, "bin": None, "label": None, "review_bin": None}
+    return out
+
+
+def recycling_bin(bins: list[str]) -> str:
+    for b in bins:
+        if b.lower().startswith("recycl"):
+            return b
+    return bins[0]
+
+
+class Server:
+    def __init__(self, args: argparse.Namespace, db: Path, new_bins: bool) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "wastenet", "serve", "--checkpoint", args.checkpoint, "--port", str(self.port),
+               "--log-db", str(db), "--log-level", "warning", "--review-token", TOKEN]
+        for flag in ("audit_rate", "adapt_every", "adapt_mix", "adapt_mix_split"):  # only what was asked for
+            if getattr(args, flag) is not None:
+                cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+        if new_bins:
+            cmd.append("--allow-new-bins")
+        cmd += shlex.split(args.serve_args)
+        self.log = open(db.with_suffix(".serve.log"), "w")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_health(self.proc, self.url)
+        except SystemExit:
+            self.log.flush()
+            tail = db.with_suffix(".serve.log").read_text().strip().splitlines()
+            sys.exit(f"wastenet serve did not start: {tail[-1] if tail else 'no output'}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Reviewer:
+    """Labels what the queue shows, from ground truth, like a person at the review page."""
+
+    def __init__(self, client: httpx.Client, url: str, classes: list[str], error: float, delay: int, seed: int) -> None:
+        self.client, self.url, self.classes = client, url, classes
+        self.error, self.delay = error, delay
+        self.rng = random.Random(seed + 1)
+        self.labelled: dict[int, str] = {}   # decision id -> the label the server accepted
+        self.refused: list[str] = []
+
+    def work(self, streamed: dict[int, dict[str, Any]], now: int) -> None:
+        r = self.client.get(self.url + "/api/review?limit=500", headers=AUTH)
+        if r.status_code != 200:
+            self.refused.append(f"queue: HTTP {r.status_code}")
+            return
+        for item in r.json()["items"]:
+            seen = streamed.get(item["id"])
+            if seen is None or item["id"] in self.labelled or now - seen["index"] < self.delay:
+                continue
+            truth = seen["truth"]
+            if truth["label"] is None:  # bin-only or not a waste item: nothing to label it with
+                continue
+            label, body = truth["label"], {"label": truth["label"]}
+            if truth["review_bin"]:
+                body["bin"] = truth["review_bin"]
+            if self.error and self.rng.random() < self.error:
+                label = self.rng.choice([c for c in self.classes if c != truth["label"]])
+                body = {"label": label}
+            resp = self.client.post(f"{self.url}/api/review/{item['id']}", json=body, headers=AUTH)
+            if resp.status_code == 200:
+                self.labelled[item["id"]] = resp.json()["reviewed_label"]
+            else:
+                self.refused.append(f"#{item['id']} {body}: HTTP {resp.status_code} {resp.text[:120]}")
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def figures(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
+    """Coverage, auto-sorted class accuracy, true contamination per bin, manual sort, latency, errors."""
+    answered = [r for r in rows if r["kind"] is not None]
+    auto = [r for r in answered if r["kind"] in AUTO_KINDS]
+    with_class = [r for r in auto if r["truth"]["class"] is not None]
+    out: dict[str, Any] = {
+        "n": len(rows), "coverage": len(auto) / len(answered) if answered else None,
+        "auto_class_accuracy": (sum(r["label"] == r["truth"]["class"] for r in with_class) / len(with_class)
+                                if with_class else None),
+        "auto_class_n": len(with_class),
+        "manual_sort_rate": (sum(r["kind"] == "manual_sort" for r in answered) / len(answered)) if answered else None,
+        "refused_unknown": sum(r["reason"] == UNKNOWN for r in answered),
+        "contamination": {}, "p50_ms": percentile([r["ms"] for r in rows], 50),
+        "p99_ms": percentile([r["ms"] for r in rows], 99),
+        "server_errors_5xx": sum(r["status"] >= 500 for r in rows),
+        "other_errors": sum(400 <= r["status"] < 500 for r in rows),
+    }
+    for b in bins:
+        inb = [r for r in auto if r["decision"] == b]
+        wrong = sum(r["truth"]["bin"] != b for r in inb)
+        out["contamination"][b] = {"value": wrong / len(inb) if inb else None, "n": len(inb), "k": wrong}
+    return out
+
+
+def audit_estimate(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
+    """Per bin, from every audit so far: the estimate (Wilson) beside the true contamination of the auto stream."""
+    out = {}
+    for b in bins:
+        audits = [r for r in rows if r["kind"] == "audit" and r["decision"] == b and r["truth"]["label"] is not None]
+        k = sum(r["truth"]["bin"] != b for r in audits)
+        low, high = wilson_interval(k, len(audits))
+        auto = [r for r in rows if r["kind"] in AUTO_KINDS and r["decision"] == b]
+        true = sum(r["truth"]["bin"] != b for r in auto) / len(auto) if auto else None
+        out[b] = {"estimate": k / len(audits) if audits else None, "low": low, "high": high, "n": len(audits),
+                  "true": true, "inside": (true is not None and low <= true <= high) if audits else None}
+    return out
+
+
+def lost_labels(db: Path, labelled: dict[int, str]) -> int:
+    """Reviewed labels the server accepted that its log does not hold (should be 0)."""
+    with sqlite3.connect(db) as conn:
+        got = dict(conn.execute("SELECT id, reviewed_label FROM decisions WHERE reviewed_label IS NOT NULL"))
+    return sum(got.get(i) != label for i, label in labelled.items())
+
+
+def plot(result: dict[str, Any], path: str, recycling: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = result["windows"]
+    x = [r["end"] for r in w]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    series = (("coverage", "coverage (auto-sorted share)"), ("auto_class_accuracy", "class accuracy of auto-sorted"),
+              ("manual_sort_rate", "manual-sort rate"))
+    for key, name in series:
+        ax.plot(x, [r[key] for r in w], marker="o", label=name)
+    ax.plot(x, [r["contamination"][recycling]["value"] for r in w], marker="o", label=f"{recycling}-bin contamination")
+    last = None
+    for r in w:
+        if last is not None and r["version"] != last:
+            ax.axvline(r["start"], color="grey", ls=":", lw=1)
+        last = r["version"]
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("items streamed")
+    ax.set_title(f"site stream: {Path(result['stream']).name} ({result['items']} items)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root = Path(args.stream)
+    work = Path(tempfile.mkdtemp(prefix="wastenet-site-stream-"))
+    db = work / "decisions.sqlite"
+    paths = stream_paths(root, args.order, args.seed)
+    folders = sorted({Path(p).parts[0] for p in paths})
+    # a new kind may name a bin the taxonomy lacks: the server accepts new bins when the map has new kinds
+    import yaml
+
+    raw = (yaml.safe_load(Path(args.class_map).read_text()) or {}).get("classes") or {}
+    server = Server(args, db, any(str(v).startswith("new:") for v in raw.values()))
+    try:
+        health = httpx.get(server.url + "/api/health").json()
+        targets = load_class_map(args.class_map, health["classes"], health["bins"], allow_new=True)
+    except ConfigError as exc:
+        server.stop()
+        sys.exit(f"site_stream: {exc}")
+    except BaseException:
+        server.stop()
+        raise
+    unmapped = sorted(set(folders) - set(targets))
+    if unmapped:
+        server.stop()
+        sys.exit(f"the class map does not say what these folders are: {', '.join(unmapped)}")
+    truth = truth_of(targets, health["class_bins"])
+    bins = list(health["bins"]) + sorted({t.name for t in targets.values() if t.kind == "new"} - set(health["bins"]))
+    recycling = recycling_bin(bins)
+
+    rows: list[dict[str, Any]] = []
+    streamed: dict[int, dict[str, Any]] = {}
+    t_start = time.time()
+    try:
+        with httpx.Client(timeout=120) as client:
+            reviewer = Reviewer(client, server.url, health["classes"], args.reviewer_error, args.reviewer_delay,
+                                args.seed)
+            for i, rel in enumerate(tqdm(paths, desc="stream", unit="img", file=sys.stderr)):
+                folder = Path(rel).parts[0]
+                data = (root / rel).read_bytes()
+                t0 = time.perf_counter()
+                try:
+                    r = client.post(server.url + "/api/predict", files={"file": (Path(rel).name, data, "image/jpeg")})
+                    status, answer = r.status_code, (r.json() if r.status_code == 200 else {})
+                except httpx.TransportError as exc:
+                    status, answer = 599, {"error": str(exc)}
+                ms = 1000 * (time.perf_counter() - t0)
+                kind = answer.get("kind") or (("manual_sort" if answer.get("decision") == "manual_sort" else "auto")
+                                              if status == 200 else None)
+                row = {"index": i, "path": rel, "truth": truth[folder], "status": status, "ms": ms, "kind": kind,
+                       "id": answer.get("id"), "decision": answer.get("decision"), "label": answer.get("label"),
+                       "reason": answer.get("reason"), "version": answer.get("model_id") or args.checkpoint}
+                rows.append(row)
+                if row["id"] is not None:
+                    streamed[row["id"]] = row
+                if (i + 1) % args.review_every == 0 or i + 1 == len(paths):
+                    reviewer.work(streamed, i)
+            health_end = client.get(server.url + "/api/health").json()
+    finally:
+        server.stop()
+    seconds = time.time() - t_start
+
+    windows = []
+    for start in range(0, len(rows), args.window):
+        w = rows[start:start + args.window]
+        fig = figures(w, bins)
+        fig.update(start=start, end=start + len(w), version=w[-1]["version"],
+                   reviewed_so_far=sum(1 for i in reviewer.labelled if streamed[i]["index"] < start + len(w)),
+                   audit_vs_truth=audit_estimate(rows[:start + len(w)], bins))
+        windows.append(fig)
+    third = rows[len(rows) - len(rows) // 3:] if len(rows) >= 3 else rows
+    final = figures(third, bins)
+    final.update(start=len(rows) - len(third), audit_vs_truth=audit_estimate(rows, bins))
+    result = {
+        "cpu": cpu_description(), "cores": os.cpu_count(), "checkpoint": args.checkpoint, "stream": args.stream,
+        "class_map": args.class_map, "order": args.order, "items": len(rows), "seconds": round(seconds, 1),
+        "options": {k: getattr(args, k) for k in ("audit_rate", "adapt_every", "adapt_mix", "adapt_mix_split",
+                                                  "window", "reviewer_error", "reviewer_delay", "review_every",
+                                                  "seed", "serve_args")},
+        "recycling_bin": recycling, "reviewed": len(reviewer.labelled), "review_refused": reviewer.refused[:20],
+        "lost_reviewed_labels": lost_labels(db, reviewer.labelled),
+        "versions": sorted({r["version"] for r in rows}), "adaptation": health_end.get("adaptation"),
+        "windows": windows, "final": final,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(result, args.plot, recycling)
+    for w in windows:
+        c = w["contamination"][recycling]["value"]
+        print(f"items {w['start']:>5}-{w['end']:<5} coverage {w['coverage']:.3f}  auto-sorted accuracy "
+              f"{_f(w['auto_class_accuracy'])}  {recycling} contamination {_f(c)}  manual sort "
+              f"{w['manual_sort_rate']:.3f}  reviewed {w['reviewed_so_far']:>4}  p99 {w['p99_ms']:.0f} ms  "
+              f"5xx {w['server_errors_5xx']}  version {w['version']}", file=sys.stderr)
+    print(f"reviewed {result['reviewed']}, lost reviewed labels {result['lost_reviewed_labels']}, "
+          f"5xx {sum(w['server_errors_5xx'] for w in windows)}; {result['cpu']}; {seconds:.0f} s", file=sys.stderr)
+    print(f"last third: coverage {_f(final['coverage'])}; recycling-bin contamination "
+          f"{_f(final['contamination'][recycling]['value'])}; class accuracy of auto-sorted {_f(final['auto_class_accuracy'])}")
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
