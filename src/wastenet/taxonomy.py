@@ -37,6 +37,7 @@ from wastenet.errors import ConfigError
 
 __all__ = [
     "BUILTIN_TAXONOMIES",
+    "resolve_taxonomy",
     "Taxonomy",
     "builtin_taxonomy",
     "default_taxonomy_for",
@@ -183,6 +184,19 @@ def load_taxonomy(
     if classes is not None:
         tax.check(list(classes))
     return tax
+
+
+def resolve_taxonomy(spec: str | Path | Mapping[str, Any] | Taxonomy | None, classes: Sequence[str]) -> Taxonomy:
+    """The taxonomy a model decides with: ``spec`` when given (checked against ``classes``), else the
+    built-in one whose classes match, else one bin per class. The one fallback rule: training,
+    evaluation and prediction all call it.
+
+    >>> resolve_taxonomy(None, ["trash", "glass", "paper", "plastic", "metal", "cardboard"]).name
+    'trashnet'
+    """
+    if spec:
+        return load_taxonomy(spec, classes)
+    return default_taxonomy_for(classes) or identity_taxonomy(classes)
 
 
 def builtin_taxonomy(name: str) -> Taxonomy:

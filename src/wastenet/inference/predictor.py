@@ -36,7 +36,7 @@ from wastenet.inference.backends import OnnxBackend, TorchBackend
 from wastenet.inference.tta import tta_logits
 from wastenet.preprocessing import Preprocessing, preprocess_images
 from wastenet.probabilities import softmax
-from wastenet.taxonomy import Taxonomy, default_taxonomy_for, identity_taxonomy, load_taxonomy
+from wastenet.taxonomy import Taxonomy, load_taxonomy, resolve_taxonomy
 
 __all__ = [
     "Classifier",
@@ -176,7 +176,7 @@ class Classifier:
         self.ood = _check_ood(ood)
         self.classes = [str(c) for c in classes]
         self.preprocessing = preprocessing
-        self.taxonomy = _resolve_taxonomy(taxonomy, self.classes)
+        self.taxonomy = resolve_taxonomy(taxonomy, self.classes)
         self.temperature = float(temperature)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
@@ -527,13 +527,6 @@ def _done(value: Any) -> Future:
     fut: Future = Future()
     fut.set_result(value)
     return fut
-
-
-def _resolve_taxonomy(spec: Any, classes: list[str]) -> Taxonomy:
-    if spec:
-        return load_taxonomy(spec, classes)
-    # no taxonomy in the file: a built-in one if the classes match it, else one bin per class
-    return default_taxonomy_for(classes) or identity_taxonomy(classes)
 
 
 def _as_list(images: Any) -> list[ImageInput]:
