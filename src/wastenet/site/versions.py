@@ -92,7 +92,11 @@ class VersionStore:
         with self._lock:
             vid = (self.ids() or [0])[-1] + 1
             target = self.folder / f"{vid:04d}.pt"
-            write_atomic(target, lambda f: shutil.copyfileobj(open(checkpoint, "rb"), f))
+            def copy(f: Any) -> None:
+                with open(checkpoint, "rb") as src:
+                    shutil.copyfileobj(src, f)
+
+            write_atomic(target, copy)
             write_atomic(self.folder / f"{vid:04d}.json", json.dumps({
                 "id": vid, "file": str(target.resolve()), "model_id": model_id(target), "created_at": _now(),
                 "parent": parent, "inputs": inputs, "scores": scores, "promoted": bool(promoted),

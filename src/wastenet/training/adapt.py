@@ -95,8 +95,15 @@ def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
 
 
 def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
-          mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary."""
+          mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu",
+          search: bool = True, new_classes: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary.
+
+    ``search=False`` skips fitting the unknown-item threshold under ``--search`` (minutes of windows
+    on the validation photos, which a service that does not search never uses). ``new_classes``
+    ({class: bin}) first grows the head by kinds the model has no class for (their reviewed items
+    are class folders in ``data`` too): :func:`wastenet.training.grow.grow_classes`.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -111,6 +118,10 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     cfg = cfg or AdaptConfig()
     t0 = time.time()
     ckpt = checkpoint.load(checkpoint_path)
+    if new_classes:
+        from wastenet.training.grow import grow_classes
+
+        ckpt = grow_classes(ckpt, new_classes)
     classes = list(ckpt["classes"])
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     rev = reviewed_rows(data, classes)
@@ -203,11 +214,12 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     imagenet = (ckpt.get("ood") or {}).get("imagenet")
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     temperature = finalise(ckpt, model, train, val, prep=prep, device=device, seed=cfg.seed,
-                           imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")}
-                           ).temperature
+                           imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")},
+                           search=search).temperature
     seconds = time.time() - t0
     ckpt["adapted"] = {"from": str(checkpoint_path), "reviewed_train": len(rev_train), "reviewed_val": len(rev_val),
-                       "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1)}
+                       "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1),
+                       "new_classes": dict(new_classes or {})}
     for k in ("optimizer", "scheduler", "history"):
         ckpt.pop(k, None)
     out = Path(out)
