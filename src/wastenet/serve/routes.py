@@ -81,6 +81,8 @@ def health(request: Request) -> dict[str, Any]:
         "audit_rate": s.settings.audit_rate,
         "model_path": s.model_path,
         "model_id": s.model_id,
+        "model_version": s.version,
+        "adaptation": s.adaptation.status(),
         "log": s.log.storage_status(),
     }
 
@@ -185,6 +187,7 @@ async def review_set(decision_id: int, request: Request) -> dict[str, Any]:
         item = await run_in_threadpool(s.log.review, decision_id, label, who, bin_name)
     except KeyError:
         raise ApiError(404, f"no decision with id {decision_id}") from None
+    await run_in_threadpool(s.adaptation.after_review)  # --adapt-every N
     return {"id": item["id"], "label": item["label"], "reviewed_label": item["reviewed_label"],
             "reviewed_bin": item["reviewed_bin"],
             "reviewed_at": item["reviewed_at"], "history": s.log.history(item["id"])}

@@ -71,7 +71,9 @@ class ServeSettings:
     ``audit_rate``: share of automatic decisions kept for review (0: no audits; :mod:`wastenet.audit`),
     ``audit_seed``: the seed of the draw (None: the log's own, random at its creation);
     ``allow_new_bins``: a reviewer's new kind may name a bin the taxonomy lacks; ``new_class_min``:
-    reviewed items a new kind needs before adaptation makes it a class (:mod:`wastenet.serve.review_label`).
+    reviewed items a new kind needs before adaptation makes it a class (:mod:`wastenet.serve.review_label`);
+    ``adapt_every``: adapt after that many new reviewed items (None: only on ``POST /api/models/adapt``),
+    ``adapt_mix``/``adapt_mix_split``: the rehearsal set and its split file (:mod:`wastenet.serve.adaptation`).
 
     Construction checks every value (``ConfigError`` naming the command-line option):
 
@@ -100,6 +102,9 @@ class ServeSettings:
     audit_seed: int | None = None
     allow_new_bins: bool = False
     new_class_min: int = DEFAULT_NEW_CLASS_MIN
+    adapt_every: int | None = None
+    adapt_mix: str | None = None
+    adapt_mix_split: str | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -127,6 +132,16 @@ class ServeSettings:
             raise ConfigError(f"--audit-seed must be a whole number >= 0, got {self.audit_seed!r}")
         if not (isinstance(self.new_class_min, int) and self.new_class_min >= 2):
             raise ConfigError(f"--new-class-min must be at least 2 (one to learn from, one to check), got {self.new_class_min}")
+        if self.adapt_every is not None and not (isinstance(self.adapt_every, int) and self.adapt_every >= 1):
+            raise ConfigError(f"--adapt-every must be at least 1, got {self.adapt_every}")
+        if self.adapt_mix is not None:
+            if not Path(self.adapt_mix).is_dir():
+                raise ConfigError(f"--adapt-mix: no such folder: {self.adapt_mix}")
+            if not self.adapt_mix_split or not Path(self.adapt_mix_split).is_file():
+                raise ConfigError("--adapt-mix needs --adapt-mix-split CSV (its train rows are rehearsed, "
+                                  "its val rows calibrate)")
+        elif self.adapt_mix_split is not None:
+            raise ConfigError("--adapt-mix-split goes with --adapt-mix")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))  # JSON and callers give lists
 
     @classmethod

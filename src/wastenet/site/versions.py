@@ -5,7 +5,8 @@ not: ``NNNN.pt`` (the checkpoint) and ``NNNN.json`` (what it was made from and h
 both written atomically, the checkpoint first, so a killed run leaves nothing that looks like a
 version. ``active`` names the version that sorts; it survives a restart::
 
-    store = VersionStore("runs/x/models", base="runs/x/best.pt")
+    store = VersionStore("runs/x/models")
+    store.set_base("runs/x/best.pt")   # version 0; another model than last time: active goes back to 0
     vid = store.add("/tmp/candidate.pt", parent=0, inputs={...}, scores={...}, promoted=True, reason="...")
     store.activate(vid)             # what POST /api/models/ID/activate does (a rollback too)
     store.active_id(), store.file_of(store.active_id()), store.list()
@@ -51,12 +52,27 @@ class VersionStore:
         except OSError as exc:
             raise ConfigError(f"cannot create the model versions folder {self.folder}: {exc}") from None
         self._lock = threading.Lock()
-        if base is not None:  # version 0: the model the service was started with
-            base = Path(base).expanduser().resolve()
+        if base is not None:
+            self.set_base(base)
+
+    def set_base(self, base: str | os.PathLike) -> bool:
+        """Record version 0, the model the service was started with. When it is another model than the
+        one recorded (by content), the versions made from the old one no longer apply: the active
+        pointer goes back to 0. Returns whether that happened."""
+        base = Path(base).expanduser().resolve()
+        ident = model_id(base)
+        with self._lock:
+            try:
+                changed = self.get(0)["model_id"] != ident
+            except KeyError:
+                changed = False
             write_atomic(self.folder / "0000.json", json.dumps({
-                "id": 0, "file": str(base), "model_id": model_id(base), "created_at": _now(), "parent": None,
+                "id": 0, "file": str(base), "model_id": ident, "created_at": _now(), "parent": None,
                 "inputs": {"started_with": str(base)}, "scores": None, "promoted": True,
                 "reason": "the model the service was started with"}, indent=2))
+            if changed:
+                self._point_at(0)
+            return changed
 
     # ------------------------------------------------------------------ reads
     def ids(self) -> list[int]:
