@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reviewer-delay", type=int, default=0, help="label an item only once this many more streamed")
     p.add_argument("--review-every", type=int, default=10, help="the reviewer looks at the queue every N items")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-wait-for-adaptation", action="store_true",
+                   help="stream flat out while an adaptation runs (default: the stream waits, as a bin's items come "
+                        "slower than an adaptation, and a probe re-posts the next photo unlogged to time the server)")
+    p.add_argument("--check-data", default=None, help="after the stream: each version's accuracy on --check-split's "
+                                                      "test rows of this folder (e.g. TrashNet: forgetting)")
+    p.add_argument("--check-split", default=None)
     p.add_argument("--serve-args", default="", help="more `wastenet serve` options")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", default=None)
@@ -229,6 +235,37 @@ def audit_estimate(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any
     return out
 
 
+def wait_for_adaptation(client: httpx.Client, url: str, photo: Path, index: int, every_s: float = 0.25,
+                        timeout_s: float = 900) -> list[dict[str, Any]]:
+    """While an adaptation runs: re-post ``photo`` unlogged every ``every_s`` and time it; the probes."""
+    out: list[dict[str, Any]] = []
+    data = photo.read_bytes()
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        state = client.get(url + "/api/health").json().get("adaptation", {}).get("state")
+        if state != "running":
+            break
+        t0 = time.perf_counter()
+        r = client.post(url + "/api/predict?log=false", files={"file": (photo.name, data, "image/jpeg")})
+        out.append({"index": index, "ms": 1000 * (time.perf_counter() - t0), "status": r.status_code})
+        time.sleep(every_s)
+    return out
+
+
+def version_accuracy(versions: Path, data: str, split: str) -> list[dict[str, Any]]:
+    """Each version's accuracy on the split file's test rows (the forgetting check), and how it was made."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from adapt_curve import trashnet_test_accuracy
+
+    from wastenet.site.versions import VersionStore
+
+    out = []
+    for v in VersionStore(versions).list():
+        out.append({"id": v["id"], "promoted": v["promoted"], "reason": v["reason"],
+                    "test_accuracy": trashnet_test_accuracy(v["file"], data, split)})
+    return out
+
+
 def lost_labels(db: Path, labelled: dict[int, str]) -> int:
     """Reviewed labels the server accepted that its log does not hold (should be 0)."""
     with sqlite3.connect(db) as conn:
@@ -296,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     recycling = recycling_bin(bins)
 
     rows: list[dict[str, Any]] = []
+    probes: list[dict[str, Any]] = []
     streamed: dict[int, dict[str, Any]] = {}
     t_start = time.time()
     try:
@@ -322,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
                     streamed[row["id"]] = row
                 if (i + 1) % args.review_every == 0 or i + 1 == len(paths):
                     reviewer.work(streamed, i)
+                    if args.adapt_every and not args.no_wait_for_adaptation:
+                        probes += wait_for_adaptation(client, server.url, root / paths[min(i + 1, len(paths) - 1)], i)
+            if args.adapt_every and not args.no_wait_for_adaptation:  # the last run, if one started
+                probes += wait_for_adaptation(client, server.url, root / paths[-1], len(paths) - 1)
             health_end = client.get(server.url + "/api/health").json()
     finally:
         server.stop()
@@ -335,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                    reviewed_so_far=sum(1 for i in reviewer.labelled if streamed[i]["index"] < start + len(w)),
                    audit_vs_truth=audit_estimate(rows[:start + len(w)], bins))
         windows.append(fig)
+    for fig in windows:  # server latency while an adaptation ran, from the probes of that window
+        mine = [p["ms"] for p in probes if fig["start"] <= p["index"] < fig["end"]]
+        fig.update(adapting_probes=len(mine), adapting_p99_ms=percentile(mine, 99),
+                   adapting_5xx=sum(p["status"] >= 500 for p in probes if fig["start"] <= p["index"] < fig["end"]))
     third = rows[len(rows) - len(rows) // 3:] if len(rows) >= 3 else rows
     final = figures(third, bins)
     final.update(start=len(rows) - len(third), audit_vs_truth=audit_estimate(rows, bins))
@@ -344,9 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: getattr(args, k) for k in ("audit_rate", "adapt_every", "adapt_mix", "adapt_mix_split",
                                                   "window", "reviewer_error", "reviewer_delay", "review_every",
                                                   "seed", "serve_args")},
-        "recycling_bin": recycling, "reviewed": len(reviewer.labelled), "review_refused": reviewer.refused[:20],
+        "recycling_bin": recycling, "log_db": str(db), "reviewed": len(reviewer.labelled), "review_refused": reviewer.refused[:20],
         "lost_reviewed_labels": lost_labels(db, reviewer.labelled),
         "versions": sorted({r["version"] for r in rows}), "adaptation": health_end.get("adaptation"),
+        "p99_ms_idle": percentile([r["ms"] for r in rows], 99),
+        "p99_ms_adapting": percentile([p["ms"] for p in probes], 99), "adapting_probes": len(probes),
+        "adapting_5xx": sum(p["status"] >= 500 for p in probes),
+        "version_list": _versions(work / "models"),
+        "version_check": (version_accuracy(work / "models", args.check_data, args.check_split)
+                          if args.check_data and (work / "models").is_dir() else None),
         "windows": windows, "final": final,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -359,11 +411,31 @@ def main(argv: list[str] | None = None) -> int:
               f"{_f(w['auto_class_accuracy'])}  {recycling} contamination {_f(c)}  manual sort "
               f"{w['manual_sort_rate']:.3f}  reviewed {w['reviewed_so_far']:>4}  p99 {w['p99_ms']:.0f} ms  "
               f"5xx {w['server_errors_5xx']}  version {w['version']}", file=sys.stderr)
+    for v in result["version_list"]:
+        print(f"version {v['id']}: {'promoted' if v['promoted'] else 'kept'} ({v['reason']}); trained on "
+              f"{v['trained_on']}, held out {v['held_out']}", file=sys.stderr)
+    if result["version_check"]:
+        for v in result["version_check"]:
+            print(f"version {v['id']}: {args.check_data} test accuracy {v['test_accuracy']:.3f}", file=sys.stderr)
+    if probes:
+        print(f"p99 latency: {result['p99_ms_idle']:.0f} ms streaming, {result['p99_ms_adapting']:.0f} ms while "
+              f"adapting ({len(probes)} probes, {result['adapting_5xx']} 5xx)", file=sys.stderr)
     print(f"reviewed {result['reviewed']}, lost reviewed labels {result['lost_reviewed_labels']}, "
           f"5xx {sum(w['server_errors_5xx'] for w in windows)}; {result['cpu']}; {seconds:.0f} s", file=sys.stderr)
     print(f"last third: coverage {_f(final['coverage'])}; recycling-bin contamination "
           f"{_f(final['contamination'][recycling]['value'])}; class accuracy of auto-sorted {_f(final['auto_class_accuracy'])}")
     return 0
+
+
+def _versions(folder: Path) -> list[dict[str, Any]]:
+    from wastenet.site.versions import VersionStore
+
+    if not (folder / "0000.json").is_file():
+        return []
+    keep = ("id", "created_at", "parent", "promoted", "reason", "scores", "active", "model_id")
+    return [{**{k: v.get(k) for k in keep}, "trained_on": len((v.get("inputs") or {}).get("trained_on") or []),
+             "held_out": len((v.get("inputs") or {}).get("held_out") or []),
+             "new_classes": (v.get("inputs") or {}).get("new_classes")} for v in VersionStore(folder).list()]
 
 
 def _f(x: float | None) -> str:
