@@ -96,6 +96,14 @@ def test_a_candidate_from_the_log_is_scored_on_held_out_items_and_grows_new_kind
     version = VersionStore(tmp_path / "models").get(result["version"])
     assert version["promoted"] == result["promoted"] and version["reason"] == result["reason"]
 
+    # a version is a checkpoint like any other: its ONNX export carries the new class and its bin
+    pytest.importorskip("onnxruntime")
+    from wastenet.export.onnx import export_onnx
+    from wastenet.inference.predictor import Classifier
+
+    onnx_model = Classifier.load(export_onnx(version["file"], tmp_path / "v.onnx").path)
+    assert onnx_model.classes[-1] == "food_waste" and onnx_model.taxonomy.bin_of("food_waste") == "compostable"
+
 
 def test_adapt_from_log_on_the_command_line(tiny_checkpoint, tmp_path):
     db = _reviewed_log(tmp_path / "decisions.sqlite", new_kind=0)
