@@ -128,7 +128,8 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     log(f"learning from {len(train)} reviewed items ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
         f"{len(held)} newest held out" + (f"; new classes: {', '.join(grow)}" if grow else ""))
     result = adapt(checkpoint, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=AdaptConfig(seed=seed),
-                   search=search, new_classes=grow)
+                   search=search, new_classes=grow,
+                   feature_cache=Path(versions) / ".rehearsal-cache" if versions is not None else None)
     current, candidate = Classifier.load(checkpoint), Classifier.load(result["checkpoint"])
     scores = {"current": score(current, held_images, held), "candidate": score(candidate, held_images, held)}
     promoted, reason = promotion(scores["current"], scores["candidate"])
