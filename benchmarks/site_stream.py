@@ -54,7 +54,6 @@ from wastenet.evaluation.field import UNKNOWN, load_class_map  # noqa: E402
 
 TOKEN = "site-stream-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 AUTO_KINDS = ("auto", "audit")
 
 
@@ -89,18 +88,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def stream_paths(root: Path, order: str | None, seed: int) -> list[str]:
-    """The stream's paths relative to ``root``, in order."""
+    """The stream's paths relative to ``root``, in order; ConfigError (one line) for a bad folder or CSV.
+
+    The photos are what every wastenet command reads from ``DIR/<class>/...`` (``scan_folder``:
+    image suffixes, hidden files skipped, symlinked folders followed).
+    """
+    from wastenet.data.datasets import scan_folder
+
     if order:
-        with open(order, newline="") as f:
-            paths = [r["path"] for r in csv.DictReader(f)]
-        missing = [p for p in paths if not (root / p).is_file()]
+        p = Path(order)
+        if not p.is_file():
+            raise ConfigError(f"--order file not found: {p}")
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "path" not in (reader.fieldnames or []):
+                raise ConfigError(f"--order {p} needs a 'path' column (paths relative to --stream)")
+            paths = [(r["path"] or "").strip() for r in reader]
+        if not paths:
+            raise ConfigError(f"--order {p} lists no photos")
+        missing = [x for x in paths if len(Path(x).parts) < 2 or not (root / x).is_file()]
         if missing:
-            sys.exit(f"--order names {len(missing)} photos not under {root}, e.g. {missing[0]}")
+            raise ConfigError(f"--order names {len(missing)} paths that are no photo in a class folder of {root}, "
+                              f"e.g. {missing[0]!r}")
         return paths
-    paths = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and len(p.relative_to(root).parts) > 1)
+    rows, _ = scan_folder(root, min_classes=1)
+    paths = sorted(r.path for r in rows)
     random.Random(seed).shuffle(paths)
     return paths
+
+
+def map_has_new_kinds(class_map: str) -> bool:
+    """Whether the class map names a ``new:BIN`` kind (the server then accepts new bins), read before
+    the server starts; ConfigError (one line) when the file is missing or not YAML."""
+    import yaml
+
+    p = Path(class_map)
+    if not p.is_file():
+        raise ConfigError(f"class map not found: {p}")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse class map {p}: {' '.join(str(exc).split())[:120]}") from None
+    raw = doc.get("classes") if isinstance(doc, dict) else None
+    return isinstance(raw, dict) and any(str(v).strip().startswith("new:") for v in raw.values())
 
 
 def truth_of(targets: dict[str, Any], class_bins: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -118,11 +148,19 @@ def truth_of(targets: dict[str, Any], class_bins: dict[str, str]) -> dict[str, d
     return out
 
 
-def recycling_bin(bins: list[str]) -> str:
+def recycling_bin(bins: list[str]) -> tuple[str, str | None]:
+    """The bin the last line calls "recycling", and a note when it is not literally that name.
+
+    >>> recycling_bin(["recyclable", "landfill"])
+    ('recyclable', "the taxonomy has no bin called 'recycling': the last line's recycling bin is 'recyclable'")
+    """
+    if "recycling" in bins:
+        return "recycling", None
     for b in bins:
         if b.lower().startswith("recycl"):
-            return b
-    return bins[0]
+            return b, f"the taxonomy has no bin called 'recycling': the last line's recycling bin is {b!r}"
+    return bins[0], (f"the taxonomy has no recycling bin (bins: {', '.join(bins)}): "
+                     f"the last line's recycling bin is the first one, {bins[0]!r}")
 
 
 class Server:
@@ -137,14 +175,19 @@ class Server:
         if new_bins:
             cmd.append("--allow-new-bins")
         cmd += shlex.split(args.serve_args)
-        self.log = open(db.with_suffix(".serve.log"), "w")
+        self.log_path = db.with_suffix(".serve.log")
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             wait_for_health(self.proc, self.url)
-        except SystemExit:
-            self.log.flush()
-            tail = db.with_suffix(".serve.log").read_text().strip().splitlines()
-            sys.exit(f"wastenet serve did not start: {tail[-1] if tail else 'no output'}")
+        except SystemExit:  # e.g. a usage error: an option this server does not have
+            sys.exit(f"wastenet serve did not start: {self.last_line()}")
+
+    def last_line(self) -> str:
+        """The server's last line of output (its one-line error when it exits)."""
+        self.log.flush()
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()
+        return tail[-1] if tail else "no output"
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -166,7 +209,11 @@ class Reviewer:
         self.refused: list[str] = []
 
     def work(self, streamed: dict[int, dict[str, Any]], now: int) -> None:
-        r = self.client.get(self.url + "/api/review?limit=500", headers=AUTH)
+        try:
+            r = self.client.get(self.url + "/api/review?limit=500", headers=AUTH)
+        except httpx.TransportError as exc:  # the server is gone: the stream loop says so
+            self.refused.append(f"queue: no answer ({type(exc).__name__})")
+            return
         if r.status_code != 200:
             self.refused.append(f"queue: HTTP {r.status_code}")
             return
@@ -183,7 +230,11 @@ class Reviewer:
             if self.error and self.rng.random() < self.error:
                 label = self.rng.choice([c for c in self.classes if c != truth["label"]])
                 body = {"label": label}
-            resp = self.client.post(f"{self.url}/api/review/{item['id']}", json=body, headers=AUTH)
+            try:
+                resp = self.client.post(f"{self.url}/api/review/{item['id']}", json=body, headers=AUTH)
+            except httpx.TransportError as exc:
+                self.refused.append(f"#{item['id']} {body}: no answer ({type(exc).__name__})")
+                return
             if resp.status_code == 200:
                 self.labelled[item["id"]] = resp.json()["reviewed_label"]
             else:
@@ -209,10 +260,11 @@ def figures(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
         "auto_class_n": len(with_class),
         "manual_sort_rate": (sum(r["kind"] == "manual_sort" for r in answered) / len(answered)) if answered else None,
         "refused_unknown": sum(r["reason"] == UNKNOWN for r in answered),
-        "contamination": {}, "p50_ms": percentile([r["ms"] for r in rows], 50),
-        "p99_ms": percentile([r["ms"] for r in rows], 99),
-        "server_errors_5xx": sum(r["status"] >= 500 for r in rows),
-        "other_errors": sum(400 <= r["status"] < 500 for r in rows),
+        "contamination": {}, "p50_ms": percentile([r["ms"] for r in rows if r["status"] is not None], 50),
+        "p99_ms": percentile([r["ms"] for r in rows if r["status"] is not None], 99),
+        "server_errors_5xx": sum(r["status"] is not None and r["status"] >= 500 for r in rows),
+        # 4xx answers, and requests that got no answer at all (connection lost: status None)
+        "other_errors": sum(r["status"] is None or 400 <= r["status"] < 500 for r in rows),
     }
     for b in bins:
         inb = [r for r in auto if r["decision"] == b]
@@ -242,12 +294,19 @@ def wait_for_adaptation(client: httpx.Client, url: str, photo: Path, index: int,
     data = photo.read_bytes()
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end:
-        state = client.get(url + "/api/health").json().get("adaptation", {}).get("state")
+        try:
+            state = (client.get(url + "/api/health").json().get("adaptation") or {}).get("state")
+        except (httpx.TransportError, ValueError):  # no (JSON) answer: the stream loop finds out why
+            break
         if state != "running":
             break
         t0 = time.perf_counter()
-        r = client.post(url + "/api/predict?log=false", files={"file": (photo.name, data, "image/jpeg")})
-        out.append({"index": index, "ms": 1000 * (time.perf_counter() - t0), "status": r.status_code})
+        try:
+            status = client.post(url + "/api/predict?log=false",
+                                 files={"file": (photo.name, data, "image/jpeg")}).status_code
+        except httpx.TransportError:
+            status = None
+        out.append({"index": index, "ms": 1000 * (time.perf_counter() - t0), "status": status})
         time.sleep(every_s)
     return out
 
@@ -306,15 +365,17 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = Path(args.stream)
+    try:  # the stream and the map's file are checked before a server starts: one line, exit 2
+        paths = stream_paths(root, args.order, args.seed)
+        # a new kind may name a bin the taxonomy lacks: the server accepts new bins when the map has new kinds
+        new_kinds = map_has_new_kinds(args.class_map)
+    except ConfigError as exc:
+        print(f"site_stream: {exc}", file=sys.stderr)
+        return 2
+    folders = sorted({Path(p).parts[0] for p in paths})
     work = Path(tempfile.mkdtemp(prefix="wastenet-site-stream-"))
     db = work / "decisions.sqlite"
-    paths = stream_paths(root, args.order, args.seed)
-    folders = sorted({Path(p).parts[0] for p in paths})
-    # a new kind may name a bin the taxonomy lacks: the server accepts new bins when the map has new kinds
-    import yaml
-
-    raw = (yaml.safe_load(Path(args.class_map).read_text()) or {}).get("classes") or {}
-    server = Server(args, db, any(str(v).startswith("new:") for v in raw.values()))
+    server = Server(args, db, new_kinds)
     try:
         health = httpx.get(server.url + "/api/health").json()
         targets = load_class_map(args.class_map, health["classes"], health["bins"], allow_new=True)
@@ -330,12 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"the class map does not say what these folders are: {', '.join(unmapped)}")
     truth = truth_of(targets, health["class_bins"])
     bins = list(health["bins"]) + sorted({t.name for t in targets.values() if t.kind == "new"} - set(health["bins"]))
-    recycling = recycling_bin(bins)
+    recycling, recycling_note = recycling_bin(bins)
 
     rows: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
     streamed: dict[int, dict[str, Any]] = {}
     t_start = time.time()
+    server_exit = None  # the line that says why the stream stopped early, if the server died
     try:
         with httpx.Client(timeout=120) as client:
             reviewer = Reviewer(client, server.url, health["classes"], args.reviewer_error, args.reviewer_delay,
@@ -347,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     r = client.post(server.url + "/api/predict", files={"file": (Path(rel).name, data, "image/jpeg")})
                     status, answer = r.status_code, (r.json() if r.status_code == 200 else {})
-                except httpx.TransportError as exc:
-                    status, answer = 599, {"error": str(exc)}
+                except httpx.TransportError as exc:  # no answer: not a 5xx, an "other error"
+                    status, answer = None, {"error": str(exc)}
+                    if server.proc.poll() is not None:
+                        server_exit = (f"wastenet serve exited with status {server.proc.returncode} at item {i} of "
+                                       f"{len(paths)}: {server.last_line()}")
                 ms = 1000 * (time.perf_counter() - t0)
                 kind = answer.get("kind") or (("manual_sort" if answer.get("decision") == "manual_sort" else "auto")
                                               if status == 200 else None)
@@ -358,13 +423,18 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 if row["id"] is not None:
                     streamed[row["id"]] = row
+                if server_exit:
+                    break
                 if (i + 1) % args.review_every == 0 or i + 1 == len(paths):
                     reviewer.work(streamed, i)
                     if args.adapt_every and not args.no_wait_for_adaptation:
                         probes += wait_for_adaptation(client, server.url, root / paths[min(i + 1, len(paths) - 1)], i)
-            if args.adapt_every and not args.no_wait_for_adaptation:  # the last run, if one started
+            if args.adapt_every and not args.no_wait_for_adaptation and not server_exit:  # the last run, if any
                 probes += wait_for_adaptation(client, server.url, root / paths[-1], len(paths) - 1)
-            health_end = client.get(server.url + "/api/health").json()
+            try:
+                health_end = client.get(server.url + "/api/health").json()
+            except (httpx.TransportError, ValueError):
+                health_end = {}
     finally:
         server.stop()
     seconds = time.time() - t_start
@@ -380,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     for fig in windows:  # server latency while an adaptation ran, from the probes of that window
         mine = [p["ms"] for p in probes if fig["start"] <= p["index"] < fig["end"]]
         fig.update(adapting_probes=len(mine), adapting_p99_ms=percentile(mine, 99),
-                   adapting_5xx=sum(p["status"] >= 500 for p in probes if fig["start"] <= p["index"] < fig["end"]))
+                   adapting_5xx=sum((p["status"] or 0) >= 500 for p in probes if fig["start"] <= p["index"] < fig["end"]))
     third = rows[len(rows) - len(rows) // 3:] if len(rows) >= 3 else rows
     final = figures(third, bins)
     final.update(start=len(rows) - len(third), audit_vs_truth=audit_estimate(rows, bins))
@@ -390,16 +460,16 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: getattr(args, k) for k in ("audit_rate", "adapt_every", "adapt_mix", "adapt_mix_split",
                                                   "window", "reviewer_error", "reviewer_delay", "review_every",
                                                   "seed", "serve_args")},
-        "recycling_bin": recycling, "log_db": str(db), "reviewed": len(reviewer.labelled), "review_refused": reviewer.refused[:20],
+        "recycling_bin": recycling, "recycling_bin_note": recycling_note, "log_db": str(db), "reviewed": len(reviewer.labelled), "review_refused": reviewer.refused[:20],
         "lost_reviewed_labels": lost_labels(db, reviewer.labelled),
         "versions": sorted({r["version"] for r in rows}), "adaptation": health_end.get("adaptation"),
         "p99_ms_idle": percentile([r["ms"] for r in rows], 99),
         "p99_ms_adapting": percentile([p["ms"] for p in probes], 99), "adapting_probes": len(probes),
-        "adapting_5xx": sum(p["status"] >= 500 for p in probes),
+        "adapting_5xx": sum((p["status"] or 0) >= 500 for p in probes),
         "version_list": _versions(work / "models"),
         "version_check": (version_accuracy(work / "models", args.check_data, args.check_split)
                           if args.check_data and (work / "models").is_dir() else None),
-        "windows": windows, "final": final,
+        "server_exit": server_exit, "windows": windows, "final": final,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
@@ -422,8 +492,13 @@ def main(argv: list[str] | None = None) -> int:
               f"adapting ({len(probes)} probes, {result['adapting_5xx']} 5xx)", file=sys.stderr)
     print(f"reviewed {result['reviewed']}, lost reviewed labels {result['lost_reviewed_labels']}, "
           f"5xx {sum(w['server_errors_5xx'] for w in windows)}; {result['cpu']}; {seconds:.0f} s", file=sys.stderr)
+    if recycling_note:
+        print(recycling_note, file=sys.stderr)
     print(f"last third: coverage {_f(final['coverage'])}; recycling-bin contamination "
           f"{_f(final['contamination'][recycling]['value'])}; class accuracy of auto-sorted {_f(final['auto_class_accuracy'])}")
+    if server_exit:  # the figures cover the items before it; the run failed
+        print(f"site_stream: {server_exit}", file=sys.stderr)
+        return 1
     return 0
 
 
