@@ -50,7 +50,7 @@ from load_test import REPO, _free_port  # noqa: E402 - one port picker
 
 from wastenet.audit import wilson_interval  # noqa: E402
 from wastenet.errors import ConfigError  # noqa: E402
-from wastenet.evaluation.field import UNKNOWN, load_class_map  # noqa: E402
+from wastenet.evaluation.field import UNKNOWN, load_class_map, read_class_map  # noqa: E402
 
 TOKEN = "site-stream-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -119,18 +119,8 @@ def stream_paths(root: Path, order: str | None, seed: int) -> list[str]:
 
 def map_has_new_kinds(class_map: str) -> bool:
     """Whether the class map names a ``new:BIN`` kind (the server then accepts new bins), read before
-    the server starts; ConfigError (one line) when the file is missing or not YAML."""
-    import yaml
-
-    p = Path(class_map)
-    if not p.is_file():
-        raise ConfigError(f"class map not found: {p}")
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse class map {p}: {' '.join(str(exc).split())[:120]}") from None
-    raw = doc.get("classes") if isinstance(doc, dict) else None
-    return isinstance(raw, dict) and any(str(v).strip().startswith("new:") for v in raw.values())
+    the server starts; ConfigError (one line) when the file is missing or not a class map."""
+    return any(v.strip().startswith("new:") for v in read_class_map(class_map).values())
 
 
 def truth_of(targets: dict[str, Any], class_bins: dict[str, str]) -> dict[str, dict[str, Any]]:

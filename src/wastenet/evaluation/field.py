@@ -76,6 +76,12 @@ def load_class_map(path: str | Path, classes: Sequence[str], bins: Sequence[str]
                    allow_new: bool = False) -> dict[str, Target]:
     """Read ``classes: {foreign: target}`` YAML; every target is checked against the model
     (``allow_new``: ``new:BIN`` targets too, see :func:`parse_target`)."""
+    return {k: parse_target(v, classes, bins, allow_new) for k, v in read_class_map(path).items()}
+
+
+def read_class_map(path: str | Path) -> dict[str, str]:
+    """The ``classes: {foreign: target}`` mapping of a class map file, as written (not yet checked
+    against a model); ConfigError when the file is missing, not YAML, or has no such mapping."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"class map not found: {p}")
@@ -86,7 +92,7 @@ def load_class_map(path: str | Path, classes: Sequence[str], bins: Sequence[str]
     mapping = doc.get("classes") if isinstance(doc, dict) else None
     if not isinstance(mapping, dict) or not mapping:
         raise ConfigError(f"class map {p} needs a non-empty 'classes: {{foreign: target}}' mapping")
-    return {str(k): parse_target(v, classes, bins, allow_new) for k, v in mapping.items()}
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
 def read_boxes(path: str | Path) -> dict[str, tuple[int, int, int, int]]:
