@@ -330,7 +330,7 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
 
     w = result["windows"]
     x = [r["end"] for r in w]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     series = (("coverage", "coverage (auto-sorted share)"), ("auto_class_accuracy", "class accuracy of auto-sorted"),
               ("manual_sort_rate", "manual-sort rate"))
     for key, name in series:
@@ -344,7 +344,7 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("items streamed")
     ax.set_title(f"site stream: {Path(result['stream']).name} ({result['items']} items)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, never on them
     ax.grid(alpha=0.3)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
