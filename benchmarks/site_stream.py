@@ -357,28 +357,28 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.stream)
     try:  # the stream and the map's file are checked before a server starts: one line, exit 2
         paths = stream_paths(root, args.order, args.seed)
+        folders = sorted({Path(p).parts[0] for p in paths})
+        unmapped = sorted(set(folders) - set(read_class_map(args.class_map)))
+        if unmapped:
+            raise ConfigError(f"the class map does not say what these folders are: {', '.join(unmapped)}")
         # a new kind may name a bin the taxonomy lacks: the server accepts new bins when the map has new kinds
         new_kinds = map_has_new_kinds(args.class_map)
     except ConfigError as exc:
         print(f"site_stream: {exc}", file=sys.stderr)
         return 2
-    folders = sorted({Path(p).parts[0] for p in paths})
     work = Path(tempfile.mkdtemp(prefix="wastenet-site-stream-"))
     db = work / "decisions.sqlite"
     server = Server(args, db, new_kinds)
-    try:
+    try:  # the targets are checked against the served model's classes and bins
         health = httpx.get(server.url + "/api/health").json()
         targets = load_class_map(args.class_map, health["classes"], health["bins"], allow_new=True)
     except ConfigError as exc:
         server.stop()
-        sys.exit(f"site_stream: {exc}")
+        print(f"site_stream: {exc}", file=sys.stderr)
+        return 2
     except BaseException:
         server.stop()
         raise
-    unmapped = sorted(set(folders) - set(targets))
-    if unmapped:
-        server.stop()
-        sys.exit(f"the class map does not say what these folders are: {', '.join(unmapped)}")
     truth = truth_of(targets, health["class_bins"])
     bins = list(health["bins"]) + sorted({t.name for t in targets.values() if t.kind == "new"} - set(health["bins"]))
     recycling, recycling_note = recycling_bin(bins)

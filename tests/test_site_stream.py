@@ -61,7 +61,7 @@ def test_a_bad_class_map_is_one_line(split_model, tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "site_stream.py"), "--checkpoint", str(split_model),
                           "--stream", str(stream), "--class-map", str(cmap), "--out", str(tmp_path / "r.json")],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert run.returncode != 0 and "banana" in run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 2 and "banana" in run.stderr.strip().splitlines()[-1]
     assert "Traceback" not in run.stderr
 
 
@@ -137,3 +137,14 @@ def test_no_answer_is_no_5xx_and_the_recycling_bin_is_named():
     assert name == "recyclable" and "no bin called 'recycling'" in note
     name, note = ss.recycling_bin(["paper", "rest"])
     assert name == "paper" and "no recycling bin" in note
+
+
+def test_a_folder_the_class_map_does_not_name_is_one_line_before_any_server_starts(tmp_path):
+    stream = make_dataset(tmp_path / "s", per_class=2, classes=("glass", "metal"))
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("classes:\n  glass: glass\n")
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "site_stream.py"), "--checkpoint", "no-model.pt",
+                          "--stream", str(stream), "--class-map", str(cmap), "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith("these folders are: metal"), run.stderr
+    assert "Traceback" not in run.stderr and "wastenet serve" not in run.stderr
