@@ -22,7 +22,10 @@ name and that bin). DESIGN.md "The site loop" holds the contract::
 not name are not streamed; ``benchmarks/stream_order.py`` writes them); default: every photo,
 sorted, shuffled by ``--seed``. RESULT.json: one row per window of ``--window`` items and a
 ``final`` block over the last third; the last line printed is
-``last third: coverage C; recycling-bin contamination X; class accuracy of auto-sorted A``.
+``last third: coverage C; recycling-bin contamination X; class accuracy of auto-sorted A``
+(the recycling bin is the taxonomy's ``recycling``, else its first ``recycl*`` bin: a line before it
+says which). A bad stream folder, order file or class map, or a server that will not start (e.g. an
+option it does not have), is one line on stderr and exit 2, before anything is streamed.
 """
 
 from __future__ import annotations
@@ -171,7 +174,8 @@ class Server:
         try:
             wait_for_health(self.proc, self.url)
         except SystemExit:  # e.g. a usage error: an option this server does not have
-            sys.exit(f"wastenet serve did not start: {self.last_line()}")
+            print(f"wastenet serve did not start: {self.last_line()}", file=sys.stderr)
+            sys.exit(2 if self.proc.returncode == 2 else 1)  # the server's usage/config error is ours
 
     def last_line(self) -> str:
         """The server's last line of output (its one-line error when it exits)."""

@@ -148,3 +148,16 @@ def test_a_folder_the_class_map_does_not_name_is_one_line_before_any_server_star
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith("these folders are: metal"), run.stderr
     assert "Traceback" not in run.stderr and "wastenet serve" not in run.stderr
+
+
+def test_a_server_that_refuses_to_start_is_one_line(tmp_path):
+    stream = make_dataset(tmp_path / "s", per_class=2, classes=("glass",))
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("classes:\n  glass: glass\n")
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "site_stream.py"),
+                          "--checkpoint", str(tmp_path / "missing.pt"), "--stream", str(stream),
+                          "--class-map", str(cmap), "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 2 and last.startswith("wastenet serve did not start:") and "missing.pt" in last, run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "r.json").exists()
