@@ -1,5 +1,8 @@
 """The site loop, measured end to end: a labelled stream through a real server and a simulated reviewer.
 
+(Over 450 lines: one script others run from a checkout on streams we do not have, so the server,
+the reviewer, the figures and the plot of a run stay in one file beside its contract.)
+
 A real ``wastenet serve`` on loopback; the photos of ``DIR/<class>/...`` go through
 ``POST /api/predict`` one at a time in a fixed order; a simulated reviewer polls the review queue
 (``GET /api/review``) as a site's reviewer does and labels manual-sort items and audits from ground
