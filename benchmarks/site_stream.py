@@ -467,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         "version_check": (version_accuracy(work / "models", args.check_data, args.check_split)
                           if args.check_data and (work / "models").is_dir() else None),
         "server_exit": server_exit, "windows": windows, "final": final,
+        # every item as it was decided (what a later analysis needs: e.g. when a new kind was first recognised)
+        "decided": [{"i": r["index"], "truth": r["truth"]["class"], "label": r["label"], "kind": r["kind"],
+                    "version": r["version"]} for r in rows],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
