@@ -50,7 +50,6 @@ from wastenet.audit import audit_draw, wilson_interval  # noqa: E402
 
 TOKEN = "audit-check-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +75,9 @@ def stream_items(args: argparse.Namespace) -> list[tuple[Path, str]]:
         with open(args.split_file, newline="") as f:
             rows = [(root / r["path"], r["label"]) for r in csv.DictReader(f) if r["split"] == args.split]
     else:
-        rows = [(p, p.relative_to(root).parts[0]) for p in sorted(root.rglob("*"))
-                if p.suffix.lower() in IMAGE_SUFFIXES and len(p.relative_to(root).parts) > 1]
+        from wastenet.data.datasets import scan_folder  # what every command reads from DIR/<class>/...
+
+        rows = [(root / r.path, r.label) for r in scan_folder(root, min_classes=1)[0]]
     if not rows:
         sys.exit(f"no photos under {root}")
     random.Random(0).shuffle(rows)
