@@ -82,3 +82,16 @@ def weights_dir() -> Path:
     if not WEIGHTS.is_dir():
         pytest.skip("shared weights not available")
     return WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def unsure_classifier(tiny_checkpoint):
+    """The tiny (random) model with one class per bin: ~1/3 per bin, so manual_sort at 0.9."""
+    from wastenet.inference.predictor import Classifier
+    from wastenet.taxonomy import load_taxonomy
+
+    clf = Classifier.load(tiny_checkpoint)
+    clf.taxonomy = load_taxonomy(
+        {"name": "split", "bins": {"recyclable": ["glass"], "compostable": ["paper"], "landfill": ["metal"]}},
+        clf.classes)
+    return clf

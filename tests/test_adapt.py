@@ -44,3 +44,22 @@ def test_adapt_cli_checks_options_before_work(tiny_checkpoint, image_folder, tmp
                         "--data", str(image_folder), "--out", str(tmp_path / "o"), "--eval-data", str(image_folder)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--class-map go together" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_rehearsal_features_are_read_back_on_the_next_run(tiny_checkpoint, image_folder, tmp_path, capsys):
+    """The backbone is frozen: a second run on the same rehearsal set reads its features, and fits the same."""
+    from wastenet.data.datasets import Row, scan_folder, write_split_file
+    from wastenet.training.adapt import AdaptConfig, adapt
+
+    rows, _ = scan_folder(image_folder)
+    split = write_split_file([Row(r.path, r.label, ("train", "val")[i % 2]) for i, r in enumerate(rows)],
+                             tmp_path / "split.csv")
+    cfg = AdaptConfig(epochs=2, views=1, mix_per_class=4)
+    kw = dict(mix=image_folder, mix_split=split, cfg=cfg, search=False, feature_cache=tmp_path / "cache")
+    first = adapt(tiny_checkpoint, image_folder, tmp_path / "a", **kw)
+    assert len(list((tmp_path / "cache").glob("rehearsal-*.npz"))) == 1
+    capsys.readouterr()
+    second = adapt(tiny_checkpoint, image_folder, tmp_path / "b", **kw)
+    assert "rehearsal features read from" in capsys.readouterr().err
+    assert second["val_accuracy"] == first["val_accuracy"]  # the same features: the same fit
+    assert second["mix_train"] == first["mix_train"]

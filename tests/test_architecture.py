@@ -3,7 +3,8 @@ one, and no module grows past ``MAX_LINES`` without saying why at its top.
 
 Floors, lowest first (docs/ARCHITECTURE.md): the top-level modules (checkpoint, decision, files,
 taxonomy, models, ood, ...) and ``data`` -> ``inference`` -> ``evaluation`` -> ``training`` ->
-``commands`` (and ``cli``); ``serve`` sits beside ``commands`` and only they may import it. Every
+``commands`` (and ``cli``); ``serve`` sits beside ``commands`` and only they (and ``site``, the site
+loop, which learns from the decision log) may import it. Every
 import counts, also one inside a function (those run too, just later).
 """
 
@@ -22,13 +23,14 @@ LONG_MARKER = "Long because:"
 
 #: what each floor may not import (wastenet sub-packages)
 FORBIDDEN = {
-    "base": {"data", "inference", "evaluation", "training", "serve", "commands"},
-    "data": {"inference", "evaluation", "training", "serve", "commands"},
-    "inference": {"evaluation", "training", "serve", "commands"},
-    "evaluation": {"training", "serve", "commands"},
-    "training": {"serve", "commands"},
-    "export": {"training", "serve", "commands"},
-    "serve": {"training", "commands"},
+    "base": {"data", "inference", "evaluation", "training", "serve", "site", "commands"},
+    "data": {"inference", "evaluation", "training", "serve", "site", "commands"},
+    "inference": {"evaluation", "training", "serve", "site", "commands"},
+    "evaluation": {"training", "serve", "site", "commands"},
+    "training": {"serve", "site", "commands"},
+    "export": {"training", "serve", "site", "commands"},
+    "serve": {"training", "commands"},   # it runs an adaptation as a process (`wastenet adapt --from-log`)
+    "site": {"commands"},                # the site loop: versions, and learning from the log (above training)
 }
 #: top-level modules that are not on the base floor: the entry points and the package's lazy API
 ENTRY_POINTS = {"__init__", "__main__", "cli"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 FAKE_CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 BINS = ("recyclable", "compostable", "landfill", "manual_sort")
 REVIEW_TOKEN = "browser-test-token"
+SERVER_DB: list[Path] = []  # the module server's decision log
 
 
 def _screenshot_dir() -> Path:
@@ -91,7 +93,10 @@ def _stop(proc: subprocess.Popen) -> None:
 def server(unsure_checkpoint, tmp_path_factory):
     """The page's server: 1 MB upload limit, decisions in a temporary log."""
     db = tmp_path_factory.mktemp("serve") / "decisions.sqlite"
-    proc, url = _start_server(unsure_checkpoint, db, "--max-upload-mb", "1", "--review-token", REVIEW_TOKEN)
+    SERVER_DB[:] = [db]
+    # every automatic decision is audited here: the review page's test labels one
+    proc, url = _start_server(unsure_checkpoint, db, "--max-upload-mb", "1", "--review-token", REVIEW_TOKEN,
+                              "--audit-rate", "1")
     try:
         yield url
     finally:
@@ -256,27 +261,82 @@ def test_live_camera(browser, server):
     context.close()
 
 
+def _current_id(page) -> int:
+    return int(page.get_attribute("#current", "data-id"))
+
+
+def _wait_for_other_item(page, old: int) -> int:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        shown = page.get_attribute("#current", "data-id")
+        if shown is not None and int(shown) != old and page.is_visible("#current"):
+            return int(shown)
+        page.wait_for_timeout(50)
+    pytest.fail(f"the next item did not come up after #{old}")
+
+
 @pytest.mark.browser
-def test_review_page(browser, server, photo):
-    # one logged manual-sort decision (the tiny model is never sure enough)
-    r = httpx.post(server + "/api/predict", files={"file": ("review-me.jpg", photo.read_bytes(), "image/jpeg")})
-    item = r.json()
-    assert item["decision"] == "manual_sort"
+def test_review_page_labels_by_keyboard_alone_with_undo_and_shows_the_live_figures(browser, server, photo):
+    auth = {"Authorization": f"Bearer {REVIEW_TOKEN}"}
+    # three manual-sort items (the tiny model is never sure enough), then one automatic decision
+    # (threshold 0), which this server (--audit-rate 1) keeps as an audit
+    posted = [httpx.post(server + "/api/predict", files={"file": (f"k{i}.jpg", photo.read_bytes(), "image/jpeg")}).json()
+              for i in range(3)]
+    assert all(p["decision"] == "manual_sort" for p in posted)
+    audit = httpx.post(server + "/api/predict?threshold=0",
+                       files={"file": ("audit.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    assert audit["kind"] == "audit"
+    left_before = httpx.get(server + "/api/review", headers=auth).json()["pending"]
+
     page = browser.new_page()
     page.goto(server + "/review#token=" + REVIEW_TOKEN)  # the address `wastenet serve` prints
-    card = f"#item-{item['id']}"
-    page.wait_for_selector(card, timeout=15_000)
-    # the photo is served by the decision log; wait for it to load rather than racing it (polled with
-    # evaluate, not wait_for_function: the page's CSP forbids the eval() that wait_for_function needs)
+    page.wait_for_selector("#current", state="visible", timeout=15_000)
+    assert _current_id(page) == audit["id"]  # newest first; marked as an audit
+    assert page.inner_text("#current-kind") == "Audit"
+    assert f"{left_before} left to label" in page.inner_text("#review-status")
+    # the buttons show their keys: 1 glass, 2 metal, 3 paper
+    assert page.inner_text("#label-metal").split() == ["2", "Metal"]
+
+    labelled = []
+    for key in ("2", "2", "1"):  # three items, keyboard only; the next one comes up by itself
+        shown = _current_id(page)
+        page.keyboard.press(key)
+        _wait_for_other_item(page, shown)
+        labelled.append(shown)
+    assert labelled == [audit["id"], posted[2]["id"], posted[1]["id"]]
+    assert f"{left_before - 3} left to label" in page.inner_text("#review-status")
+
+    page.keyboard.press("u")  # undo: the last labelled item is back; its right key relabels it
+    page.wait_for_selector(f"#current[data-id='{labelled[-1]}']", timeout=15_000)
+    page.keyboard.press("3")
+    _wait_for_other_item(page, labelled[-1])
+    history = [h["new_label"] for h in httpx.get(server + "/api/review", headers=auth).json()["items"]
+               if h["id"] == labelled[-1]]
+    assert history == []  # no longer pending
+    with sqlite3.connect(SERVER_DB[0]) as conn:
+        got = dict(conn.execute(f"SELECT id, reviewed_label FROM decisions WHERE id IN ({','.join(map(str, labelled))})"))
+    assert got == {labelled[0]: "metal", labelled[1]: "metal", labelled[2]: "paper"}
+
+    # a kind of item the model has no class for: N, its name and bin, Enter; it is a button from then on
+    new_kind = httpx.post(server + "/api/predict", files={"file": ("cup.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    page.reload()
+    page.wait_for_selector(f"#current[data-id='{new_kind['id']}']", timeout=15_000)
+    page.keyboard.press("n")
+    page.fill("#new-kind-name", "Food waste")
+    page.fill("#new-kind-bin", "compostable")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#label-food_waste", timeout=15_000)
+    with sqlite3.connect(SERVER_DB[0]) as conn:
+        assert conn.execute("SELECT reviewed_label, reviewed_bin FROM decisions WHERE id = ?",
+                            (new_kind["id"],)).fetchone() == ("food_waste", "compostable")
+
+    # the live figures: the labelled audit is counted, its estimate shown as an interval (n < 30)
     deadline = time.monotonic() + 15
-    while page.evaluate(f"document.querySelector('{card} img').naturalWidth") == 0 and time.monotonic() < deadline:
+    while "1 / 1" not in page.inner_text("#stats-body") and time.monotonic() < deadline:
         page.wait_for_timeout(100)
-    assert page.evaluate(f"document.querySelector('{card} img').naturalWidth") > 0
-    page.select_option(f"#label-{item['id']}", "metal")
-    page.click(f"{card} button")
-    page.wait_for_selector(card, state="detached", timeout=15_000)
-    pending = httpx.get(server + "/api/review", headers={"Authorization": f"Bearer {REVIEW_TOKEN}"}).json()["items"]
-    assert item["id"] not in [it["id"] for it in pending]
+    text = page.inner_text("#stats-body")
+    assert "Contamination (95%)" in text and "1 / 1" in text and "(n=1)" in text
+    assert "random share" in page.inner_text("#stats-note")
     page.close()
 
 
@@ -288,9 +348,9 @@ def test_review_page_without_the_token_asks_for_it(browser, server, photo):
     page = context.new_page()
     page.goto(server + "/review")
     page.wait_for_selector("#token-form", state="visible", timeout=15_000)
-    assert page.locator(f"#item-{item['id']}").count() == 0  # nothing listed without it
+    assert page.is_hidden("#current")  # nothing shown without it
     page.fill("#token", REVIEW_TOKEN)
     page.click("#token-form button")
-    page.wait_for_selector(f"#item-{item['id']}", timeout=15_000)
+    page.wait_for_selector(f"#current[data-id='{item['id']}']", timeout=15_000)
     assert page.is_hidden("#token-form")
     context.close()

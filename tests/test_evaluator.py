@@ -130,6 +130,34 @@ def fitted_rule_checkpoint(tmp_path, image_folder):
     return checkpoint.save(ckpt, tmp_path / "rule.pt"), write_split_file(split, tmp_path / "split.csv"), val
 
 
+def test_recalibrate_refits_the_logit_thresholds_at_the_new_temperature(fitted_rule_checkpoint, image_folder, tmp_path):
+    """msp and energy depend on the temperature: a threshold fitted at the old one does not keep 95%
+    of the validation items at the new one. The feature-space scores do not, and keep theirs."""
+    from wastenet import checkpoint, ood
+    from wastenet.inference.runtime import predict_logits
+    from wastenet.models import model_from_checkpoint
+    from wastenet.preprocessing import Preprocessing
+
+    path, split_file, val = fitted_rule_checkpoint
+    before = checkpoint.load(path)
+    Evaluator.load(path, device="cpu").evaluate(image_folder, split="test", split_file=split_file, recalibrate=True,
+                                                out=tmp_path / "ev")
+    after = checkpoint.load(path)
+    assert after["temperature"] != pytest.approx(5.0, rel=1e-2)
+    logits = predict_logits(model_from_checkpoint(before), val.images, Preprocessing.from_dict(before["preprocessing"]),
+                            "cpu", None).numpy()
+    rule = after["ood"]
+    for method in ("msp", "energy"):
+        want = ood.threshold_for_coverage(ood.scores(method, logits, after["temperature"]), rule["keep"])
+        assert rule["thresholds"][method] == pytest.approx(want, rel=1e-5), method
+        assert before["ood"]["thresholds"][method] != pytest.approx(want, rel=1e-3), method  # the test can fail
+    for method in ("mahalanobis", "knn"):
+        assert rule["thresholds"][method] == before["ood"]["thresholds"][method]
+    assert rule["search_thresholds"] == {}  # refitted as before: {} from fewer than 20 validation photos
+
+
+
+
 def test_finalise_fits_the_searched_threshold_only_when_asked(fitted_rule_checkpoint, image_folder):
     """``search=False`` (a service that does not search) skips the expensive step, and drops a searched
     threshold that was fitted at another temperature; ``search=True`` fits it from the val photos."""

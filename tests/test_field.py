@@ -193,3 +193,13 @@ def test_eval_field_mode_writes_a_report_for_every_view(tiny_checkpoint, tmp_pat
                           "--data", str(data), "--class-map", str(cmap), "--views", "crop"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "need --boxes" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_new_kind_target_only_where_asked_for():
+    from wastenet.errors import ConfigError
+    from wastenet.evaluation.field import Target, parse_target
+
+    assert parse_target("new:landfill", ["metal"], ["recyclable", "landfill"], allow_new=True) == Target("new", "landfill")
+    assert str(Target("new", "landfill")) == "new:landfill"
+    with pytest.raises(ConfigError, match="site_stream"):
+        parse_target("new:landfill", ["metal"], ["recyclable", "landfill"])

@@ -43,7 +43,8 @@ def test_durable_settings(log):
     cols = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
     assert cols == ["id", "created_at", "source", "label", "confidence", "bin", "bin_confidence", "decision",
                     "threshold", "model", "image", "image_name", "reviewed_label", "reviewed_at",
-                    "reason", "ood_score", "exported_at"]
+                    "reason", "ood_score", "exported_at", "kind", "model_id", "audit_seed", "audit_u",
+                    "audit_rate", "reviewed_bin"]
     assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     conn.close()
 
@@ -174,13 +175,13 @@ def test_review_cli(log, tmp_path, capsys):
     db = str(log.path)
     assert main(["review", "--log-db", db]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:3] == ["id", "time", "label"]
+    assert out[0].split()[:4] == ["id", "kind", "time", "label"]  # the queue holds manual-sort items and audits
     assert [line.split()[0] for line in out[1:]] == [str(i) for i in ids[::-1]]
 
     assert main(["review", "--log-db", db, "--set", str(ids[0]), "paper"]) == 0
     assert "-> paper" in capsys.readouterr().out
     assert main(["review", "--log-db", db, "--set", str(ids[1]), "banana"]) == 2
-    assert "unknown class 'banana'" in capsys.readouterr().err
+    assert "'banana' is no class of the model" in capsys.readouterr().err
     assert main(["review", "--log-db", db, "--set", str(ids[1]), "banana", "--force"]) == 0
     assert main(["review", "--log-db", db, "--set", "999", "paper"]) == 1
     assert "no decision with id 999" in capsys.readouterr().err

@@ -16,6 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from conftest import make_image  # noqa: E402
+from wastenet.model_identity import model_id  # noqa: E402
 from wastenet.serve.app import create_app  # noqa: E402
 from wastenet.serve.body_limit import BodyLimitMiddleware  # noqa: E402
 
@@ -51,19 +52,6 @@ def classifier(tiny_checkpoint):
     return Classifier.load(tiny_checkpoint)
 
 
-@pytest.fixture(scope="module")
-def unsure_classifier(tiny_checkpoint):
-    """The tiny (random) model with one class per bin: ~1/3 per bin, so manual_sort at 0.9."""
-    from wastenet.inference.predictor import Classifier
-    from wastenet.taxonomy import load_taxonomy
-
-    clf = Classifier.load(tiny_checkpoint)
-    clf.taxonomy = load_taxonomy(
-        {"name": "split", "bins": {"recyclable": ["glass"], "compostable": ["paper"], "landfill": ["metal"]}},
-        clf.classes)
-    return clf
-
-
 @pytest.fixture()
 def client(tiny_checkpoint, tmp_path):
     app = create_app(tiny_checkpoint, log_path=tmp_path / "decisions.sqlite")
@@ -73,7 +61,8 @@ def client(tiny_checkpoint, tmp_path):
 
 @pytest.fixture()
 def unsure_client(unsure_classifier, tmp_path):
-    app = create_app(unsure_classifier, log_path=tmp_path / "decisions.sqlite")
+    # no audits: the review-queue tests count exactly the manual-sort items (tests/test_audit_served.py has audits)
+    app = create_app(unsure_classifier, log_path=tmp_path / "decisions.sqlite", audit_rate=0.0)
     with TestClient(app) as c:
         yield c
 
@@ -101,7 +90,7 @@ def test_health(client):
     assert h["class_bins"] == {"glass": "recyclable", "metal": "recyclable", "paper": "recyclable"}
 
 
-def test_predict_returns_design_fields_and_logs(client):
+def test_predict_returns_design_fields_and_logs(client, tiny_checkpoint):
     data = jpeg_bytes()
     r = client.post("/api/predict", files=upload(data, "bottle.jpg"))
     assert r.status_code == 200, r.text
@@ -119,8 +108,11 @@ def test_predict_returns_design_fields_and_logs(client):
     assert len(logged) == 1
     row = logged[0]
     assert row["id"] == p["id"]
-    assert (row["label"], row["decision"], row["bin"], row["image_name"], row["model"], row["source"]) == (
-        p["label"], "recyclable", "recyclable", "bottle.jpg", "test_resnet", "api")
+    assert (row["label"], row["decision"], row["bin"], row["image_name"], row["source"]) == (
+        p["label"], "recyclable", "recyclable", "bottle.jpg", "api")
+    # the version in every row (DESIGN "The site loop"): the model file's path and content hash
+    assert row["model"] == str(tiny_checkpoint) and row["model_id"] == p["model_id"] == model_id(tiny_checkpoint)
+    assert row["kind"] == p["kind"] in ("auto", "audit")
     assert row["confidence"] == pytest.approx(p["confidence"], abs=1e-6)
     assert row["image"] is None  # photos are kept only for manual_sort
 
@@ -364,7 +356,7 @@ def test_pages_and_static(client):
     for asset in ("app.js", "style.css", "review.js"):
         assert client.get(f"/static/{asset}").status_code == 200
     review = client.get("/review")
-    assert review.status_code == 200 and 'id="review-list"' in review.text
+    assert review.status_code == 200 and 'id="label-buttons"' in review.text
     assert client.get("/docs").status_code == 200
     assert client.get("/openapi.json").json()["paths"]["/api/predict"]
 

@@ -213,13 +213,13 @@ def test_identity_taxonomy_maps_each_class_to_its_own_bin():
 
 # ------------------------------------------------------------------------- the one fallback
 def test_taxonomy_for_a_model_takes_the_given_one_else_a_matching_builtin_else_one_bin_per_class():
-    from wastenet.taxonomy import taxonomy_for
+    from wastenet.taxonomy import resolve_taxonomy
 
-    assert taxonomy_for("trashnet", TRASHNET).name == "trashnet"
-    assert taxonomy_for(None, list(reversed(TRASHNET))).name == "trashnet"  # the built-in with these classes
-    assert taxonomy_for({}, ["cans", "jars"]).bins == {"cans": ["cans"], "jars": ["jars"]}  # empty: no taxonomy
+    assert resolve_taxonomy("trashnet", TRASHNET).name == "trashnet"
+    assert resolve_taxonomy(None, list(reversed(TRASHNET))).name == "trashnet"  # the built-in with these classes
+    assert resolve_taxonomy({}, ["cans", "jars"]).bins == {"cans": ["cans"], "jars": ["jars"]}  # empty: no taxonomy
     with pytest.raises(ConfigError):
-        taxonomy_for({"bins": {"recyclable": ["cans"]}}, ["cans", "jars"])  # the given one is checked
+        resolve_taxonomy({"bins": {"recyclable": ["cans"]}}, ["cans", "jars"])  # the given one is checked
 
 
 def test_the_classifier_falls_back_the_same_way():

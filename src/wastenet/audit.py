@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-__all__ = ["AUTO", "AUDIT", "MANUAL", "KINDS", "DEFAULT_AUDIT_RATE", "MIN_AUDITS_FOR_PERCENT",
+__all__ = ["ESTIMATE_NOTE", "format_estimate", "stats_table", "AUTO", "AUDIT", "MANUAL", "KINDS", "DEFAULT_AUDIT_RATE", "AuditDraw", "MIN_AUDITS_FOR_PERCENT",
            "audit_draw", "audit_kind", "check_audit_rate", "wilson_interval", "estimate", "site_stats"]
 
 #: The ``kind`` of a decision row: sorted automatically, kept for review by the audit draw, or manual sort.
@@ -37,7 +38,30 @@ DEFAULT_AUDIT_RATE = 0.02
 #: Below this many labelled audits an estimate is shown as its interval, never as a bare percentage.
 MIN_AUDITS_FOR_PERCENT = 30
 
+#: What the estimates mean and what they do not: shown beside them (page, API, ``review --stats``).
+ESTIMATE_NOTE = ("Contamination and class accuracy are estimated from labelled audits: a random share of the "
+                 "automatically sorted items, drawn by a seeded hash of the row id, never by confidence. They "
+                 "describe the automatically sorted stream only (manual-sort items are sorted by a person) and say "
+                 "nothing of items nobody photographed. Intervals are 95% Wilson intervals; with fewer than "
+                 f"{MIN_AUDITS_FOR_PERCENT} labelled audits only the interval is shown.")
+
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+@dataclass(frozen=True)
+class AuditDraw:
+    """How a log draws its audits: ``rate`` (share of automatic decisions kept) and the ``seed`` of the draw.
+
+    >>> AuditDraw(rate=0.02, seed=1234).rate
+    0.02
+    """
+
+    rate: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate", check_audit_rate(self.rate))
+        object.__setattr__(self, "seed", int(self.seed))
 
 
 def check_audit_rate(rate: Any) -> float:
@@ -189,3 +213,41 @@ def site_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {"models": [{"model_id": m["model_id"], "model": m["model"], "all": _finish(m["all"]),
                         "bins": {b: _finish(g) for b, g in sorted(m["bins"].items())}}
                        for m in models.values()]}
+
+
+def format_estimate(est: Mapping[str, Any]) -> str:
+    """An estimate as people should read it: ``'4.0% (1.1-13.5%, n=50)'``, or only its interval
+    under :data:`MIN_AUDITS_FOR_PERCENT` items (``'0.0-16.1% (n=20)'``), ``'-'`` with none.
+
+    >>> format_estimate(estimate(0, 20))
+    '0.0-16.1% (n=20)'
+    """
+    if not est.get("n"):
+        return "-"
+    span = f"{100 * est['low']:.1f}-{100 * est['high']:.1f}%"
+    if est.get("show_value"):
+        return f"{100 * est['value']:.1f}% ({span}, n={est['n']})"
+    return f"{span} (n={est['n']})"
+
+
+def stats_table(stats: Mapping[str, Any]) -> str:
+    """:func:`site_stats` as a plain-text table, one line per model version and bin (``review --stats``)."""
+    header = ("model", "bin", "decisions", "auto", "manual", "audits", "labelled", "contamination",
+              "auto class accuracy", "manual: model right")
+    rows = []
+    for m in stats.get("models", []):
+        name = (m.get("model_id") or "?") + (f" {m['model']}" if m.get("model") else "")
+        for bin_name, g in [("(all)", m["all"]), *m["bins"].items()]:
+            rows.append((name, bin_name, str(g["decisions"]), _share(g["auto_share"]), _share(g["manual_sort_share"]),
+                         str(g["audits_drawn"]), str(g["audits_labelled"]), format_estimate(g["contamination"]),
+                         format_estimate(g["auto_class_accuracy"]), format_estimate(g["manual_sort_model_right"])))
+    if not rows:
+        return "no decisions logged"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"

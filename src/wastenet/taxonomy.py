@@ -37,12 +37,12 @@ from wastenet.errors import ConfigError
 
 __all__ = [
     "BUILTIN_TAXONOMIES",
+    "resolve_taxonomy",
     "Taxonomy",
     "builtin_taxonomy",
     "default_taxonomy_for",
     "identity_taxonomy",
     "load_taxonomy",
-    "taxonomy_for",
 ]
 
 #: Names accepted by :func:`load_taxonomy` without a file (``taxonomies/<name>.yaml``).
@@ -186,6 +186,19 @@ def load_taxonomy(
     return tax
 
 
+def resolve_taxonomy(spec: str | Path | Mapping[str, Any] | Taxonomy | None, classes: Sequence[str]) -> Taxonomy:
+    """The taxonomy a model decides with: ``spec`` when given (checked against ``classes``), else the
+    built-in one whose classes match, else one bin per class. The one fallback rule: training,
+    evaluation and prediction all call it.
+
+    >>> resolve_taxonomy(None, ["trash", "glass", "paper", "plastic", "metal", "cardboard"]).name
+    'trashnet'
+    """
+    if spec:
+        return load_taxonomy(spec, classes)
+    return default_taxonomy_for(classes) or identity_taxonomy(classes)
+
+
 def builtin_taxonomy(name: str) -> Taxonomy:
     """One of :data:`BUILTIN_TAXONOMIES`, read from the package data (a fresh copy)."""
     if name not in BUILTIN_TAXONOMIES:
@@ -217,21 +230,6 @@ def identity_taxonomy(classes: Sequence[str]) -> Taxonomy:
     {'a': ['a'], 'b': ['b']}
     """
     return Taxonomy("identity", {str(c): [str(c)] for c in classes})
-
-
-def taxonomy_for(spec: str | Path | Mapping[str, Any] | Taxonomy | None, classes: Sequence[str]) -> Taxonomy:
-    """A model's taxonomy: ``spec`` (the one asked for or stored with the model) checked against
-    ``classes``; without one (None or empty), the built-in taxonomy with exactly these classes, else
-    one bin per class. The one fallback that train, eval and predict use::
-
-        taxonomy_for(ckpt.get("taxonomy"), ckpt["classes"])
-
-    >>> taxonomy_for(None, ["a", "b"]).name
-    'identity'
-    """
-    if spec:
-        return load_taxonomy(spec, classes)
-    return default_taxonomy_for(classes) or identity_taxonomy(classes)
 
 
 # --------------------------------------------------------------------------- helpers

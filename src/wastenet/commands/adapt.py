@@ -3,6 +3,10 @@
     wastenet review --export reviewed/                      # the labelled manual-sort items
     wastenet adapt --checkpoint runs/mnv2/best.pt --data reviewed/ \
         --data-mix ../shared/data/trashnet --mix-split-file ../shared/data/trashnet-split.csv --out runs/mnv2-site
+    # or straight from the service's log: the newest 20% of reviewed items are held out, and the
+    # candidate is scored against the current model on them (site/learn.py)
+    wastenet adapt --checkpoint runs/mnv2/best.pt --from-log runs/mnv2/decisions.sqlite \
+        --data-mix ../shared/data/trashnet --mix-split-file ../shared/data/trashnet-split.csv --out runs/mnv2-site
 
 The head is re-fitted on cached features (minutes on a CPU); calibration and the unknown-item
 rule are re-fitted; taxonomy and threshold are kept (training/adapt.py).
@@ -14,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from wastenet.files import write_atomic
+
 HELP = "Fine-tune a deployed model's head on reviewed items (site adaptation), keeping calibration and the taxonomy."
 
 
@@ -22,7 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = AdaptConfig()
     p.add_argument("--checkpoint", required=True, help="the deployed .pt checkpoint")
-    p.add_argument("--data", required=True, help="reviewed items as class folders (wastenet review --export)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="reviewed items as class folders (wastenet review --export)")
+    src.add_argument("--from-log", metavar="DB", help="the service's decision log: its reviewed items, the newest "
+                                                      "20%% held out to compare the candidate with the model")
+    p.add_argument("--new-class-min", type=int, default=10,
+                   help="with --from-log: reviewed items a new kind needs to become a class (default %(default)s)")
+    p.add_argument("--versions", metavar="DIR", help="with --from-log: add the candidate as a version in DIR "
+                                                      "(the service's <log dir>/models), active if promoted")
+    p.add_argument("--parent", type=int, default=0, help="with --versions: the version the candidate came from")
+    p.add_argument("--skip-search-threshold", action="store_true",
+                   help="do not refit the unknown-item threshold under --search (minutes; unused without --search)")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
     p.add_argument("--data-mix", help="the original training data, rehearsed so the model does not forget it")
     p.add_argument("--mix-split-file", help="split file of --data-mix (train rows rehearsed, val rows calibrate)")
     p.add_argument("--mix-per-class", type=int, default=d.mix_per_class, help="rehearsal images per class")
@@ -46,13 +63,26 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--lr must be in (0, 1)")
     if bool(args.eval_data) != bool(args.class_map):
         raise ConfigError("--eval-data and --class-map go together")
-    if not Path(args.data).is_dir():
+    if args.data and not Path(args.data).is_dir():
         raise ConfigError(f"reviewed data folder not found: {args.data}")
+    if args.from_log and not Path(args.from_log).is_file():
+        raise ConfigError(f"decision log not found: {args.from_log}")
+    if args.new_class_min < 2:
+        raise ConfigError("--new-class-min must be at least 2")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.from_log:
+        return _from_log(args)
     from wastenet.training.adapt import AdaptConfig, adapt
 
     cfg = AdaptConfig(views=args.views, epochs=args.epochs, lr=args.lr, mix_per_class=args.mix_per_class, seed=args.seed)
-    result = adapt(args.checkpoint, args.data, args.out, mix=args.data_mix, mix_split=args.mix_split_file, cfg=cfg)
-    Path(args.out, "adapt.json").write_text(json.dumps(result, indent=2))
+    result = adapt(args.checkpoint, args.data, args.out, mix=args.data_mix, mix_split=args.mix_split_file, cfg=cfg,
+                   search=not args.skip_search_threshold)
+    write_atomic(Path(args.out, "adapt.json"), json.dumps(result, indent=2))
     if args.eval_data:
         from wastenet.evaluation.field import evaluate_field, field_items, load_class_map
         from wastenet.inference.predictor import Classifier
@@ -64,3 +94,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"adapted checkpoint: {result['checkpoint']} (validation accuracy {result['val_accuracy']:.4f}, "
           f"{result['seconds']:.0f}s)")
     return 0
+
+
+def _from_log(args: argparse.Namespace) -> int:
+    import sys
+
+    from wastenet.site.learn import learn_from_log
+
+    result = learn_from_log(args.from_log, args.checkpoint, args.out, mix=args.data_mix, mix_split=args.mix_split_file,
+                            new_class_min=args.new_class_min, seed=args.seed, search=not args.skip_search_threshold,
+                            versions=args.versions, parent=args.parent,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    write_atomic(Path(args.out, "adapt.json"), json.dumps(result, indent=2))
+    cur, cand = result["scores"]["current"], result["scores"]["candidate"]
+    print(f"candidate {result['candidate']}: held-out class accuracy {_f(cur['class_accuracy'])} -> "
+          f"{_f(cand['class_accuracy'])} on {cand['n']} items; "
+          f"{'promoted' if result['promoted'] else 'not promoted'}: {result['reason']}"
+          + (f" (version {result['version']})" if "version" in result else ""))
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

@@ -73,6 +73,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search", action="store_true",
                         help="look at each photo through windows, the most item-like one decides (predict --search; "
                              "~51 model calls a photo)")
+    parser.add_argument("--audit-rate", type=float, default=_default("audit_rate"), metavar="R",
+                        help="share of automatically sorted photos kept for review as audits, drawn at random "
+                             "(default %(default)g; 0 = off): they estimate each bin's real contamination")
+    parser.add_argument("--audit-seed", type=int, default=_default("audit_seed"), metavar="N",
+                        help="seed of the audit draw (default: the log's own, random when the log was made)")
+    parser.add_argument("--allow-new-bins", action="store_true",
+                        help="a reviewer's new kind of item may name a bin the taxonomy lacks (default: existing bins only)")
+    parser.add_argument("--new-class-min", type=int, default=_default("new_class_min"), metavar="K",
+                        help="reviewed items a new kind needs before adaptation makes it a class (default %(default)s)")
+    parser.add_argument("--adapt-every", type=int, default=_default("adapt_every"), metavar="N",
+                        help="adapt in the background after N new reviewed items (default: only on POST "
+                             "/api/models/adapt); a candidate is promoted only if it beats the served model on "
+                             "the newest 20%% of reviewed items")
+    parser.add_argument("--adapt-mix", default=_default("adapt_mix"), metavar="DIR",
+                        help="rehearsal data for adaptation (e.g. the training set), so the model does not forget it")
+    parser.add_argument("--adapt-mix-split", default=_default("adapt_mix_split"), metavar="CSV",
+                        help="split file of --adapt-mix (train rows rehearsed, val rows calibrate)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run a .pt model in channels-last (NHWC) memory layout, often faster on CPU")
     parser.add_argument("--onnx-spin", action="store_true",
@@ -94,6 +111,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and args.adapt_every:
+        raise ConfigError("--adapt-every runs one adaptation per server: use it with --workers 1")
     for flag in ("max_upload_mb", "log_max_mb", "decode_mpx"):
         if not math.isfinite(getattr(args, flag)):
             raise ConfigError(f"--{flag.replace('_', '-')} must be a number, got {getattr(args, flag)}")
@@ -109,7 +128,10 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         threshold=args.threshold, max_batch=args.max_batch, torch_threads=threads,
         channels_last=args.channels_last, onnx_spin=args.onnx_spin, review_token=token,
         host=args.host, allowed_hosts=tuple(args.allowed_host),
-        search=args.search)
+        search=args.search, audit_rate=args.audit_rate, audit_seed=args.audit_seed,
+        allow_new_bins=args.allow_new_bins, new_class_min=args.new_class_min, adapt_every=args.adapt_every,
+        adapt_mix=str(Path(args.adapt_mix).expanduser().resolve()) if args.adapt_mix else None,
+        adapt_mix_split=str(Path(args.adapt_mix_split).expanduser().resolve()) if args.adapt_mix_split else None)
 
 
 def run(args: argparse.Namespace) -> int:

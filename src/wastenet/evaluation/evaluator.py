@@ -118,13 +118,13 @@ class Evaluator:
         from wastenet.evaluation.runner import Subject, evaluate, suggest_for
         from wastenet.models import model_from_checkpoint
         from wastenet.preprocessing import Preprocessing
-        from wastenet.taxonomy import taxonomy_for
+        from wastenet.taxonomy import resolve_taxonomy
 
         say = log or (lambda _msg: None)
         if split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
         ckpt, classes = self.ckpt, self.classes
-        tax = taxonomy_for(taxonomy or ckpt.get("taxonomy"), classes)
+        tax = resolve_taxonomy(taxonomy or ckpt.get("taxonomy"), classes)
         # per-bin values need the bin names: checked after the taxonomy, still before any work
         if threshold is not None:
             threshold = check_threshold(threshold, tax.bin_names, name="--threshold")

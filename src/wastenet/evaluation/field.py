@@ -39,20 +39,28 @@ VIEWS = ("full", "crop", "floor")
 
 @dataclass(frozen=True)
 class Target:
-    """What a foreign class means: ``kind`` is ``class``, ``bin`` or ``unknown``."""
+    """What a foreign class means: ``kind`` is ``class``, ``bin``, ``unknown`` or ``new`` (a kind the
+    model has no class for; ``name`` is its bin)."""
 
     kind: str
     name: str = ""
 
     def __str__(self) -> str:
-        return {"class": self.name, "bin": f"bin:{self.name}"}.get(self.kind, UNKNOWN)
+        return {"class": self.name, "bin": f"bin:{self.name}", "new": f"new:{self.name}"}.get(self.kind, UNKNOWN)
 
 
-def parse_target(value: str, classes: Sequence[str], bins: Sequence[str]) -> Target:
-    """``metal`` -> class, ``bin:landfill`` -> bin, ``unknown`` -> manual sort; ConfigError otherwise."""
+def parse_target(value: str, classes: Sequence[str], bins: Sequence[str], allow_new: bool = False) -> Target:
+    """``metal`` -> class, ``bin:landfill`` -> bin, ``unknown`` -> manual sort; with ``allow_new``
+    also ``new:landfill`` -> a kind the model has no class for, going to that bin (the site stream's
+    reviewer teaches it; a field report has no use for it); ConfigError otherwise."""
     v = str(value).strip()
     if v == UNKNOWN:
         return Target(UNKNOWN)
+    if v.startswith("new:"):
+        if not allow_new:
+            raise ConfigError(f"class map: {v!r}: new:BIN (a kind the model has no class for) is for "
+                              "benchmarks/site_stream.py, not a field report")
+        return Target("new", v[4:].strip())
     if v.startswith("bin:"):
         b = v[4:]
         if b not in bins:
@@ -64,8 +72,16 @@ def parse_target(value: str, classes: Sequence[str], bins: Sequence[str]) -> Tar
     return Target("class", v)
 
 
-def load_class_map(path: str | Path, classes: Sequence[str], bins: Sequence[str]) -> dict[str, Target]:
-    """Read ``classes: {foreign: target}`` YAML; every target is checked against the model."""
+def load_class_map(path: str | Path, classes: Sequence[str], bins: Sequence[str],
+                   allow_new: bool = False) -> dict[str, Target]:
+    """Read ``classes: {foreign: target}`` YAML; every target is checked against the model
+    (``allow_new``: ``new:BIN`` targets too, see :func:`parse_target`)."""
+    return {k: parse_target(v, classes, bins, allow_new) for k, v in read_class_map(path).items()}
+
+
+def read_class_map(path: str | Path) -> dict[str, str]:
+    """The ``classes: {foreign: target}`` mapping of a class map file, as written (not yet checked
+    against a model); ConfigError when the file is missing, not YAML, or has no such mapping."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"class map not found: {p}")
@@ -76,7 +92,7 @@ def load_class_map(path: str | Path, classes: Sequence[str], bins: Sequence[str]
     mapping = doc.get("classes") if isinstance(doc, dict) else None
     if not isinstance(mapping, dict) or not mapping:
         raise ConfigError(f"class map {p} needs a non-empty 'classes: {{foreign: target}}' mapping")
-    return {str(k): parse_target(v, classes, bins) for k, v in mapping.items()}
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
 def read_boxes(path: str | Path) -> dict[str, tuple[int, int, int, int]]:

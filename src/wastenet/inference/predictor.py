@@ -39,7 +39,7 @@ from wastenet.inference.results import Prediction
 from wastenet.inference.tta import tta_logits
 from wastenet.preprocessing import Preprocessing, preprocess_images
 from wastenet.probabilities import softmax
-from wastenet.taxonomy import Taxonomy, load_taxonomy, taxonomy_for
+from wastenet.taxonomy import Taxonomy, load_taxonomy, resolve_taxonomy
 
 __all__ = [
     "Classifier",
@@ -71,7 +71,7 @@ class Classifier:
         self.ood = _check_ood(ood)
         self.classes = [str(c) for c in classes]
         self.preprocessing = preprocessing
-        self.taxonomy = taxonomy_for(taxonomy, self.classes)  # none in the file: a built-in or one bin per class
+        self.taxonomy = resolve_taxonomy(taxonomy, self.classes)  # none in the file: a built-in or one bin per class
         self.temperature = float(temperature)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")

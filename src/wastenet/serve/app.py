@@ -60,6 +60,9 @@ from wastenet.errors import WastenetError
 from wastenet.serve.body_limit import MULTIPART_MARGIN, BodyLimitMiddleware
 from wastenet.serve.body_limit import json_error as _error
 from wastenet.serve.guard import HostCheckMiddleware
+from wastenet.serve.adaptation import startup_model
+from wastenet.serve.decision_log import default_log_path
+from wastenet.serve.model_routes import router as model_router
 from wastenet.serve.routes import router
 from wastenet.serve.service import ApiError, Service
 from wastenet.serve.settings import ServeSettings
@@ -100,12 +103,21 @@ def create_app(settings: ServeSettings | str | os.PathLike | Any, /, **options: 
             raise TypeError("create_app needs a model: ServeSettings(checkpoint=...) or a Classifier")
         from wastenet.inference.predictor import Classifier  # torch only if the file needs it
 
-        source = Path(settings.checkpoint)
+        log_path = settings.log_path if settings.log_path is not None else default_log_path(settings.checkpoint)
+        # the active version beside the log survives a restart (site loop: serve/adaptation.py)
+        served, version, note = startup_model(settings.checkpoint, log_path)
+        if note:
+            logger.warning("wastenet: %s", note)
+        source = Path(served)
         # onnxruntime threads that sleep between batches leave the CPU to request decoding:
         # +17% requests/s under 8 clients on 2 cores (BENCHMARKS.md); onnx_spin=True undoes it
         classifier = Classifier.load(source, channels_last=settings.channels_last and source.suffix == ".pt",
                                      onnx_spin_wait=settings.onnx_spin)
-    service = Service(settings, classifier)
+    else:
+        source, version = None, 0
+    service = Service(settings, classifier, source, version)
+    if service.adaptation.refusal and settings.adapt_every:
+        logger.warning("wastenet: --adapt-every: %s", service.adaptation.refusal)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +146,7 @@ def create_app(settings: ServeSettings | str | os.PathLike | Any, /, **options: 
     app.add_middleware(HostCheckMiddleware, guard=service.guard)
     _add_error_handlers(app)
     app.include_router(router)
+    app.include_router(model_router)
     app.add_api_route("/", _page("index.html"), methods=["GET"], include_in_schema=False)
     app.add_api_route("/review", _page("review.html"), methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -35,13 +36,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from wastenet.audit import AUDIT, MANUAL, AuditDraw, audit_draw, audit_kind
 from wastenet.errors import ConfigError, WastenetError
 from wastenet.serve import log_cap
 from wastenet.serve.log_items import (MAX_ID, MAX_LABEL_LENGTH, REVIEW_MAX_SIDE, check_label, image_media_type,
                                       review_copy, review_jpeg, valid_id)
 
 # the item helpers live in log_items; they are re-exported here, where callers have always found them
-__all__ = ["DecisionLog", "LOG_FILENAME", "MAX_ID", "MAX_LABEL_LENGTH", "REVIEW_MAX_SIDE", "check_label",
+__all__ = ["DecisionLog", "LOG_FILENAME", "RecordedId", "parse_since", "MAX_ID", "MAX_LABEL_LENGTH", "REVIEW_MAX_SIDE", "check_label",
            "default_log_path", "image_media_type", "review_copy", "review_jpeg", "valid_id"]
 
 LOG_FILENAME = "decisions.sqlite"
@@ -83,15 +85,21 @@ _COLUMNS_ADDED = (
     ("reason", "TEXT"),        # why manual_sort: low_confidence | unknown
     ("ood_score", "REAL"),     # the unknown-item score, when the model has the rule
     ("exported_at", "TEXT"),   # when `review --export` wrote the reviewed photo (from then on evictable)
+    ("kind", "TEXT"),          # auto | manual_sort | audit (wastenet.audit); old rows: from `decision`
+    ("model_id", "TEXT"),      # content hash of the model file (wastenet.model_identity)
+    ("audit_seed", "INTEGER"), # the seed of this row's audit draw ...
+    ("audit_u", "REAL"),       # ... and the draw itself: audit when audit_u < audit_rate
+    ("audit_rate", "REAL"),
+    ("reviewed_bin", "TEXT"),  # the bin of reviewed_label, fixed when it was given
 )
 
-# A manual-sort photo nobody has labelled yet: the review queue.
-_PENDING = "decision = 'manual_sort' AND reviewed_label IS NULL AND image IS NOT NULL"
+# A manual-sort or audit photo nobody has labelled yet: the review queue.
+_PENDING = f"{log_cap.FOR_REVIEW} AND reviewed_label IS NULL AND image IS NOT NULL"
 
 # Columns returned by the listing queries (never the image blob: it can be megabytes).
 _ITEM_COLUMNS = ("id, created_at, source, label, confidence, bin, bin_confidence, decision, "
                  "threshold, model, image_name, reviewed_label, reviewed_at, reason, ood_score, exported_at, "
-                 "image IS NOT NULL AS has_image")
+                 "kind, model_id, audit_seed, audit_u, audit_rate, reviewed_bin, image IS NOT NULL AS has_image")
 
 
 def default_log_path(checkpoint: str | os.PathLike | None) -> Path:
@@ -111,6 +119,22 @@ def default_log_path(checkpoint: str | os.PathLike | None) -> Path:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def parse_since(since: str) -> str:
+    """``since`` (``2026-12-01`` or ``2026-12-01T08:00``, UTC unless it carries an offset) in the form
+    ``created_at`` is stored in, so that the two compare as text; ``ValueError`` naming the format.
+
+    >>> parse_since("2026-12-01")
+    '2026-12-01T00:00:00.000+00:00'
+    """
+    try:
+        at = datetime.fromisoformat(str(since).strip())
+    except ValueError:
+        raise ValueError(f"since must be an ISO date or time like 2026-12-01 or 2026-12-01T08:00, got {since!r}") from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _field(prediction: Any, name: str) -> Any:
@@ -224,14 +248,40 @@ class DecisionLog:
             self._truncate_due = not log_cap.truncate_wal(conn)
 
     # ---------------------------------------------------------------- metadata
-    def set_classes(self, classes: Iterable[str]) -> None:
-        """Remember the model's class names, so that ``wastenet review --set`` can check labels."""
+    def set_classes(self, classes: Iterable[str], bins: Mapping[str, str] | None = None,
+                    bin_names: Iterable[str] | None = None) -> None:
+        """Remember the model's class names (so that ``wastenet review --set`` can check labels), given,
+        each class's bin (so that a review records the bin of its label: ``reviewed_bin``) and the
+        taxonomy's bins (a new kind may go to any of them, even one no class goes to)."""
         with self._transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('classes', ?)", (json.dumps(list(classes)),))
+            _set_meta(conn, "classes", list(classes))
+            if bins is not None:
+                _set_meta(conn, "class_bins", {str(k): str(v) for k, v in bins.items()})
+            if bin_names is not None:
+                _set_meta(conn, "bins", [str(b) for b in bin_names])
+
+    def class_bins(self) -> dict[str, str]:
+        """``{class: bin}`` last stored with :meth:`set_classes` (empty without one)."""
+        return dict(self._meta("class_bins") or {})
+
+    def bin_names(self) -> list[str]:
+        """The taxonomy's bins last stored with :meth:`set_classes` (else those the classes go to)."""
+        return list(self._meta("bins") or dict.fromkeys(self.class_bins().values()))
 
     def classes(self) -> list[str] | None:
         """The class names last stored with :meth:`set_classes`, or None."""
         return self._meta("classes")
+
+    def audit_seed(self, seed: int | None = None) -> int:
+        """The seed of this log's audit draw: ``seed`` when given (stored), else the stored one, else a
+        new random one (stored, so that a restart keeps drawing the same way)."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'audit_seed'").fetchone()
+            if seed is None and row is not None:
+                return int(json.loads(row["value"]))
+            seed = secrets.randbits(31) if seed is None else int(seed)
+            _set_meta(conn, "audit_seed", seed)
+            return seed
 
     def _meta(self, key: str) -> Any:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -246,46 +296,65 @@ class DecisionLog:
         threshold: float | None,
         model: str | None,
         source: str | None = "api",
-    ) -> int:
-        """Store one decision (committed before returning) and return its id.
+        *,
+        model_id: str | None = None,
+        audit: AuditDraw | None = None,
+    ) -> "RecordedId":
+        """Store one decision (committed before returning) and return its id (an ``int`` whose ``kind``
+        says ``auto``, ``manual_sort`` or ``audit``).
 
         ``prediction`` is a ``Prediction`` or its ``to_dict()``. ``image`` (encoded bytes or a
-        PIL image) is kept only when the decision is ``manual_sort``, as :func:`review_jpeg`;
-        an image that cannot be re-encoded is logged without its photo. Under ``max_bytes``
-        older photos and rows make room first (:mod:`wastenet.serve.log_cap`, in the same
-        transaction); when only protected photos are left, the photo is not stored
-        (:meth:`storage_status` says so).
+        PIL image) is kept as :func:`review_jpeg` for a person to review: always for a manual-sort
+        decision, and for an automatic one when ``audit`` draws it (``audit.rate``, seeded by
+        ``audit.seed`` and the row id: :func:`wastenet.audit.audit_draw`; the row's ``kind`` says
+        ``audit`` and the draw is stored with it). An image that cannot be re-encoded is logged
+        without its photo. Under ``max_bytes`` older photos and rows make room first
+        (:mod:`wastenet.serve.log_cap`, in the same transaction); when only protected photos are
+        left, the photo is not stored (:meth:`storage_status` says so).
         """
         decision = _field(prediction, "decision") or "error"
-        stored = None
-        wants_photo = decision == "manual_sort" and image is not None and (
-            not isinstance(image, (bytes, bytearray)) or bool(image))
-        if wants_photo:
-            try:
-                stored = review_jpeg(image)
-            except (WastenetError, OSError, ValueError) as exc:
-                logging.getLogger("wastenet.serve").warning("decision log: photo not kept: %s", exc)
+        has_image = image is not None and (not isinstance(image, (bytes, bytearray)) or bool(image))
+        stored = self._photo(image) if decision == MANUAL and has_image else None
         with self._transaction() as conn:
+            # the row id is known before the insert (AUTOINCREMENT: one above the largest ever given,
+            # and this transaction holds the write lock), so the audit draw can decide the photo
+            row_id = 1 + int(conn.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'decisions'),"
+                                          " (SELECT MAX(id) FROM decisions), 0)").fetchone()[0])
+            u = audit_draw(audit.seed, row_id) if audit is not None else None
+            kind = audit_kind(decision, u if u is not None else 1.0, audit.rate if audit is not None else 0.0)
+            if kind == AUDIT and has_image:  # only the audited few pay for the JPEG, under the lock
+                stored = self._photo(image)
             refused = None
             if self.max_bytes is not None:
                 stored, refused = self._make_room(conn, stored)
-            cur = conn.execute(
-                "INSERT INTO decisions (created_at, source, label, confidence, bin, bin_confidence,"
-                " decision, threshold, model, image, image_name, reason, ood_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            conn.execute(
+                "INSERT INTO decisions (id, created_at, source, label, confidence, bin, bin_confidence, decision,"
+                " threshold, model, image, image_name, reason, ood_score, kind, model_id, audit_seed, audit_u,"
+                " audit_rate) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    _now(), source, _field(prediction, "label"),
+                    row_id, _now(), source, _field(prediction, "label"),
                     _opt_float(_field(prediction, "confidence")), _field(prediction, "bin"),
                     _opt_float(_field(prediction, "bin_confidence")), decision,
                     _opt_float(threshold), model,
                     sqlite3.Binary(stored) if stored else None,
                     image_name, _field(prediction, "reason") or None, _opt_float(_field(prediction, "ood_score")),
+                    kind if decision != "error" else None, model_id,
+                    audit.seed if audit is not None else None, u, audit.rate if audit is not None else None,
                 ),
             )
             if refused:
                 _set_meta(conn, "photos_refused", {"at": _now(), "reason": refused})
             elif stored:
                 conn.execute("DELETE FROM meta WHERE key = 'photos_refused'")
-        return int(cur.lastrowid)
+        return RecordedId(row_id, kind)
+
+    @staticmethod
+    def _photo(image: Any) -> bytes | None:
+        try:
+            return review_jpeg(image)
+        except (WastenetError, OSError, ValueError) as exc:
+            logging.getLogger("wastenet.serve").warning("decision log: photo not kept: %s", exc)
+            return None
 
     def _make_room(self, conn: sqlite3.Connection, photo: bytes | None) -> tuple[bytes | None, str | None]:
         """Evict for one new row (and ``photo``) under the cap; ``(photo or None, why it was refused)``."""
@@ -360,8 +429,11 @@ class DecisionLog:
             note += f" Now {refused['reason']}."
         return note
 
-    def review(self, decision_id: int, label: str, who: str | None = None) -> dict[str, Any]:
+    def review(self, decision_id: int, label: str, who: str | None = None, bin: str | None = None) -> dict[str, Any]:
         """Set a person's label on a decision; ``KeyError`` if there is no such id.
+
+        ``reviewed_bin`` is ``bin`` when given, else the label's bin from :meth:`set_classes`: it
+        is fixed now, so a later model with another taxonomy does not rewrite what the audits found.
 
         The previous label is kept: each call adds a ``review_history`` row (who, when, old,
         new) in the same transaction, see :meth:`history`. A new label has not been exported
@@ -378,8 +450,11 @@ class DecisionLog:
             if row is None:
                 raise KeyError(decision_id)
             at = _now()
-            conn.execute("UPDATE decisions SET reviewed_label = ?, reviewed_at = ?, exported_at = NULL WHERE id = ?",
-                         (label, at, n))
+            if bin is None:
+                row_bins = conn.execute("SELECT value FROM meta WHERE key = 'class_bins'").fetchone()
+                bin = json.loads(row_bins["value"]).get(label) if row_bins else None
+            conn.execute("UPDATE decisions SET reviewed_label = ?, reviewed_at = ?, reviewed_bin = ?, exported_at = NULL"
+                         " WHERE id = ?", (label, at, bin, n))
             conn.execute("INSERT INTO review_history (decision_id, at, who, old_label, new_label)"
                          " VALUES (?,?,?,?,?)", (n, at, who, row["reviewed_label"], label))
         return self.get(n)  # type: ignore[return-value]
@@ -416,6 +491,30 @@ class DecisionLog:
         """Every decision a person has labelled, oldest first."""
         return [_item(r) for r in self._read(
             f"SELECT {_ITEM_COLUMNS} FROM decisions WHERE reviewed_label IS NOT NULL ORDER BY id")]
+
+    def stats_rows(self, since: str | None = None) -> list[dict[str, Any]]:
+        """The columns :func:`wastenet.audit.site_stats` reads, of every decision at or after ``since``
+        (an ISO date or time, UTC unless it says otherwise; :func:`parse_since`), oldest first."""
+        cols = "decision, kind, bin, label, reason, reviewed_label, reviewed_bin, model_id, model"
+        if since is None:
+            rows = self._read(f"SELECT {cols} FROM decisions ORDER BY id")
+        else:
+            rows = self._read(f"SELECT {cols} FROM decisions WHERE created_at >= ? ORDER BY id", (parse_since(since),))
+        return [dict(r) for r in rows]
+
+    def new_kinds(self) -> dict[str, dict[str, Any]]:
+        """Reviewed labels that are no model class (:meth:`set_classes`): ``{kind: {"bin", "reviewed"}}``,
+        the bin being the one the kind was first given (:class:`~wastenet.serve.review_label.LabelRule`)."""
+        classes = set(self.classes() or [])
+        out: dict[str, dict[str, Any]] = {}
+        for r in self._read("SELECT reviewed_label AS label, reviewed_bin AS bin, COUNT(*) AS n, MIN(id) AS first "
+                            "FROM decisions WHERE reviewed_label IS NOT NULL GROUP BY reviewed_label, reviewed_bin "
+                            "ORDER BY first"):
+            if r["label"] in classes:
+                continue
+            entry = out.setdefault(r["label"], {"bin": r["bin"], "reviewed": 0})
+            entry["reviewed"] += int(r["n"])
+        return out
 
     def count(self) -> int:
         """Number of decisions logged."""
@@ -462,6 +561,17 @@ class DecisionLog:
                          (_now(), int(decision_id), label))
 
 
+class RecordedId(int):
+    """A new row's id, which also carries the row's ``kind`` (what :meth:`DecisionLog.record` decided)."""
+
+    kind: str | None
+
+    def __new__(cls, row_id: int, kind: str | None) -> "RecordedId":
+        self = super().__new__(cls, row_id)
+        self.kind = kind
+        return self
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Give a log written by an older version the columns added since (empty for its old rows)."""
     cols = {r["name"] for r in conn.execute("PRAGMA table_info(decisions)")}
@@ -471,6 +581,10 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         for name, kind in _COLUMNS_ADDED:
             if name not in cols:
                 conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
+        if "kind" not in cols:  # rows written before audits: a manual-sort row or an automatic one
+            conn.execute("UPDATE decisions SET kind = CASE decision WHEN 'manual_sort' THEN 'manual_sort' "
+                         "ELSE 'auto' END WHERE decision != 'error'")
+        conn.execute("CREATE INDEX IF NOT EXISTS decisions_kind ON decisions (kind, reviewed_label, id)")
     except sqlite3.DatabaseError as err:
         raise ConfigError(f"cannot upgrade decision log {path}: {err}") from None
 

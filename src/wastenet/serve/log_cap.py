@@ -9,10 +9,10 @@ file is over its budget, e.g. after a restart with a smaller cap).
 
 What goes, oldest first within each step, to make room (:data:`EVICTION_STEPS`):
 
-1. the photos of unreviewed automatic decisions (the row stays);
+1. the photos of unreviewed automatic decisions that are no audits (the row stays);
 2. the photos of reviewed items already exported (they are in the exported dataset);
 3. unreviewed decision rows without a photo (automatic decisions, or pending ones whose photo went);
-4. the photos of pending reviews (manual-sort, unreviewed; the row stays, counted as lost).
+4. the photos of pending reviews (manual-sort or audit, unreviewed; the row stays, counted as lost).
 
 Never: a reviewed photo that has not been exported (:data:`PROTECTED`; the site's training data),
 a reviewed row, or a ``review_history`` row. When only protected photos are left, a new photo is
@@ -25,7 +25,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-__all__ = ["PROTECTED", "EVICTION_STEPS", "ROW_OVERHEAD", "budget", "disk_bytes", "evictable_bytes", "live_bytes",
+__all__ = ["FOR_REVIEW", "PROTECTED", "EVICTION_STEPS", "ROW_OVERHEAD", "budget", "disk_bytes", "evictable_bytes", "live_bytes",
            "make_room", "shrink_file", "truncate_wal", "wal_allowance"]
 
 # bytes a decision row costs besides its photo (columns, index entry): used to size an eviction
@@ -33,7 +33,9 @@ ROW_OVERHEAD = 200
 # A reviewed photo that has not left the log yet: never evicted. Issue 22 adds "or used by an
 # adaptation" here (one more column: ``AND used_at IS NULL``).
 PROTECTED = "reviewed_label IS NOT NULL AND exported_at IS NULL"
-_PENDING = "decision = 'manual_sort' AND reviewed_label IS NULL"
+#: Rows whose photo is kept for a person: manual-sort items and audits (``kind``, wastenet.audit).
+FOR_REVIEW = "kind IN ('manual_sort', 'audit')"
+_PENDING = f"{FOR_REVIEW} AND reviewed_label IS NULL"
 
 #: ``(name, rows it may touch, action)``: "photo" drops the blob, "row" deletes the row.
 EVICTION_STEPS: tuple[tuple[str, str, str], ...] = tuple((name, f"({where}) AND NOT ({PROTECTED})", action) for

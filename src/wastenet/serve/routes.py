@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from wastenet.audit import ESTIMATE_NOTE, site_stats
 from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError
 from wastenet.serve.decision_log import image_media_type
@@ -77,6 +78,11 @@ def health(request: Request) -> dict[str, Any]:
         "batching": s.batcher.stats(),
         "decoding": s.decoding.stats(),
         "search": s.settings.search,
+        "audit_rate": s.settings.audit_rate,
+        "model_path": s.model_path,
+        "model_id": s.model_id,
+        "model_version": s.version,
+        "adaptation": s.adaptation.status(),
         "log": s.log.storage_status(),
     }
 
@@ -114,7 +120,7 @@ async def predict(
 
 @router.get("/api/review")
 def review_list(request: Request, limit: int = 50) -> dict[str, Any]:
-    """Manual-sort items that wait for a person's label, newest first (needs the review token)."""
+    """Manual-sort items and audits that wait for a person's label, newest first (needs the review token)."""
     _need_token(request)  # the queue and its photos are the reviewers' only
     s = _service(request)
     limit = max(1, min(int(limit), 500))
@@ -122,11 +128,27 @@ def review_list(request: Request, limit: int = 50) -> dict[str, Any]:
         "id": it["id"], "created_at": it["created_at"], "label": it["label"],
         "confidence": it["confidence"], "bin": it["bin"],
         "bin_confidence": it["bin_confidence"], "threshold": it["threshold"], "reason": it["reason"],
-        "model": it["model"], "source": it["source"], "image_name": it["image_name"],
+        "model": it["model"], "source": it["source"], "image_name": it["image_name"], "kind": it["kind"],
         "image_url": f"/api/review/{it['id']}/image",
     } for it in s.log.pending_reviews(limit)]
-    return {"items": items, "pending": s.log.pending_count(), "classes": s.classes,
-            "bins": s.bins, "retention": s.log.retention_note()}
+    kinds = [{"label": k, "bin": v["bin"], "reviewed": v["reviewed"]} for k, v in s.log.new_kinds().items()]
+    return {"items": items, "pending": s.log.pending_count(), "classes": s.classes, "class_bins": s.class_bins,
+            "bins": s.bins, "new_kinds": kinds, "new_class_min": s.settings.new_class_min,
+            "allow_new_bins": s.settings.allow_new_bins, "retention": s.log.retention_note()}
+
+
+@router.get("/api/stats")
+def stats(request: Request, since: str | None = None) -> dict[str, Any]:
+    """Live figures per model version and bin (needs the review token): contamination estimated from
+    labelled audits with 95% Wilson intervals (:func:`wastenet.audit.site_stats`); ``?since=ISO``."""
+    _need_token(request)  # the figures describe reviewed items: the reviewers' (and operator's) view
+    s = _service(request)
+    try:
+        rows = s.log.stats_rows(since)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return {"since": since, "audit_rate": s.settings.audit_rate, "model_id": s.model_id,
+            **site_stats(rows), "note": ESTIMATE_NOTE}
 
 
 @router.get("/api/review/{decision_id}/image")
@@ -144,7 +166,8 @@ def review_image(decision_id: int, request: Request) -> Response:
 
 @router.post("/api/review/{decision_id}")
 async def review_set(decision_id: int, request: Request) -> dict[str, Any]:
-    """Record a person's label: JSON ``{"label": "<class>"}`` with the review token."""
+    """Record a person's label: JSON ``{"label": "<class>"}``, or a new kind with its bin
+    (``{"label": "food_waste", "bin": "compostable"}``), with the review token."""
     s = _service(request)
     refused = review_refusal(request.headers, s.review_token, s.guard)
     if refused is not None:
@@ -153,13 +176,18 @@ async def review_set(decision_id: int, request: Request) -> dict[str, Any]:
         body = await request.json()
     except Exception:  # noqa: BLE001 - any unparsable body is the client's mistake
         raise ApiError(400, 'expected a JSON body like {"label": "<class>"}') from None
-    label = body.get("label") if isinstance(body, dict) else None
-    if not isinstance(label, str) or label not in s.classes:
-        raise ApiError(400, f"label must be one of: {', '.join(s.classes)}")
+    if not isinstance(body, dict):
+        raise ApiError(400, 'expected a JSON body like {"label": "<class>"}')
+    try:  # the rule reads the log's new kinds: off the event loop
+        label, bin_name = await run_in_threadpool(lambda: s.label_rule().check(body.get("label"), body.get("bin")))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
     try:
         who = f"web:{request.client.host if request.client else 'unknown'}"
-        item = await run_in_threadpool(s.log.review, decision_id, label, who)
+        item = await run_in_threadpool(s.log.review, decision_id, label, who, bin_name)
     except KeyError:
         raise ApiError(404, f"no decision with id {decision_id}") from None
+    await run_in_threadpool(s.adaptation.after_review)  # --adapt-every N
     return {"id": item["id"], "label": item["label"], "reviewed_label": item["reviewed_label"],
+            "reviewed_bin": item["reviewed_bin"],
             "reviewed_at": item["reviewed_at"], "history": s.log.history(item["id"])}

@@ -22,17 +22,22 @@ import logging
 import math
 import sqlite3
 import threading
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
+from wastenet.audit import AuditDraw, audit_kind
 from wastenet.data.images import ImageDecodeError, load_image
 from wastenet.decision import check_threshold
+from wastenet.model_identity import model_id
 from wastenet.serve.batcher import Batcher
 from wastenet.serve.decision_log import REVIEW_MAX_SIDE, DecisionLog, default_log_path, review_copy
 from wastenet.serve.decode_budget import DecodeBudget, decode_cost
 from wastenet.serve.guard import HostGuard, new_review_token
+from wastenet.serve.review_label import LabelRule
 from wastenet.serve.settings import ServeSettings
 
-__all__ = ["ApiError", "Service"]
+__all__ = ["ApiError", "Service", "SwapGate"]
 
 logger = logging.getLogger("wastenet.serve")
 
@@ -46,10 +51,49 @@ class ApiError(Exception):
         self.message = message
 
 
+class SwapGate:
+    """Requests pass together; a model swap waits for those in flight and holds new ones back until it is
+    done (a swap is an assignment: the new model is loaded before), so no request sees two models."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._swapping = False
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        with self._cond:
+            while self._swapping:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def swap(self) -> Iterator[None]:
+        with self._cond:
+            while self._swapping:
+                self._cond.wait()
+            self._swapping = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._swapping = False
+                self._cond.notify_all()
+
+
 class Service:
     """The served model and everything around it; routes are functions over ``app.state.service``."""
 
-    def __init__(self, settings: ServeSettings, classifier: Any) -> None:
+    def __init__(self, settings: ServeSettings, classifier: Any, source: Any = None, version: int = 0) -> None:
         self.settings = settings
         self.classifier = classifier
         self.threshold = check_threshold(settings.threshold if settings.threshold is not None
@@ -59,24 +103,21 @@ class Service:
             import torch
 
             torch.set_num_threads(int(settings.torch_threads))
-        self.classes = [str(c) for c in classifier.classes]
-        self.taxonomy = getattr(classifier, "taxonomy", None)
-        self.bins = list(getattr(self.taxonomy, "bin_names", []) or [])
         self.arch = str(getattr(classifier, "arch", None) or "unknown")
-        self.class_bins: dict[str, str] = {}
-        for c in self.classes:  # for the page's colours; a class the taxonomy lacks just stays uncoloured
-            try:
-                self.class_bins[c] = self.taxonomy.bin_of(c)
-            except Exception:  # noqa: BLE001
-                pass
         self.guard = HostGuard(settings.host, settings.allowed_hosts)
         self.review_token = settings.review_token.strip() if settings.review_token else new_review_token()
-        source = settings.checkpoint or getattr(classifier, "source", None)
-        self.log = DecisionLog(settings.log_path if settings.log_path is not None else default_log_path(source),
-                               max_bytes=settings.log_max_bytes)
-        self.log.set_classes(self.classes)
+        source = source or settings.checkpoint or getattr(classifier, "source", None)
+        self.log = DecisionLog(settings.log_path if settings.log_path is not None
+                               else default_log_path(settings.checkpoint or source), max_bytes=settings.log_max_bytes)
+        self.gate = SwapGate()
+        self._take_model(classifier, source, version)
+        self.audit = (AuditDraw(settings.audit_rate, self.log.audit_seed(settings.audit_seed))
+                      if settings.audit_rate > 0 else None)
         self.model_lock = threading.Lock()  # the batcher's thread, Grad-CAM and multi-photo items take turns
         self.batcher = Batcher(classifier, self.model_lock, max_batch=settings.max_batch, search=settings.search)
+        from wastenet.serve.adaptation import Adaptation
+
+        self.adaptation = Adaptation(self)
         self.decoding = DecodeBudget(settings.max_decodes, settings.decode_pixels)
         # a JPEG is decoded at a reduced DCT scale, never below what the model or a reviewer needs
         prep = getattr(classifier, "preprocessing", None)
@@ -86,7 +127,44 @@ class Service:
 
             self.draft_size = max(self.draft_size, searched_side(prep))
 
+    def _take_model(self, classifier: Any, source: Any, version: int) -> None:
+        """Everything that follows from the served model: classes, bins, its version in every row."""
+        self.classifier = classifier
+        if self.settings.threshold is None:
+            self.threshold = check_threshold(classifier.threshold)
+        self.classes = [str(c) for c in classifier.classes]
+        self.taxonomy = getattr(classifier, "taxonomy", None)
+        self.bins = list(getattr(self.taxonomy, "bin_names", []) or [])
+        self.class_bins: dict[str, str] = {}
+        for c in self.classes:  # for the page's colours; a class the taxonomy lacks just stays uncoloured
+            try:
+                self.class_bins[c] = self.taxonomy.bin_of(c)
+            except Exception:  # noqa: BLE001
+                pass
+        self.log.set_classes(self.classes, self.class_bins, self.bins)
+        # the version in every row: the file's path and content hash (a handed-in model: its name)
+        self.model_path = str(source) if source else self.arch
+        self.model_id = model_id(source) if source and Path(source).is_file() else None
+        self.version = version
+
+    def use_model(self, path: str | Path, version: int) -> None:
+        """Serve another model file from now on (a promoted version, a rollback): loaded first, then
+        swapped in between batches; requests in flight finish on the old one, none fails."""
+        from wastenet.inference.predictor import Classifier
+
+        new = Classifier.load(path, channels_last=self.settings.channels_last and str(path).endswith(".pt"))
+        with self.gate.swap():  # waits for the requests in flight, holds new ones back meanwhile
+            with self.model_lock:
+                self.batcher.classifier = new
+            self._take_model(new, path, version)
+        logger.info("now serving version %s: %s (%s)", version, path, self.model_id)
+
+    def label_rule(self) -> LabelRule:
+        """What a reviewer may label an item with now (the model's classes plus the log's new kinds)."""
+        return LabelRule.from_log(self.log, self.settings.allow_new_bins)
+
     def close(self) -> None:
+        self.adaptation.close()
         self.batcher.close()
         self.log.close()
 
@@ -106,6 +184,11 @@ class Service:
                 explain: bool = False) -> dict[str, Any]:
         """Decide one item from its photos (one or more) and log it; the JSON answer."""
         decoded = [self.decode(data) for data in blobs]
+        with self.gate.request():  # one model from the forward pass to the log row that names it
+            return self._decide(decoded, name, threshold, source, log, explain)
+
+    def _decide(self, decoded: list[tuple[Any, Any]], name: str, threshold: float, source: str, log: bool,
+                explain: bool) -> dict[str, Any]:
         if len(decoded) == 1:
             pred = self.batcher.predict(decoded[0][0], threshold)
         else:  # outside the batcher: one call for the whole item, under the model's lock
@@ -120,11 +203,17 @@ class Service:
             out["photos"] = len(decoded)
         first = decoded[0][1]
         try:
-            out["id"] = self.log.record(pred, first, name, threshold, self.arch, source) if log else None
+            row = (self.log.record(pred, first, name, threshold, self.model_path, source, model_id=self.model_id,
+                                   audit=self.audit) if log else None)
         except sqlite3.Error as exc:
             # no answer without its log entry: the caller may retry
             logger.error("decision log write failed: %s", exc)
             raise ApiError(503, f"decision log unavailable: {exc}") from None
+        out["id"] = int(row) if row is not None else None
+        # an unlogged answer is never audited: its kind follows from the decision alone
+        out["kind"] = row.kind if row is not None else audit_kind(out.get("decision") or "", 1.0, 0.0)
+        out["model_id"] = self.model_id
+        out["model_version"] = self.version
         if explain and len(decoded) == 1:
             out.update(self._explain(first, out.get("label")))
         return out

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from wastenet.audit import DEFAULT_AUDIT_RATE, check_audit_rate
 from wastenet.data.images import SERVICE_MAX_PIXELS  # the service's pixel limit per image
 from wastenet.decision import check_threshold
 from wastenet.errors import ConfigError
+from wastenet.serve.review_label import DEFAULT_NEW_CLASS_MIN
 
 __all__ = ["DEFAULT_LOG_MAX_BYTES", "DEFAULT_MAX_DECODES", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_DECODE_PIXELS",
            "ENV_VAR", "MODEL_SUFFIXES", "SERVICE_MAX_PIXELS", "ServeSettings", "check_model_file"]
@@ -65,7 +67,13 @@ class ServeSettings:
     ``max_decodes`` and ``decode_pixels``: images and decoded pixels in flight at once;
     ``onnx_spin``: let onnxruntime's idle threads spin (off: they sleep, which leaves the cores
     to request decoding: +17% requests/s under 8 clients on 2 cores, BENCHMARKS.md);
-    ``search``: look at every photo through windows (~51 model calls each).
+    ``search``: look at every photo through windows (~51 model calls each);
+    ``audit_rate``: share of automatic decisions kept for review (0: no audits; :mod:`wastenet.audit`),
+    ``audit_seed``: the seed of the draw (None: the log's own, random at its creation);
+    ``allow_new_bins``: a reviewer's new kind may name a bin the taxonomy lacks; ``new_class_min``:
+    reviewed items a new kind needs before adaptation makes it a class (:mod:`wastenet.serve.review_label`);
+    ``adapt_every``: adapt after that many new reviewed items (None: only on ``POST /api/models/adapt``),
+    ``adapt_mix``/``adapt_mix_split``: the rehearsal set and its split file (:mod:`wastenet.serve.adaptation`).
 
     Construction checks every value (``ConfigError`` naming the command-line option):
 
@@ -90,6 +98,13 @@ class ServeSettings:
     max_decodes: int = DEFAULT_MAX_DECODES
     decode_pixels: int = DEFAULT_DECODE_PIXELS
     search: bool = False
+    audit_rate: float = DEFAULT_AUDIT_RATE
+    audit_seed: int | None = None
+    allow_new_bins: bool = False
+    new_class_min: int = DEFAULT_NEW_CLASS_MIN
+    adapt_every: int | None = None
+    adapt_mix: str | None = None
+    adapt_mix_split: str | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -109,6 +124,24 @@ class ServeSettings:
             raise ConfigError(f"--threads must be at least 1, got {self.torch_threads}")
         if self.review_token is not None and not self.review_token.strip():
             raise ConfigError("--review-token must not be empty")
+        try:
+            object.__setattr__(self, "audit_rate", check_audit_rate(self.audit_rate))
+        except ValueError as exc:
+            raise ConfigError(f"--audit-rate: {exc}") from None
+        if self.audit_seed is not None and not (isinstance(self.audit_seed, int) and 0 <= self.audit_seed < 2**63):
+            raise ConfigError(f"--audit-seed must be a whole number >= 0, got {self.audit_seed!r}")
+        if not (isinstance(self.new_class_min, int) and self.new_class_min >= 2):
+            raise ConfigError(f"--new-class-min must be at least 2 (one to learn from, one to check), got {self.new_class_min}")
+        if self.adapt_every is not None and not (isinstance(self.adapt_every, int) and self.adapt_every >= 1):
+            raise ConfigError(f"--adapt-every must be at least 1, got {self.adapt_every}")
+        if self.adapt_mix is not None:
+            if not Path(self.adapt_mix).is_dir():
+                raise ConfigError(f"--adapt-mix: no such folder: {self.adapt_mix}")
+            if not self.adapt_mix_split or not Path(self.adapt_mix_split).is_file():
+                raise ConfigError("--adapt-mix needs --adapt-mix-split CSV (its train rows are rehearsed, "
+                                  "its val rows calibrate)")
+        elif self.adapt_mix_split is not None:
+            raise ConfigError("--adapt-mix-split goes with --adapt-mix")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))  # JSON and callers give lists
 
     @classmethod

@@ -95,8 +95,18 @@ def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
 
 
 def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
-          mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary."""
+          mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu",
+          search: bool = True, new_classes: dict[str, str] | None = None,
+          feature_cache: str | Path | None = None) -> dict[str, Any]:
+    """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary.
+
+    ``search=False`` skips fitting the unknown-item threshold under ``--search`` (minutes of windows
+    on the validation photos, which a service that does not search never uses). ``new_classes``
+    ({class: bin}) first grows the head by kinds the model has no class for (their reviewed items
+    are class folders in ``data`` too): :func:`wastenet.training.grow.grow_classes`. ``feature_cache``
+    (a folder) keeps the rehearsal set's features between runs: the backbone is frozen, so a run from
+    a version of the same model reads them instead of recomputing most of its passes.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -111,6 +121,10 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     cfg = cfg or AdaptConfig()
     t0 = time.time()
     ckpt = checkpoint.load(checkpoint_path)
+    if new_classes:
+        from wastenet.training.grow import grow_classes
+
+        ckpt = grow_classes(ckpt, new_classes)
     classes = list(ckpt["classes"])
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
     rev = reviewed_rows(data, classes)
@@ -132,9 +146,13 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
             _log(f"skipped {p}: {why}")
         return c
 
-    parts = {"reviewed train": cache(data, rev_train), "reviewed val": cache(data, rev_val) if rev_val else None,
-             "mix train": cache(mix, mix_train) if mix_train else None, "mix val": cache(mix, mix_val) if mix_val else None}
     model = model_from_checkpoint(ckpt).to(device)
+    cache_file = (Path(feature_cache) / f"rehearsal-{_rehearsal_key(model, prep, mix, mix_train, mix_val, cfg)}.npz"
+                  if feature_cache and mix_train else None)
+    cached = _read_rehearsal(cache_file) if cache_file is not None else None
+    parts = {"reviewed train": cache(data, rev_train), "reviewed val": cache(data, rev_val) if rev_val else None,
+             "mix train": cache(mix, mix_train) if mix_train and cached is None else None,
+             "mix val": cache(mix, mix_val) if mix_val and cached is None else None}
     torch.manual_seed(cfg.seed)
     augment = torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
 
@@ -150,14 +168,29 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         return torch.cat(feats), torch.from_numpy(np.tile(c.labels, 1 + n_views)).long()
 
     x_rev, y_rev = views_of(parts["reviewed train"], cfg.views, "reviewed features")
-    x_mix, y_mix = (views_of(parts["mix train"], cfg.views, "rehearsal features") if parts["mix train"] is not None
-                    else (torch.zeros(0, x_rev.shape[1]), torch.zeros(0, dtype=torch.long)))
-    val_parts = [p for p in (parts["reviewed val"], parts["mix val"]) if p is not None]
+    if cached is not None:
+        x_mix, y_mix = torch.from_numpy(cached["x_mix"]), torch.from_numpy(cached["y_mix"]).long()
+        _log(f"rehearsal features read from {cache_file}")
+    else:
+        x_mix, y_mix = (views_of(parts["mix train"], cfg.views, "rehearsal features") if parts["mix train"] is not None
+                        else (torch.zeros(0, x_rev.shape[1]), torch.zeros(0, dtype=torch.long)))
     val_feats, val_labels = [], []
-    for p in val_parts:
-        f, _ = passes(p.images, desc="validation features")
+    if parts["reviewed val"] is not None:
+        f, _ = passes(parts["reviewed val"].images, desc="validation features")
         val_feats.append(torch.from_numpy(f))
-        val_labels.append(torch.from_numpy(p.labels).long())
+        val_labels.append(torch.from_numpy(parts["reviewed val"].labels).long())
+    if cached is not None and len(cached["y_val"]):
+        val_feats.append(torch.from_numpy(cached["x_val"]))
+        val_labels.append(torch.from_numpy(cached["y_val"]).long())
+    elif parts["mix val"] is not None:
+        f, _ = passes(parts["mix val"].images, desc="validation features (rehearsal)")
+        val_feats.append(torch.from_numpy(f))
+        val_labels.append(torch.from_numpy(parts["mix val"].labels).long())
+    if cache_file is not None and cached is None:
+        n_rev_val = len(parts["reviewed val"]) if parts["reviewed val"] is not None else 0
+        mix_x_val = torch.cat(val_feats)[n_rev_val:] if val_feats else torch.zeros(0, x_rev.shape[1])
+        mix_y_val = torch.cat(val_labels)[n_rev_val:] if val_labels else torch.zeros(0, dtype=torch.long)
+        _write_rehearsal(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
     x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
 
     head = model.get_classifier()
@@ -192,7 +225,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     # the site's items are known now: the unknown-item statistics include them (clean features,
     # computed above; the backbone did not change)
     n_rev = len(parts["reviewed train"])
-    n_mix = len(parts["mix train"]) if parts["mix train"] is not None else 0
+    n_mix = len(y_mix) // (1 + cfg.views)  # clean rows first, then the views
     train = SplitData(torch.cat([y_rev[:n_rev], y_mix[:n_mix]]).numpy(),
                       features=torch.cat([x_rev[:n_rev], x_mix[:n_mix]]).numpy(),
                       views=torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy())
@@ -203,11 +236,12 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     imagenet = (ckpt.get("ood") or {}).get("imagenet")
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     temperature = finalise(ckpt, model, train, val, prep=prep, device=device, seed=cfg.seed,
-                           imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")}
-                           ).temperature
+                           imagenet_head=None if imagenet is None else {k: imagenet[k].numpy() for k in ("weight", "bias")},
+                           search=search).temperature
     seconds = time.time() - t0
     ckpt["adapted"] = {"from": str(checkpoint_path), "reviewed_train": len(rev_train), "reviewed_val": len(rev_val),
-                       "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1)}
+                       "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1),
+                       "new_classes": dict(new_classes or {})}
     for k in ("optimizer", "scheduler", "history"):
         ckpt.pop(k, None)
     out = Path(out)
@@ -217,6 +251,48 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
          f"validation accuracy {before_val:.3f} -> {val_acc:.3f}, temperature {temperature:.3f}; {path}")
     return {"checkpoint": str(path), "val_accuracy_before": before_val, "val_accuracy": val_acc,
             "temperature": float(temperature), "seconds": seconds, **ckpt["adapted"]}
+
+
+_CACHE_KEEP = 3
+
+
+def _rehearsal_key(model: Any, prep: Any, mix: Any, mix_train: list[Row], mix_val: list[Row], cfg: AdaptConfig) -> str:
+    """What the rehearsal features depend on: the backbone's weights (not the head's), the preprocessing,
+    the rows and their labels, the views and the seed."""
+    import hashlib
+
+    head = {id(p) for p in model.get_classifier().parameters()}
+    h = hashlib.sha256()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in head:
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    rows = [(r.path, r.label) for r in mix_train] + [("val", r.path, r.label) for r in mix_val]
+    h.update(repr((str(Path(mix).resolve()), prep.to_dict(), rows, cfg.views, cfg.seed)).encode())
+    return h.hexdigest()[:20]
+
+
+def _read_rehearsal(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in ("x_mix", "y_mix", "x_val", "y_val")}
+    except (OSError, KeyError, ValueError):
+        return None  # none yet, or unreadable: computed again
+
+
+def _write_rehearsal(path: Path, x_mix: Any, y_mix: Any, x_val: Any, y_val: Any) -> None:
+    import io
+
+    from wastenet.files import write_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, x_mix=x_mix.numpy(), y_mix=y_mix.numpy(), x_val=x_val.numpy(), y_val=y_val.numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
+    # bounded: a cache per backbone and rehearsal set; the newest few stay (one, normally)
+    for old in sorted(path.parent.glob("rehearsal-*.npz"), key=lambda p: p.stat().st_mtime)[:-_CACHE_KEEP]:
+        old.unlink(missing_ok=True)
 
 
 def _paired_batches(xa: "torch.Tensor", ya: "torch.Tensor", xb: "torch.Tensor", yb: "torch.Tensor", batch: int,

@@ -654,7 +654,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: torch.device) -> dict[str, Any]:
     from wastenet.data.download import resolve_dataset
-    from wastenet.taxonomy import taxonomy_for
+    from wastenet.taxonomy import resolve_taxonomy
 
     if distributed.is_distributed() and cfg.batch_size < 2 * distributed.world_size():
         raise ConfigError(f"--batch-size is the global batch: at least 2 per process "
@@ -665,7 +665,7 @@ def _train(cfg: TrainConfig, out: Path, last: dict[str, Any] | None, device: tor
     alpha = cfg.alpha_weights()
     if isinstance(alpha, list) and len(alpha) not in (1, len(classes)):  # before decoding a pixel
         raise ConfigError(f"--alpha needs 1 or {len(classes)} values (one per class), got {len(alpha)}")
-    taxonomy = taxonomy_for(cfg.taxonomy, classes)
+    taxonomy = resolve_taxonomy(cfg.taxonomy, classes)
     weights = resolve_weights_arg(cfg.weights, pretrained=True)
     dtype = None  # chosen once the model is built
     if cfg.threads:

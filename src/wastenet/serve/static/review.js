@@ -1,14 +1,32 @@
-// Review loop: list manual-sort items, let a person pick the right class, save it.
+// The review loop as a labelling tool: one item at a time, one key per class, the next item comes up
+// by itself, undo of the last label, a count of what is left; the live figures (/api/stats) below.
 "use strict";
 
 (function () {
-  const list = document.getElementById("review-list");
-  const status = document.getElementById("review-status");
-  const errorBox = document.getElementById("error");
+  const $ = (id) => document.getElementById(id);
+  const status = $("review-status");
+  const errorBox = $("error");
+  const tokenForm = $("token-form");
+  const tokenInput = $("token");
+  const current = $("current");
+  const photo = $("current-photo");
+  const buttons = $("label-buttons");
+  const undoButton = $("undo");
+  const skipButton = $("skip");
   const pretty = (s) => (s || "").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
-  const tokenForm = document.getElementById("token-form");
-  const tokenInput = document.getElementById("token");
-  let pending = 0;
+  // keys 1..9 then 0, then letters that are not N (new kind), S (skip) or U (undo)
+  const KEYS = "1234567890abcdefghijklmopqrtvwxyz".split("");
+  const newKindForm = $("new-kind-form");
+
+  let queue = [];        // pending items, newest first, as /api/review lists them
+  let pending = 0;       // how many are left in the log (the queue holds at most one page)
+  let classes = [];      // the model's classes, then the new kinds reviewers named (with their bins)
+  let kindBins = {};     // {new kind: bin}
+  let allowNewBins = false;
+  let shown = null;      // the item on screen
+  let lastSaved = null;  // {item, label}: what U brings back
+  let skipped = new Set();
+  let busy = false;
 
   // The review token: from the address printed by `wastenet serve` (#token=..., a fragment,
   // so it never reaches a server log), else typed in; kept for this browser tab only.
@@ -19,8 +37,10 @@
     history.replaceState(null, "", location.pathname + location.search);
   }
   const token = () => sessionStorage.getItem(KEY) || "";
+  const authed = (extra) => ({ headers: { "Authorization": "Bearer " + token(), ...(extra || {}) } });
   function askToken(message) {
     tokenForm.hidden = false;
+    current.hidden = true;
     if (message) showError(message);
     tokenInput.focus();
   }
@@ -35,81 +55,179 @@
 
   function showError(msg) { errorBox.textContent = msg; errorBox.hidden = !msg; }
   function setStatus() {
-    status.textContent = pending === 0 ? "Nothing to review: every manual-sort item has a label."
-      : `${pending} item${pending === 1 ? "" : "s"} waiting for a label.`;
+    const audits = queue.filter((it) => it.kind === "audit").length;
+    status.textContent = pending === 0 ? "Nothing to review: every manual-sort item and audit has a label."
+      : `${pending} left to label` + (audits ? ` (${audits} audit${audits === 1 ? "" : "s"} among the next ${queue.length})` : "") + ".";
   }
 
-  function card(item, classes) {
-    const li = document.createElement("li");
-    li.className = "card";
-    li.id = "item-" + item.id;
-    const img = document.createElement("img");
+  function renderButtons() {
+    buttons.replaceChildren();
+    classes.forEach((c, i) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "button label-button";
+      b.dataset.label = c;
+      b.dataset.key = KEYS[i] || "";
+      b.id = "label-" + c;
+      const k = document.createElement("kbd");
+      k.textContent = (KEYS[i] || "").toUpperCase();
+      b.append(k, " " + pretty(c) + (kindBins[c] ? ` (new, ${pretty(kindBins[c])})` : ""));
+      b.addEventListener("click", () => label(c));
+      buttons.appendChild(b);
+    });
+  }
+
+  function show(item, savedLabel) {
+    shown = item;
+    if (!item) { current.hidden = true; return; }
+    current.hidden = false;
+    current.dataset.id = item.id;
+    photo.removeAttribute("src");
+    photo.alt = `Photo ${item.image_name || item.id}, predicted ${pretty(item.label)}`;
     // the photo needs the token too: fetched with it, shown from a blob URL
-    fetch(item.image_url, { headers: { "Authorization": "Bearer " + token() } })
+    fetch(item.image_url, authed())
       .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
-      .then((b) => { img.src = URL.createObjectURL(b); })
-      .catch(() => { img.alt += " (photo not available)"; });
-    img.alt = `Photo ${item.image_name || item.id}, predicted ${pretty(item.label)}`;
-    const info = document.createElement("p");
-    info.className = "small";
+      .then((b) => { if (shown === item) photo.src = URL.createObjectURL(b); })
+      .catch(() => { photo.alt += " (photo not available)"; });
+    const audit = item.kind === "audit";
+    $("current-kind").textContent = audit ? "Audit" : "Manual sort";
+    $("current-kind").className = "badge " + (audit ? "badge-audit" : "badge-manual");
     const when = new Date(item.created_at);
-    info.textContent = `#${item.id} · ${isNaN(when) ? item.created_at : when.toLocaleString()} · ` +
-      `model said ${pretty(item.label)} (${(100 * item.confidence).toFixed(1)}%), ` +
-      `bin ${pretty(item.bin)} ${(100 * item.bin_confidence).toFixed(1)}%`;
-    const row = document.createElement("div");
-    row.className = "row";
-    const label = document.createElement("label");
-    label.className = "visually-hidden";
-    label.htmlFor = "label-" + item.id;
-    label.textContent = `Correct class for item ${item.id}`;
-    const select = document.createElement("select");
-    select.id = "label-" + item.id;
-    classes.forEach((c) => {
-      const o = document.createElement("option");
-      o.value = c;
-      o.textContent = pretty(c);
-      if (c === item.label) o.selected = true;
-      select.appendChild(o);
-    });
-    const save = document.createElement("button");
-    save.type = "button";
-    save.className = "button primary";
-    save.textContent = "Save";
-    save.addEventListener("click", async () => {
-      save.disabled = true;
-      try {
-        const r = await fetch(`/api/review/${item.id}`, {
-          method: "POST",
-          headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token() },
-          body: JSON.stringify({ label: select.value }),
-        });
-        const body = await r.json().catch(() => ({}));
-        if (r.status === 401) {
-          askToken("Saving needs the review token that `wastenet serve` printed at start.");
-          save.disabled = false;
-          return;
-        }
-        if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
-        showError("");
-        const next = li.nextElementSibling || li.previousElementSibling;
-        li.remove();
-        pending = Math.max(0, pending - 1);
-        setStatus();
-        const focusTarget = next && next.querySelector("select");
-        if (focusTarget) focusTarget.focus();
-      } catch (e) {
-        showError(`Could not save item ${item.id}: ${e.message}`);
-        save.disabled = false;
+    $("current-info").textContent = `#${item.id} · ${isNaN(when) ? item.created_at : when.toLocaleString()} · ` +
+      `model said ${pretty(item.label)} (${(100 * item.confidence).toFixed(1)}%), bin ${pretty(item.bin)}`;
+    $("current-note").textContent = (audit
+      ? "A random check of an automatic decision (drawn by chance, not by confidence): label what it really is."
+      : "The model was not sure enough and sent this item to manual sort.")
+      + (savedLabel ? ` You labelled it ${pretty(savedLabel)}: press the right key to change it.` : "");
+    buttons.querySelectorAll("button").forEach((b) => b.classList.toggle("guess", b.dataset.label === item.label));
+  }
+
+  function nextItem() {
+    const item = queue.find((it) => !skipped.has(it.id)) || null;
+    show(item);
+    if (!item && pending > 0 && queue.length === 0) load();  // the page of items is done: fetch the next
+  }
+
+  async function label(value, bin) {
+    if (!shown || busy) return;
+    const item = shown;
+    busy = true;
+    try {
+      const body = { label: value };
+      if (bin || kindBins[value]) body.bin = bin || kindBins[value];
+      const r = await fetch(`/api/review/${item.id}`, {
+        method: "POST", ...authed({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+      });
+      const answer = await r.json().catch(() => ({}));
+      if (r.status === 401) { askToken("Saving needs the review token that `wastenet serve` printed at start."); return; }
+      if (!r.ok) throw new Error(answer.error || `HTTP ${r.status}`);
+      showError("");
+      if (!classes.includes(answer.reviewed_label)) {  // a new kind: a button (and a key) from now on
+        kindBins[answer.reviewed_label] = answer.reviewed_bin;
+        classes = [...classes, answer.reviewed_label];
+        renderButtons();
       }
+      newKindForm.hidden = true;
+      const wasPending = queue.some((it) => it.id === item.id);
+      queue = queue.filter((it) => it.id !== item.id);
+      if (wasPending) pending = Math.max(0, pending - 1);
+      lastSaved = { item, label: value };
+      undoButton.disabled = false;
+      $("last-saved").textContent = `Saved #${item.id} as ${pretty(answer.reviewed_label)}.`;
+      setStatus();
+      nextItem();
+      loadStats();
+    } catch (e) {
+      showError(`Could not save item ${item.id}: ${e.message}`);
+    } finally {
+      busy = false;
+    }
+  }
+
+  function undo() {
+    if (!lastSaved || busy) return;
+    // the last labelled item comes back; the next key relabels it (the log keeps every label)
+    show(lastSaved.item, lastSaved.label);
+    $("last-saved").textContent = `Undo: #${lastSaved.item.id} is back; press its right key.`;
+    lastSaved = null;
+    undoButton.disabled = true;
+  }
+
+  function skip() {
+    if (!shown) return;
+    skipped.add(shown.id);
+    nextItem();
+  }
+
+  function askNewKind() {
+    if (!shown) return;
+    newKindForm.hidden = false;
+    $("new-kind-name").focus();
+  }
+  newKindForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    label($("new-kind-name").value.trim(), $("new-kind-bin").value.trim());
+    $("new-kind-name").value = "";
+  });
+
+  undoButton.addEventListener("click", undo);
+  skipButton.addEventListener("click", skip);
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.target instanceof HTMLInputElement) return;
+    const key = e.key.toLowerCase();
+    if (key === "u") { e.preventDefault(); undo(); return; }
+    if (key === "s") { e.preventDefault(); skip(); return; }
+    if (key === "n") { e.preventDefault(); askNewKind(); return; }
+    const i = KEYS.indexOf(key);
+    if (i >= 0 && i < classes.length && shown) { e.preventDefault(); label(classes[i]); }
+  });
+
+  // ------------------------------------------------------------------ live figures
+  const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
+  function estimate(e) {  // as wastenet.audit.format_estimate: the interval alone under 30 items
+    if (!e || !e.n) return "–";
+    const span = `${(100 * e.low).toFixed(1)}–${(100 * e.high).toFixed(1)}%`;
+    return e.show_value ? `${pct(e.value)} (${span}, n=${e.n})` : `${span} (n=${e.n})`;
+  }
+  function statsTable(model) {
+    const table = document.createElement("table");
+    table.className = "stats";
+    const head = ["Bin", "Decisions", "Auto", "Manual sort", "Audits labelled / drawn", "Contamination (95%)",
+                  "Class accuracy of auto-sorted (95%)", "Manual sort the model had right"];
+    const tr = document.createElement("tr");
+    head.forEach((h) => { const th = document.createElement("th"); th.scope = "col"; th.textContent = h; tr.appendChild(th); });
+    table.appendChild(tr);
+    [["All bins", model.all], ...Object.entries(model.bins).map(([b, g]) => [pretty(b), g])].forEach(([name, g]) => {
+      const row = document.createElement("tr");
+      row.dataset.bin = name;
+      [name, g.decisions, pct(g.auto_share), pct(g.manual_sort_share), `${g.audits_labelled} / ${g.audits_drawn}`,
+       estimate(g.contamination), estimate(g.auto_class_accuracy), estimate(g.manual_sort_model_right)]
+        .forEach((v, i) => { const td = document.createElement(i ? "td" : "th"); td.textContent = v; row.appendChild(td); });
+      table.appendChild(row);
     });
-    row.append(label, select, save);
-    li.append(img, info, row);
-    return li;
+    return table;
+  }
+  function loadStats() {
+    fetch("/api/stats", authed())
+      .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
+      .then((s) => {
+        const body = $("stats-body");
+        body.replaceChildren();
+        if (!s.models.length) body.textContent = "No decisions logged yet.";
+        s.models.forEach((m) => {
+          const h = document.createElement("h3");
+          h.className = "small";
+          h.textContent = `Model ${m.model_id || "(unknown version)"}${m.model_id === s.model_id ? " (serving now)" : ""}` +
+            (m.model ? ` · ${m.model}` : "");
+          body.append(h, statsTable(m));
+        });
+        $("stats-note").textContent = `Audit rate ${pct(s.audit_rate)}. ${s.note}`;
+      })
+      .catch((e) => { $("stats-body").textContent = "Cannot load the figures: " + e.message; });
   }
 
   function load() {
-    list.replaceChildren();
-    fetch("/api/review?limit=100", { headers: { "Authorization": "Bearer " + token() } })
+    fetch("/api/review?limit=100", authed())
       .then(async (r) => {
         const data = await r.json().catch(() => ({}));
         if (r.status === 401) { status.textContent = ""; askToken("The review page needs the review token that `wastenet serve` printed at start."); return null; }
@@ -117,11 +235,21 @@
         return data;
       })
       .then((data) => {
-      if (!data) return;
-      pending = data.pending;
-      setStatus();
-      if (data.retention) status.textContent += " " + data.retention;
-      data.items.forEach((it) => list.appendChild(card(it, data.classes)));
+        if (!data) return;
+        pending = data.pending;
+        queue = data.items;
+        kindBins = Object.fromEntries(data.new_kinds.map((k) => [k.label, k.bin]));
+        allowNewBins = data.allow_new_bins;
+        const all = [...data.classes, ...data.new_kinds.map((k) => k.label)];
+        if (JSON.stringify(classes) !== JSON.stringify(all)) { classes = all; renderButtons(); }
+        $("bin-names").replaceChildren(...data.bins.map((b) => { const o = document.createElement("option"); o.value = b; return o; }));
+        $("new-kinds-note").textContent = data.new_kinds.length
+          ? "New kinds: " + data.new_kinds.map((k) => `${pretty(k.label)} → ${pretty(k.bin)}: ${k.reviewed} of ${data.new_class_min} reviewed items before it can become a class`).join("; ") + "."
+          : (allowNewBins ? "" : "A new kind goes to one of the bins the model knows.");
+        setStatus();
+        if (data.retention) status.textContent += " " + data.retention;
+        nextItem();
+        loadStats();
       })
       .catch((e) => { status.textContent = ""; showError("Cannot load the review list: " + e.message); });
   }

@@ -1,0 +1,82 @@
+"""Stream orders for ``benchmarks/site_stream.py --order``: a CSV whose ``path`` column is the stream.
+
+The field set by floor surface (one surface after another, so later windows bring floors the
+model has not seen yet; surfaces as ``adapt_curve.py`` finds them: k-means over the floor's
+colour and texture beside each item box), or one split of a split file (TrashNet's test rows)::
+
+    python benchmarks/stream_order.py --field ../shared/data/field-drinkingwaste \\
+        --class-map benchmarks/field/drinkingwaste.yaml --out benchmarks/results/field-order.csv
+    python benchmarks/stream_order.py --split-file ../shared/data/trashnet-split.csv --split test \\
+        --out benchmarks/results/trashnet-test-order.csv
+
+Within a surface (or the split) the order is shuffled by ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapt_curve import kmeans, surface_features  # noqa: E402 - one surface rule
+
+
+def field_order(root: Path, class_map: str, boxes: Path | None, surfaces: int, seed: int) -> list[tuple[str, int]]:
+    import yaml
+
+    from wastenet.evaluation.field import Target, field_items
+
+    raw = (yaml.safe_load(Path(class_map).read_text()) or {}).get("classes") or {}
+    targets = {str(k): Target("class", str(v)) for k, v in raw.items()}  # only the folders matter here
+    items = field_items(root, targets, boxes)
+    surface = kmeans(surface_features(root, items), surfaces, seed)
+    by_surface: dict[int, list[str]] = {}
+    for it, s in zip(items, surface):
+        by_surface.setdefault(int(s), []).append(it.path)
+    rng = random.Random(seed)
+    out = []
+    for rank, s in enumerate(sorted(by_surface, key=lambda s: (-len(by_surface[s]), s))):  # the commonest floor first
+        paths = sorted(by_surface[s])
+        rng.shuffle(paths)
+        out += [(p, rank) for p in paths]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--field", help="a field folder with labels.csv item boxes")
+    ap.add_argument("--class-map")
+    ap.add_argument("--surfaces", type=int, default=6)
+    ap.add_argument("--split-file")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if bool(args.field) == bool(args.split_file):
+        ap.error("give either --field (with --class-map) or --split-file")
+    if args.field:
+        root = Path(args.field)
+        rows = field_order(root, args.class_map, root / "labels.csv" if (root / "labels.csv").is_file() else None,
+                           args.surfaces, args.seed)
+        header = ("path", "surface")
+    else:
+        with open(args.split_file, newline="") as f:
+            paths = [r["path"] for r in csv.DictReader(f) if r["split"] == args.split]
+        random.Random(args.seed).shuffle(paths)
+        rows = [(p, args.split) for p in paths]
+        header = ("path", "split")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    print(f"{len(rows)} paths -> {args.out} ({dict(Counter(r[1] for r in rows))})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The bin learns from its reviewers: a candidate from the log's reviewed items, and whether it earns its place.
+
+Every reviewed item with a stored photo (manual-sort items and audits) is a training item, except
+the newest 20% by review time, which are held out and never trained on. The candidate is the
+current model's head re-fitted on the rest plus a rehearsal set (:func:`wastenet.training.adapt.adapt`);
+a reviewed kind the model has no class for becomes a class once it has ``new_class_min`` training
+items (:func:`wastenet.training.grow.grow_classes`). Candidate and current model are then scored on
+the held-out items as they would decide them, and :func:`promotion` says whether the candidate
+replaces the current one::
+
+    result = learn_from_log("runs/x/decisions.sqlite", "runs/x/best.pt", "runs/x/candidate",
+                            mix="../shared/data/trashnet", mix_split="../shared/data/trashnet-split.csv")
+    result["promoted"], result["reason"], result["scores"]["candidate"]["class_accuracy"]
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from wastenet.errors import ConfigError
+
+__all__ = ["HOLDOUT_SHARE", "learn_from_log", "promotion", "reviewed_items", "score", "split_newest"]
+
+#: Share of reviewed items, the newest by review time, held out to compare candidate and current model.
+HOLDOUT_SHARE = 0.2
+
+
+def reviewed_items(log: Any) -> list[dict[str, Any]]:
+    """``{"id", "label", "bin", "reviewed_at"}`` of every reviewed decision whose photo is stored, by review time."""
+    items = [{"id": it["id"], "label": it["reviewed_label"], "bin": it.get("reviewed_bin"),
+              "reviewed_at": it["reviewed_at"] or ""} for it in log.reviewed() if it.get("has_image")]
+    return sorted(items, key=lambda it: (it["reviewed_at"], it["id"]))
+
+
+def split_newest(items: Sequence[dict[str, Any]], share: float = HOLDOUT_SHARE) -> tuple[list, list]:
+    """``(train, held_out)``: the newest ``share`` of ``items`` (already in review order) held out."""
+    n_held = int(math.floor(len(items) * share))
+    if share > 0 and n_held == 0 and len(items) >= 2:
+        n_held = 1
+    cut = len(items) - n_held
+    return list(items[:cut]), list(items[cut:])
+
+
+def score(classifier: Any, images: Sequence[Any], items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How ``classifier`` decides held-out ``items``: class accuracy (items whose label is a class of it or
+    a kind it may learn) and, per bin, the contamination of what it would sort automatically there."""
+    preds = classifier.predict(list(images), threshold=classifier.threshold) if images else []
+    right = sum(p.label == it["label"] for p, it in zip(preds, items))
+    bins: dict[str, dict[str, int]] = {}
+    auto = 0
+    for p, it in zip(preds, items):
+        if p.decision in (None, "manual_sort", "error"):
+            continue
+        auto += 1
+        b = bins.setdefault(p.decision, {"k": 0, "n": 0})
+        b["n"] += 1
+        b["k"] += int((it["bin"] or classifier.taxonomy.bin_of(it["label"])) != p.decision)
+    return {"n": len(items), "class_accuracy": right / len(items) if items else None,
+            "auto_share": auto / len(items) if items else None,
+            "contamination": {name: {**b, "value": b["k"] / b["n"]} for name, b in sorted(bins.items())}}
+
+
+def promotion(current: dict[str, Any], candidate: dict[str, Any]) -> tuple[bool, str]:
+    """Promote only when class accuracy is not lower and no bin's contamination is higher, and one of them
+    is better (a tie keeps the current model). Returns ``(promoted, why)``.
+
+    >>> promotion({"class_accuracy": 0.5, "contamination": {}}, {"class_accuracy": 0.7, "contamination": {}})
+    (True, 'class accuracy 0.500 -> 0.700; no bin more contaminated')
+    """
+    if not candidate.get("n"):
+        return False, "no held-out reviewed items to compare on"
+    a, b = current["class_accuracy"] or 0.0, candidate["class_accuracy"] or 0.0
+    reasons, better = [], b > a
+    if b < a:
+        reasons.append(f"class accuracy {a:.3f} -> {b:.3f} is lower")
+    for name in sorted(set(current["contamination"]) | set(candidate["contamination"])):
+        was = current["contamination"].get(name, {}).get("value", 0.0)
+        now = candidate["contamination"].get(name, {}).get("value", 0.0)
+        if now > was:
+            reasons.append(f"{name} contamination {was:.3f} -> {now:.3f} is higher")
+        better = better or now < was
+    if reasons:
+        return False, "; ".join(reasons)
+    if not better:
+        return False, f"a tie (class accuracy {b:.3f}, no bin less contaminated): the current model stays"
+    return True, f"class accuracy {a:.3f} -> {b:.3f}; no bin more contaminated"
+
+
+def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path, *, mix: str | None = None,
+                   mix_split: str | None = None, holdout: float = HOLDOUT_SHARE, new_class_min: int = 10,
+                   seed: int = 0, search: bool = False, versions: str | Path | None = None, parent: int = 0,
+                   log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Train a candidate from the log's reviewed items, score it and the current model on the held-out ones,
+    decide; with ``versions`` (a :class:`~wastenet.site.versions.VersionStore` folder) add it as a version."""
+    from PIL import Image
+
+    from wastenet import checkpoint as ckpt_io
+    from wastenet.inference.predictor import Classifier
+    from wastenet.serve.decision_log import DecisionLog
+    from wastenet.training.adapt import AdaptConfig, adapt
+
+    t0 = time.time()
+    classes = list(ckpt_io.load(checkpoint)["classes"])
+    with DecisionLog(log_path, create=False) as db:
+        items = reviewed_items(db)
+        train, held = split_newest(items, holdout)
+        counts: dict[str, int] = {}
+        for it in train:
+            counts[it["label"]] = counts.get(it["label"], 0) + 1
+        grow = {it["label"]: it["bin"] for it in train
+                if it["label"] not in classes and counts[it["label"]] >= new_class_min and it["bin"]}
+        known = set(classes) | set(grow)
+        train = [it for it in train if it["label"] in known]  # a new kind below new_class_min waits
+        if not train:
+            raise ConfigError(f"{log_path}: no reviewed items with a stored photo to learn from "
+                              f"({len(items)} reviewed, {len(held)} held out)")
+        work = Path(tempfile.mkdtemp(prefix="wastenet-learn-"))
+        for it in train:
+            folder = work / "reviewed" / it["label"]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{it['id']}.jpg").write_bytes(db.image(it["id"]) or b"")
+        held_images = [Image.open(io.BytesIO(db.image(it["id"]) or b"")).convert("RGB") for it in held]
+    log(f"learning from {len(train)} reviewed items ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
+        f"{len(held)} newest held out" + (f"; new classes: {', '.join(grow)}" if grow else ""))
+    result = adapt(checkpoint, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=AdaptConfig(seed=seed),
+                   search=search, new_classes=grow,
+                   feature_cache=Path(versions) / ".rehearsal-cache" if versions is not None else None)
+    current, candidate = Classifier.load(checkpoint), Classifier.load(result["checkpoint"])
+    scores = {"current": score(current, held_images, held), "candidate": score(candidate, held_images, held)}
+    promoted, reason = promotion(scores["current"], scores["candidate"])
+    inputs = {"trained_on": [it["id"] for it in train], "held_out": [it["id"] for it in held], "rehearsal": mix,
+              "rehearsal_split": mix_split, "seed": seed, "new_classes": grow, "from": str(checkpoint)}
+    out_result = {"candidate": result["checkpoint"], "scores": scores, "promoted": promoted, "reason": reason,
+                  "inputs": inputs, "adapt_seconds": round(result["seconds"], 1), "seconds": round(time.time() - t0, 1)}
+    if versions is not None:
+        from wastenet.site.versions import VersionStore
+
+        out_result["version"] = VersionStore(versions).add(result["checkpoint"], parent=parent, inputs=inputs,
+                                                           scores=scores, promoted=promoted, reason=reason)
+    log(f"candidate {'promoted' if promoted else 'kept, not promoted'}: {reason} ({out_result['seconds']:.0f}s)")
+    return out_result

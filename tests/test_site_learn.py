@@ -1,0 +1,119 @@
+"""The bin learns from its reviewed items: versions beside the log, a held-out comparison, the promotion
+rule, new kinds grown into the head, and `wastenet adapt --from-log` (issue 23 items 2-4)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_image
+from wastenet.serve.decision_log import DecisionLog
+from wastenet.site.learn import learn_from_log, promotion, split_newest
+from wastenet.site.versions import VersionStore
+
+CONT = {"recyclable": {"value": 0.1}}
+
+
+@pytest.mark.parametrize("current, candidate, promoted", [
+    ({"class_accuracy": 0.6, "contamination": CONT}, {"class_accuracy": 0.8, "contamination": CONT}, True),
+    ({"class_accuracy": 0.6, "contamination": CONT}, {"class_accuracy": 0.6, "contamination": CONT}, False),  # a tie
+    ({"class_accuracy": 0.6, "contamination": CONT}, {"class_accuracy": 0.5, "contamination": {}}, False),
+    ({"class_accuracy": 0.6, "contamination": CONT},  # better accuracy, but one bin more contaminated
+     {"class_accuracy": 0.9, "contamination": {"recyclable": {"value": 0.2}}}, False),
+    ({"class_accuracy": 0.6, "contamination": CONT},  # same accuracy, a cleaner bin
+     {"class_accuracy": 0.6, "contamination": {"recyclable": {"value": 0.0}}}, True),
+])
+def test_a_candidate_must_be_no_worse_anywhere_and_better_somewhere(current, candidate, promoted):
+    got, why = promotion({"n": 10, **current}, {"n": 10, **candidate})
+    assert got is promoted and why
+
+
+def test_the_newest_fifth_is_held_out():
+    items = [{"id": i, "reviewed_at": f"2026-12-03T10:{i:02d}"} for i in range(10)]
+    train, held = split_newest(items)
+    assert [it["id"] for it in held] == [8, 9] and [it["id"] for it in train] == list(range(8))
+    assert split_newest(items[:2])[1] == [items[1]]  # two items: one is held out
+
+
+def test_versions_are_files_and_the_active_one_survives_a_reopen(tmp_path):
+    base = tmp_path / "best.pt"
+    base.write_bytes(b"base weights")
+    cand = tmp_path / "cand.pt"
+    cand.write_bytes(b"candidate weights")
+    store = VersionStore(tmp_path / "models", base=base)
+    assert store.active_id() == 0 and store.file_of(0) == base.resolve()
+    vid = store.add(cand, parent=0, inputs={"trained_on": [1]}, scores={}, promoted=False, reason="a tie")
+    assert vid == 1 and store.active_id() == 0  # kept, with its reason, not active
+    assert store.add(cand, parent=0, inputs={}, scores={}, promoted=True, reason="better") == 2
+    again = VersionStore(tmp_path / "models")
+    assert again.active_id() == 2 and (tmp_path / "models" / "0002.pt").read_bytes() == b"candidate weights"
+    listed = again.list()
+    assert [(v["id"], v["active"], v["promoted"]) for v in listed] == [(0, False, True), (1, False, False),
+                                                                        (2, True, True)]
+    assert set(listed[1]) >= {"id", "file", "created_at", "active", "parent", "inputs", "scores", "promoted", "reason"}
+    again.activate(0)  # a rollback
+    assert VersionStore(tmp_path / "models").active_id() == 0
+    with pytest.raises(KeyError):
+        again.activate(7)
+
+
+def _reviewed_log(path, per_class=8, new_kind=6):
+    log = DecisionLog(path)
+    log.set_classes(["glass", "metal", "paper"], {"glass": "recyclable", "metal": "recyclable", "paper": "recyclable"},
+                    ["recyclable", "compostable", "landfill"])
+    n = 0
+    labels = [c for c in ("glass", "metal", "paper") for _ in range(per_class)] + ["food_waste"] * new_kind
+    labels = [labels[(7 * i) % len(labels)] for i in range(len(labels))]  # interleaved, as a site's come
+    for i, label in enumerate(labels):
+        buf = io.BytesIO()
+        make_image(label if label != "food_waste" else "paper", 500 + i).save(buf, "JPEG")
+        row = log.record({"label": "glass", "confidence": 0.4, "bin": "recyclable", "decision": "manual_sort"},
+                         buf.getvalue(), f"{i}.jpg", 0.9, "m.pt")
+        log.review(row, label, bin="compostable" if label == "food_waste" else None)
+        n += 1
+    log.close()
+    return path
+
+
+def test_a_candidate_from_the_log_is_scored_on_held_out_items_and_grows_new_kinds(tiny_checkpoint, tmp_path):
+    from wastenet import checkpoint
+
+    db = _reviewed_log(tmp_path / "decisions.sqlite")
+    result = learn_from_log(db, tiny_checkpoint, tmp_path / "cand", new_class_min=3, versions=tmp_path / "models")
+    trained, held = set(result["inputs"]["trained_on"]), set(result["inputs"]["held_out"])
+    assert len(held) == 6 and not trained & held  # the newest 6 of 30, never trained on
+    assert max(trained) < min(held)
+    assert result["inputs"]["new_classes"] == {"food_waste": "compostable"}
+    grown = checkpoint.load(result["candidate"])
+    assert grown["classes"] == ["glass", "metal", "paper", "food_waste"]
+    assert "food_waste" in grown["taxonomy"]["bins"]["compostable"]
+    for side in ("current", "candidate"):
+        assert result["scores"][side]["n"] == 6
+    version = VersionStore(tmp_path / "models").get(result["version"])
+    assert version["promoted"] == result["promoted"] and version["reason"] == result["reason"]
+
+    # a version is a checkpoint like any other: its ONNX export carries the new class and its bin
+    pytest.importorskip("onnxruntime")
+    from wastenet.export.onnx import export_onnx
+    from wastenet.inference.predictor import Classifier
+
+    onnx_model = Classifier.load(export_onnx(version["file"], tmp_path / "v.onnx").path)
+    assert onnx_model.classes[-1] == "food_waste" and onnx_model.taxonomy.bin_of("food_waste") == "compostable"
+
+
+def test_adapt_from_log_on_the_command_line(tiny_checkpoint, tmp_path):
+    db = _reviewed_log(tmp_path / "decisions.sqlite", new_kind=0)
+    out = subprocess.run([sys.executable, "-m", "wastenet", "adapt", "--checkpoint", str(tiny_checkpoint),
+                          "--from-log", str(db), "--out", str(tmp_path / "site"), "--skip-search-threshold",
+                          "--epochs", "3"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "held-out class accuracy" in out.stdout
+    assert json.loads((tmp_path / "site" / "adapt.json").read_text())["scores"]["candidate"]["n"] == 4
+    both = subprocess.run([sys.executable, "-m", "wastenet", "adapt", "--checkpoint", str(tiny_checkpoint),
+                           "--from-log", str(db), "--data", str(tmp_path), "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=600)
+    assert both.returncode == 2 and "not allowed with" in both.stderr

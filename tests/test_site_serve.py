@@ -1,0 +1,140 @@
+"""Adaptation inside the service: a background run from the log's reviewed items, versions listed and
+activated (rollback), the active version surviving a restart, swaps under load with no failed request,
+and an .onnx server that says it cannot adapt (issue 23 items 1-3; DESIGN "The site loop")."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+
+from conftest import make_image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from wastenet.model_identity import model_id  # noqa: E402
+from wastenet.serve.app import create_app  # noqa: E402
+
+LOCAL = "http://127.0.0.1"
+CLASSES = ("glass", "metal", "paper")
+
+
+def jpeg(cls: str, seed: int) -> bytes:
+    buf = io.BytesIO()
+    make_image(cls, seed).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def site(tiny_checkpoint, tmp_path):
+    """The tiny model with one class per bin (so nothing is sure of its bin), beside a fresh log."""
+    from wastenet import checkpoint
+
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["taxonomy"] = {"name": "split", "bins": {"recyclable": ["glass"], "compostable": ["paper"],
+                                                  "landfill": ["metal"]}}
+    return checkpoint.save(ckpt, tmp_path / "best.pt"), tmp_path / "decisions.sqlite"
+
+
+def _client(model, db, **options):
+    # threshold 1: every item goes to manual sort, so every one is reviewed and learned from
+    return TestClient(create_app(model, log_path=db, threshold=1.0, audit_rate=0.0, **options), base_url=LOCAL)
+
+
+def _stream_and_review(c, n_per_class: int = 8) -> None:
+    auth = {"Authorization": f"Bearer {c.app.state.review_token}"}
+    for i in range(n_per_class):
+        for k, cls in enumerate(CLASSES):
+            p = c.post("/api/predict", files={"file": ("x.jpg", jpeg(cls, 100 * k + i), "image/jpeg")}).json()
+            assert c.post(f"/api/review/{p['id']}", json={"label": cls}, headers=auth).status_code == 200
+
+
+def _wait_idle(c, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        a = c.get("/api/health").json()["adaptation"]
+        if a["state"] != "running":
+            return a
+        time.sleep(0.5)
+    pytest.fail("the adaptation did not finish")
+
+
+def test_adapt_via_the_api_lists_a_version_and_activation_rolls_back_and_survives_a_restart(site):
+    model, db = site
+    with _client(model, db) as c:
+        auth = {"Authorization": f"Bearer {c.app.state.review_token}"}
+        _stream_and_review(c)
+        assert c.post("/api/models/adapt").status_code == 401  # it changes what the bin does: the token
+        r = c.post("/api/models/adapt", json={}, headers=auth)
+        assert r.status_code == 202 and r.json()["state"] == "running"
+        assert c.post("/api/models/adapt", json={}, headers=auth).status_code == 409  # one at a time
+        last = _wait_idle(c)["last"]
+        assert last["exit_status"] == 0, last
+        listed = c.get("/api/models").json()
+        assert [v["id"] for v in listed["versions"]] == [0, 1]
+        v1 = listed["versions"][1]
+        assert v1["parent"] == 0 and v1["reason"] and set(v1["scores"]) == {"current", "candidate"}
+        assert len(v1["inputs"]["held_out"]) == 4 and not set(v1["inputs"]["held_out"]) & set(v1["inputs"]["trained_on"])
+        assert listed["active"] == (1 if v1["promoted"] else 0)  # promoted only if it beat the model
+
+        # activate version 1 (a promotion by hand) and roll back to 0: rows name the version that decided
+        assert c.post("/api/models/1/activate", json={}, headers=auth).json()["active"] == 1
+        p = c.post("/api/predict", files={"file": ("a.jpg", jpeg("glass", 1), "image/jpeg")}).json()
+        assert (p["model_version"], p["model_id"]) == (1, model_id(v1["file"]))
+        assert c.post("/api/models/9/activate", json={}, headers=auth).status_code == 404
+    with _client(model, db) as c:  # a restart: version 1 is still the active one
+        assert c.get("/api/health").json()["model_version"] == 1
+        auth = {"Authorization": f"Bearer {c.app.state.review_token}"}
+        assert c.post("/api/models/0/activate", json={}, headers=auth).json()["model_id"] == model_id(model)
+
+
+def test_swaps_under_load_fail_no_request(site):
+    model, db = site
+    with _client(model, db) as c:
+        auth = {"Authorization": f"Bearer {c.app.state.review_token}"}
+        _stream_and_review(c, n_per_class=7)
+        c.post("/api/models/adapt", json={}, headers=auth)
+        assert _wait_idle(c)["last"]["exit_status"] == 0
+        statuses, stop = [], threading.Event()
+
+        def client_loop(k: int) -> None:
+            while not stop.is_set():
+                r = c.post("/api/predict", files={"file": ("x.jpg", jpeg(CLASSES[k], 7), "image/jpeg")})
+                statuses.append((r.status_code, r.json().get("model_version")))
+
+        threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for vid in (1, 0, 1, 0, 1):
+            assert c.post(f"/api/models/{vid}/activate", json={}, headers=auth).status_code == 200
+        stop.set()
+        for t in threads:
+            t.join()
+        assert statuses and all(code == 200 for code, _ in statuses)
+        assert {v for _, v in statuses} <= {0, 1}
+
+
+def test_an_onnx_server_says_it_cannot_adapt(site, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from wastenet.export.onnx import export_onnx
+
+    model, db = site
+    onnx_file = export_onnx(model, tmp_path / "m.onnx").path
+    with TestClient(create_app(onnx_file, log_path=db), base_url=LOCAL) as c:
+        h = c.get("/api/health").json()["adaptation"]
+        assert h["can_adapt"] is False and "cannot adapt" in h["reason"]
+        r = c.post("/api/models/adapt", json={}, headers={"Authorization": f"Bearer {c.app.state.review_token}"})
+        assert r.status_code == 409 and "cannot adapt" in r.json()["error"]
+
+
+def test_adapt_options_are_checked_before_anything_loads(tmp_path):
+    from wastenet.errors import ConfigError
+    from wastenet.serve.settings import ServeSettings
+
+    with pytest.raises(ConfigError, match="--adapt-every"):
+        ServeSettings(checkpoint=None, adapt_every=0)
+    with pytest.raises(ConfigError, match="--adapt-mix needs --adapt-mix-split"):
+        ServeSettings(checkpoint=None, adapt_mix=str(tmp_path))
