@@ -2,10 +2,10 @@
 one, and no module grows past ``MAX_LINES`` without saying why at its top.
 
 Floors, lowest first (docs/ARCHITECTURE.md): the top-level modules (checkpoint, decision, files,
-taxonomy, models, ood, ...) and ``data`` -> ``inference`` -> ``evaluation`` -> ``training`` ->
-``commands`` (and ``cli``); ``serve`` sits beside ``commands`` and only they (and ``site``, the site
-loop, which learns from the decision log) may import it. Every
-import counts, also one inside a function (those run too, just later).
+taxonomy, models, ood, ...) and ``data`` -> ``inference`` -> ``evaluation`` -> ``export`` ->
+``training`` -> ``site`` -> ``commands`` (and ``cli``); ``serve`` sits beside ``site`` and only they
+and ``commands`` may import it. Every import counts, also one inside a function (those run too, just
+later). The Rooms table of docs/ARCHITECTURE.md must say the same as ``FORBIDDEN``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ LONG_MARKER = "Long because:"
 
 #: what each floor may not import (wastenet sub-packages)
 FORBIDDEN = {
-    "base": {"data", "inference", "evaluation", "training", "serve", "site", "commands"},
-    "data": {"inference", "evaluation", "training", "serve", "site", "commands"},
-    "inference": {"evaluation", "training", "serve", "site", "commands"},
-    "evaluation": {"training", "serve", "site", "commands"},
+    "base": {"data", "inference", "evaluation", "export", "training", "serve", "site", "commands"},
+    "data": {"inference", "evaluation", "export", "training", "serve", "site", "commands"},
+    "inference": {"evaluation", "export", "training", "serve", "site", "commands"},
+    "evaluation": {"export", "training", "serve", "site", "commands"},
     "training": {"serve", "site", "commands"},
     "export": {"training", "serve", "site", "commands"},
     "serve": {"training", "commands"},   # it runs an adaptation as a process (`wastenet adapt --from-log`)
@@ -146,6 +146,28 @@ def test_no_module_imports_another_ones_private_helpers():
     named = {b.split(":")[0] for b in private_imports(_modules())}
     assert named <= STILL_PRIVATE, "\n".join(b for b in private_imports(_modules()) if b.split(":")[0] not in STILL_PRIVATE)
     assert not STILL_PRIVATE - named, f"no longer private, drop from STILL_PRIVATE: {sorted(STILL_PRIVATE - named)}"
+
+
+DOC = SRC.parents[1] / "docs" / "ARCHITECTURE.md"
+ROOMS = set(FORBIDDEN) | {"commands"}
+
+
+def documented_rooms(text: str) -> dict[str, set[str]]:
+    """The Rooms table of docs/ARCHITECTURE.md: ``{room: rooms it may import}``."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].strip("`") in ROOMS:
+            out[cells[0].strip("`")] = ROOMS if cells[2] == "every room" else {c.strip() for c in cells[2].split(",")}
+    return out
+
+
+def test_the_architecture_page_says_what_each_room_may_import():
+    rooms = documented_rooms(DOC.read_text(encoding="utf-8"))
+    assert set(rooms) == ROOMS
+    for room, may in rooms.items():
+        allowed = ROOMS - FORBIDDEN.get(room, set()) - ({"commands"} if room != "commands" else set())
+        assert may | {room} == allowed, f"{room}: the page says {sorted(may)}, FORBIDDEN allows {sorted(allowed)}"
 
 
 # ---------------------------------------------------------------- the checks can fail
