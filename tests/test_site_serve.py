@@ -138,3 +138,15 @@ def test_adapt_options_are_checked_before_anything_loads(tmp_path):
         ServeSettings(checkpoint=None, adapt_every=0)
     with pytest.raises(ConfigError, match="--adapt-mix needs --adapt-mix-split"):
         ServeSettings(checkpoint=None, adapt_mix=str(tmp_path))
+
+
+def test_adapt_every_n_starts_a_run_after_n_new_reviewed_items(site):
+    model, db = site
+    with _client(model, db, adapt_every=20) as c:
+        assert c.get("/api/health").json()["adaptation"]["state"] == "idle"
+        _stream_and_review(c, n_per_class=6)  # 18 reviewed: not yet
+        assert c.get("/api/health").json()["adaptation"]["state"] == "idle"
+        _stream_and_review(c, n_per_class=1)  # 21: a run starts by itself
+        a = c.get("/api/health").json()["adaptation"]
+        assert a["state"] in ("running", "idle") and (a["state"] == "running" or a["last"] is not None)
+        assert _wait_idle(c)["last"]["exit_status"] == 0

@@ -80,7 +80,8 @@ class Adaptation:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._status: dict[str, Any] = {"state": "idle", "last": None}
-        self._reviewed_at_start = self._reviewed()
+        # only a server that adapts by count needs the count (one COUNT query, not a listing)
+        self._reviewed_at_start = self._reviewed() if self.every else 0
         self.refusal = None if str(service.model_path).endswith(".pt") else (
             f"this server runs {service.model_path}, not a .pt checkpoint: it cannot adapt (serve a .pt "
             "checkpoint on a bin with torch, or adapt on a machine that holds this log and export the version)")
@@ -92,7 +93,7 @@ class Adaptation:
         return store
 
     def _reviewed(self) -> int:
-        return sum(1 for it in self.service.log.reviewed() if it.get("has_image"))
+        return self.service.log.reviewed_photo_count()
 
     # ------------------------------------------------------------------ runs
     def start(self, trigger: str) -> dict[str, Any]:

@@ -516,6 +516,11 @@ class DecisionLog:
             entry["reviewed"] += int(r["n"])
         return out
 
+    def reviewed_photo_count(self) -> int:
+        """How many reviewed decisions have a stored photo (what an adaptation can learn from)."""
+        return int(self._read("SELECT COUNT(*) AS n FROM decisions WHERE reviewed_label IS NOT NULL "
+                              "AND image IS NOT NULL")[0]["n"])
+
     def count(self) -> int:
         """Number of decisions logged."""
         return int(self._read("SELECT COUNT(*) AS n FROM decisions")[0]["n"])
