@@ -11,6 +11,7 @@ A checkpoint is a ``torch.save``d dict (see docs/ARCHITECTURE.md)::
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from wastenet.decision import DEFAULT_THRESHOLD
 from wastenet.errors import ConfigError
 from wastenet.files import write_atomic
+from wastenet.model_metadata import check_metadata
 
 FORMAT = "wastenet-checkpoint"
 VERSION = 1
@@ -65,21 +67,35 @@ def save(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; a missing or foreign file is a ``ConfigError``."""
+    """Read and validate a checkpoint; a missing, foreign or malformed file is a one-line ``ConfigError``.
+
+    The one loader of ``.pt`` files: its metadata (classes, preprocessing, temperature,
+    threshold) is checked here, by :func:`wastenet.model_metadata.check_metadata`, so every
+    mode refuses a bad file the same way before any work. A file that carries code (a pickle
+    of functions or classes) is refused without running any of it.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     try:
         # our checkpoints hold only tensors, numbers, strings, lists and dicts
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):  # torch's advice (weights_only=False) would run the code
+            raise ConfigError(f"{path}: not a wastenet checkpoint (it contains code objects); "
+                              "refusing to load it") from None
+        raise ConfigError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise ConfigError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a wastenet checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}")
-    ckpt.setdefault("temperature", 1.0)
-    ckpt.setdefault("threshold", DEFAULT_THRESHOLD)
     ckpt.setdefault("model_kwargs", {})
-    return ckpt
+    return check_metadata(ckpt, str(path))  # fills in the default temperature and threshold
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

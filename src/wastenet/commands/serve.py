@@ -152,18 +152,22 @@ def run(args: argparse.Namespace) -> int:
     _check_port_free(args.host, args.port)
 
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/"
-    if settings.review_token is None:
+    generated = settings.review_token is None
+    if generated:
         from wastenet.serve.guard import new_review_token
 
         settings = dataclasses.replace(settings, review_token=new_review_token())  # one for every worker
-        # the fragment never reaches the server or its logs; the page keeps it for the session
-        print(f"wastenet serve: review token {settings.review_token}  "
-              f"(review page: {url}review#token={settings.review_token})", file=sys.stderr)
+
+    def say_token() -> None:  # the fragment never reaches the server or its logs; the page keeps it
+        if generated:
+            print(f"wastenet serve: review token {settings.review_token}  "
+                  f"(review page: {url}review#token={settings.review_token})", file=sys.stderr)
 
     if args.workers == 1:
         from wastenet.serve.app import create_app
 
-        app = create_app(settings)
+        app = create_app(settings)  # a bad model file fails here: its one line, no token line before it
+        say_token()
         print(f"wastenet serve: {url}  (decision log: {app.state.decision_log.path})", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
         return 0
@@ -172,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from wastenet.serve.settings import ENV_VAR
 
     os.environ[ENV_VAR] = settings.to_json()
+    say_token()
     print(f"wastenet serve: {url}  ({args.workers} workers)", file=sys.stderr)
     uvicorn.run("wastenet.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wastenet.errors import ConfigError
+from wastenet.model_metadata import check_metadata
 
 __all__ = ["INPUT_NAME", "METADATA_KEY", "OUTPUT_NAME", "onnx_session", "read_metadata"]
 
@@ -63,7 +64,8 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None, device: st
 def read_metadata(source: Any, path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The ``wastenet`` metadata of a model file (a path) or of an open session (``path`` names it in errors).
 
-    ConfigError when the file has none (not made by ``wastenet export``) or it is not JSON.
+    ConfigError when the file has none (not made by ``wastenet export``), it is not JSON, or the
+    record is malformed (:func:`wastenet.model_metadata.check_metadata`, the check ``.pt`` files get too).
     """
     if isinstance(source, (str, os.PathLike)):
         path, source = source, onnx_session(source, threads=1)
@@ -76,4 +78,4 @@ def read_metadata(source: Any, path: str | os.PathLike | None = None) -> dict[st
         raise ConfigError(f"{path}: unreadable wastenet metadata ({exc})") from exc
     if not isinstance(meta, dict):
         raise ConfigError(f"{path}: unreadable wastenet metadata (not a JSON object)")
-    return meta
+    return check_metadata(meta, str(path))

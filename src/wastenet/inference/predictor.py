@@ -114,23 +114,18 @@ class Classifier:
         backend = TorchBackend(model, device, channels_last, ood_rule=ood)
         return cls(backend, classes=ckpt["classes"], ood=ood,
                    preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]),
-                   taxonomy=ckpt.get("taxonomy"), temperature=ckpt.get("temperature", 1.0),
-                   threshold=ckpt.get("threshold", DEFAULT_THRESHOLD), arch=ckpt["arch"], source=str(path))
+                   taxonomy=ckpt.get("taxonomy"), temperature=ckpt["temperature"],
+                   threshold=ckpt["threshold"], arch=ckpt["arch"], source=str(path))
 
     @classmethod
     def _load_onnx(cls, path: Path, device: str, spin_wait: bool = True) -> "Classifier":
         backend = OnnxBackend(path, device, spin_wait)
-        meta = backend.metadata()
+        meta = backend.metadata()  # checked: classes, preprocessing, temperature, threshold
         try:
-            prep = Preprocessing.from_dict(meta["preprocessing"])
-            classes = meta["classes"]
-            if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-                raise TypeError(f"classes must be a non-empty list of names, got {classes!r:.60}")
-            clf = cls(backend, classes=classes, preprocessing=prep, taxonomy=meta.get("taxonomy"),
-                      temperature=meta.get("temperature") or 1.0,
-                      threshold=meta.get("threshold", DEFAULT_THRESHOLD), arch=meta.get("arch", ""),
-                      source=str(path), ood=_onnx_ood_rule(meta, backend))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            clf = cls(backend, classes=meta["classes"], preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+                      taxonomy=meta.get("taxonomy"), temperature=meta["temperature"], threshold=meta["threshold"],
+                      arch=meta.get("arch", ""), source=str(path), ood=_onnx_ood_rule(meta, backend))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # the ood record, a taxonomy
             raise ConfigError(f"{path}: unreadable wastenet metadata ({exc})") from exc
         clf._check_graph(path)
         return clf
