@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts share: the CPU's name, waiting for a started server, timing rounds.
+"""Helpers the benchmark scripts share: the CPU's name (:mod:`wastenet.machine`), waiting for a server, timing rounds.
 
 Scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``::
 
@@ -11,41 +11,13 @@ Scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path``:
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
-#: ISA flags that decide CPU precision (PITFALLS: the CPU is not always the same).
-PRECISION_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def _cpuinfo() -> tuple[str | None, set[str]]:
-    """The model name and flags of the first CPU in /proc/cpuinfo (None, {} where there is none)."""
-    name, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name is None:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return name, flags
-
-
-def cpu_model() -> str:
-    """The CPU's model name, to print beside every timing (``AMD EPYC 9B45``)."""
-    return _cpuinfo()[0] or platform.processor() or platform.machine() or "unknown"
-
-
-def cpu_description() -> str:
-    """The model name and its precision ISA flags: ``AMD EPYC 9B45 (avx2, avx512f, avx512_bf16)``."""
-    flags = _cpuinfo()[1]
-    isa = [f for f in PRECISION_FLAGS if f in flags]
-    return f"{cpu_model()} ({', '.join(isa) or 'no AVX2'})"
+# the CPU's name and precision flags live in the package (every run's summary.json records them too)
+from wastenet.machine import PRECISION_FLAGS, cpu_description, cpu_model  # noqa: E402,F401
 
 
 def wait_for_health(proc: subprocess.Popen, url: str, timeout_s: float = 180.0, poll_s: float = 0.2) -> float:
