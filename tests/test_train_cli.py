@@ -35,6 +35,7 @@ def test_train_writes_the_run_folder_and_eval_reads_it(tmp_path, image_folder, c
 
     import torch
     import wastenet
+    from wastenet.machine import cpu_info
 
     # how it ran is on record: numbers are only comparable with the same setup
     for run in (yaml.safe_load((out / "config.yaml").read_text())["run"],
@@ -42,6 +43,7 @@ def test_train_writes_the_run_folder_and_eval_reads_it(tmp_path, image_folder, c
         assert run["world_size"] == 1 and run["device"] == "cpu" and run["precision"] == "float32"
         assert run["threads"] >= 1 and run["torch"] == torch.__version__ and run["wastenet"] == wastenet.__version__
         assert run["timm"]
+        assert run["cpu"] == cpu_info() and run["cpu"]["model"]  # which CPU: timings differ 2-3x between them
     from wastenet.training.config import TrainConfig
 
     assert TrainConfig.load(out / "config.yaml").model == "test_resnet"  # the record does not break a reload

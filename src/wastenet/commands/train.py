@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="class-folder dataset, or 'trashnet' / 'kaggle-household' (downloaded)")
     g.add_argument("--split-file", help="CSV path,label,split; default: a stratified seeded 50/25/25 split saved in the run")
+    g.add_argument("--skip-missing", action="store_true",
+                   help="leave out split rows whose file does not exist (default: refuse the split before training)")
     g.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                    help="more class folders added to the training split (e.g. `wastenet review --export`)")
     g.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (quick trials)")

@@ -59,25 +59,36 @@ def scan_folder(root: str | Path, min_classes: int = 2) -> tuple[list[Row], list
     return rows, classes
 
 
-def read_split_file(path: str | Path, root: str | Path | None = None) -> list[Row]:
+def read_split_file(path: str | Path, root: str | Path | None = None, *, skip_missing: bool = False) -> list[Row]:
     """Read ``path,label,split`` rows; every mistake is one ``ConfigError`` line, before any pixel.
 
-    Refused: missing columns, unknown split names, no rows, and (with ``root``) a path that
-    escapes ``root`` (absolute or ``..``), a file listed twice, in two splits or with two
-    labels, a label that is not a class folder of ``root``, and a file list none of which exists.
-    See :func:`check_split_coverage` for the checks training adds.
+    Refused: a file that is not UTF-8 text or holds a NUL byte, missing columns, unknown split
+    names, no rows, and (with ``root``) a path that escapes ``root`` (absolute, ``..``, or a
+    symlink whose target lies outside it: :func:`check_inside`), a file listed twice, in two
+    splits or with two labels, a label that is not a class folder of ``root``, and a row naming
+    a file that does not exist (the split is a contract; ``skip_missing=True``, the CLI's
+    ``--skip-missing``, drops such rows instead). See :func:`check_split_coverage` for the
+    checks training adds.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"split file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "label", "split"} <= set(reader.fieldnames):
-            raise ConfigError(f"split file {path} must have columns path,label,split")
-        rows, lines = [], []
-        for r in reader:
-            rows.append(Row((r["path"] or "").strip(), (r["label"] or "").strip(), (r["split"] or "").strip()))
-            lines.append(reader.line_num)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"split file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line})"
+                          ) from None
+    if "\0" in text:
+        raise ConfigError(f"split file {path} holds a NUL byte on line {text[: text.index(chr(0))].count(chr(10)) + 1}"
+                          " (not a text file)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or not {"path", "label", "split"} <= set(reader.fieldnames):
+        raise ConfigError(f"split file {path} must have columns path,label,split")
+    rows, lines = [], []
+    for r in reader:
+        rows.append(Row((r["path"] or "").strip(), (r["label"] or "").strip(), (r["split"] or "").strip()))
+        lines.append(reader.line_num)
     bad = [r for r in rows if r.split not in SPLITS]
     if bad:
         raise ConfigError(f"split file {path}: split must be one of {SPLITS}, got {bad[0].split!r} for {bad[0].path}")
@@ -108,10 +119,32 @@ def read_split_file(path: str | Path, root: str | Path | None = None) -> list[Ro
         if foreign:
             raise ConfigError(f"split file {path}: label {foreign[0]!r} is not a class folder of {root} "
                               f"(classes: {', '.join(sorted(folders))})")
+        check_inside(root, rows, f"split file {path}")
         missing = [r.path for r in rows if not (root / r.path).is_file()]
         if len(missing) == len(rows):
             raise ConfigError(f"none of the files in {path} exist under {root} (e.g. {missing[0]})")
+        if missing and not skip_missing:
+            line = lines[[r.path for r in rows].index(missing[0])]
+            more = f" ({len(missing) - 1} more rows too)" if len(missing) > 1 else ""
+            raise ConfigError(f"split file {path}, line {line}: {missing[0]} does not exist under {root}{more}; "
+                              "fix the split or pass --skip-missing to leave such rows out")
+        if missing:
+            gone = set(missing)
+            rows = [r for r in rows if r.path not in gone]
     return rows
+
+
+def check_inside(root: str | Path, rows: Iterable[Row], source: str) -> None:
+    """Refuse a row whose file, links followed, lies outside ``root`` (as a ``../`` path is refused).
+
+    A symlink that stays inside ``root`` is fine; one that leads out would let a split file
+    (or a dataset folder) train on, evaluate or calibrate with files the user did not hand over.
+    """
+    real_root = Path(root).resolve()
+    for r in rows:
+        target = (real_root / r.path).resolve()
+        if target != real_root and real_root not in target.parents:
+            raise ConfigError(f"{source}: {r.path!r} is a link to {target}, outside the dataset folder {root}")
 
 
 def check_split_coverage(rows: list[Row], source: str = "the split") -> None:

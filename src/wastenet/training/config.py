@@ -34,6 +34,7 @@ DEFAULT_MODEL = "densenet121"
 class TrainConfig:
     data: str = "trashnet"
     split_file: str | None = None
+    skip_missing: bool = False            # leave out split rows whose file is gone (else: refused before training)
     model: str | None = None              # None: the weights package's architecture, else DEFAULT_MODEL
     weights: str | None = None            # file, installed weights package, "hub" (default when None) or "none"
     recipe: str = "wastenet"

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from wastenet import checkpoint
 from wastenet.data.augment import AugmentConfig, build_augment, field_augment_on, to_model_batch
 from wastenet.data.composite import is_studio_like
-from wastenet.data.datasets import ImageCache, Row, build_cache, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
+from wastenet.data.datasets import ImageCache, Row, build_cache, check_inside, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
-from wastenet.files import write_atomic
+from wastenet.files import check_output, write_atomic
 from wastenet.inference.runner import FrozenRunner, choose_backend, frozen_pass
 from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
 from wastenet.models import BuiltModel, FeatureHead, count_parameters, create_model, group_modules, merge_groups, resolve_weights_arg, safe_name
@@ -92,11 +92,12 @@ def prepare_rows(cfg: TrainConfig, root: Path, out: Path) -> tuple[list[Row], li
     """The split: the given file, the run's saved one (on resume), or a new stratified 50/25/25."""
     saved = out / "split.csv"
     if cfg.split_file:
-        rows = read_split_file(cfg.split_file, root)
+        rows = read_split_file(cfg.split_file, root, skip_missing=cfg.skip_missing)
     elif cfg.resume and saved.is_file():
-        rows = read_split_file(saved, root)
+        rows = read_split_file(saved, root, skip_missing=cfg.skip_missing)
     else:
         scanned, _ = scan_folder(root)
+        check_inside(root, scanned, f"--data {root}")  # as a split file's rows are: the saved split.csv must read back
         rows = stratified_split(scanned, seed=cfg.seed)
     classes = sorted({r.label for r in rows})
     # every class needs a train and a val image, and a one-class "classifier" says 1.000 always
@@ -614,11 +615,13 @@ def run_info(device: torch.device, dtype) -> dict[str, Any]:
     import timm
 
     from wastenet import __version__
+    from wastenet.machine import cpu_info
 
     return {"world_size": distributed.world_size(), "device": str(device),
             "precision": str(dtype or torch.float32).replace("torch.", ""), "threads": torch.get_num_threads(),
             "torch": str(torch.__version__), "timm": str(timm.__version__), "wastenet": str(__version__),
-            "python": platform.python_version(), "machine": platform.machine()}
+            "python": platform.python_version(), "machine": platform.machine(),
+            "cpu": cpu_info()}  # model name and ISA flags: timings differ 2-3x between CPUs
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -628,7 +631,7 @@ def default_out(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run a whole training job; returns the test metrics. Raises ConfigError before any work."""
     cfg.validate()
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    out = check_output(Path(cfg.out) if cfg.out else default_out(cfg), folder=True)  # before any work
     last_path = out / "last.pt"
     last = None
     if cfg.resume:
