@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wastenet.errors import ConfigError
+    from wastenet.files import check_output
 
     for name in ("mix_per_class", "views", "epochs"):
         if getattr(args, name) < (0 if name != "epochs" else 1):
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"decision log not found: {args.from_log}")
     if args.new_class_min < 2:
         raise ConfigError("--new-class-min must be at least 2")
+    check_output(args.out, folder=True)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")

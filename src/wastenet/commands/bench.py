@@ -60,7 +60,10 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wastenet.files import check_output
     from wastenet.training.bench import bench, markdown_table
+
+    check_output(args.out, folder=True)
 
     rows = bench(args.data, out=args.out, split_file=args.split_file, models=_list(args.models),
                  weights_dir=args.weights_dir, recipes=_list(args.recipes), losses=_list(args.losses),

@@ -33,12 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wastenet.errors import ConfigError
+    from wastenet.files import check_output
 
     if Path(args.checkpoint).suffix.lower() != ".pt":
         raise ConfigError(f"explain needs a .pt checkpoint (Grad-CAM needs gradients), got {args.checkpoint}")
-    out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_gradcam.png")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name")
+    out = check_output(args.out if args.out else f"{Path(args.image).stem}_gradcam.png")
 
     from wastenet.inference.explain import class_index, explain, save_overlay
     from wastenet.inference.predictor import Classifier

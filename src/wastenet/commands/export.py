@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from wastenet.errors import ConfigError
+from wastenet.files import check_output
 
 # renders as "": stops ArgumentDefaultsHelpFormatter appending "(default: None)"
 _NO_DEFAULT = "%(default).0s"
@@ -106,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         fp32_path, int8_path = _int8_paths(ckpt, args.out)
     else:
         fp32_path, int8_path = (Path(args.out) if args.out else ckpt.with_suffix(".onnx")), None
+    for path in ([] if from_onnx else [fp32_path]) + ([int8_path] if int8_path else []):
+        check_output(path, option="--out" if args.out else "")
 
     if from_onnx:
         fp32_path = ckpt

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from wastenet.decision import DEFAULT_THRESHOLD
-from wastenet.files import write_atomic
+from wastenet.files import check_output, write_atomic
 
 HELP = "Classify images and decide which bin each goes in (manual_sort when unsure)."
 
@@ -109,15 +109,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.topk < 1:
         raise ConfigError(f"--topk must be at least 1, got {args.topk}")
-    out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name")
+    out = check_output(args.out) if args.out else None  # before the model is even loaded
     group_key = make_group_key(args.group_by) if args.group_by else None
     clf = Classifier.load(args.checkpoint, device=args.device)
     taxonomy = load_taxonomy(args.taxonomy, clf.classes) if args.taxonomy else None
     threshold = cli_threshold(threshold, args.bin_thresholds, (taxonomy or clf.taxonomy).bin_names, clf.threshold)
 
-    inputs, missing = expand_paths(args.paths)
+    not_regular: list[Path] = []
+    inputs, missing = expand_paths(args.paths, not_regular)
     progress = sys.stderr.isatty() and len(inputs) > _PROGRESS_MIN_INPUTS
     options = dict(threshold=threshold, taxonomy=taxonomy, batch_size=args.batch_size, topk=args.topk,
                    progress=progress, tta=args.tta, ood_threshold=args.ood_threshold, search=args.search)
@@ -142,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     failed = sum(not p.ok for p in preds)
     if out is not None:
         print(f"wrote {len(preds)} predictions to {out}", file=sys.stderr)
+    if not_regular:
+        n = len(not_regular)
+        print(f"wastenet predict: skipped {n} folder {'entry that is' if n == 1 else 'entries that are'} not a "
+              f"regular file (FIFO, device, socket, broken link), e.g. {not_regular[0]}", file=sys.stderr)
     if failed:
         print(f"wastenet predict: {failed} of {len(preds)} inputs failed (see the error column)",
               file=sys.stderr)
@@ -149,12 +152,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def expand_paths(specs: Sequence[str]) -> tuple[list[str], dict[int, tuple[str, str]]]:
+def expand_paths(specs: Sequence[str], not_regular: list[Path] | None = None
+                 ) -> tuple[list[str], dict[int, tuple[str, str]]]:
     """Command-line PATHs -> (image paths in order, {output position: (spec, reason)} for no match).
 
-    A folder gives its images (recursive, sorted); a path that does not exist literally is
-    tried as a glob (``**`` recursive); a plain missing file stays in the list so that its
-    row reports ``file not found``.
+    A folder gives its images (recursive, sorted; entries that are not regular files go to
+    ``not_regular`` when given, unread); a path that does not exist literally is tried as a glob
+    (``**`` recursive); a plain missing file stays in the list so that its row reports
+    ``file not found``.
     """
     from wastenet.data.images import IMAGE_EXTENSIONS, iter_image_files
 
@@ -163,7 +168,7 @@ def expand_paths(specs: Sequence[str]) -> tuple[list[str], dict[int, tuple[str, 
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = [str(f) for f in iter_image_files(p)]
+            found = [str(f) for f in iter_image_files(p, not_regular)]
             if not found:
                 missing[len(paths) + len(missing)] = (spec, "no image files in folder")
             paths.extend(found)
@@ -173,7 +178,7 @@ def expand_paths(specs: Sequence[str]) -> tuple[list[str], dict[int, tuple[str, 
             found = []
             for match in sorted(glob.glob(spec, recursive=True)):
                 if os.path.isdir(match):
-                    found.extend(str(f) for f in iter_image_files(match))
+                    found.extend(str(f) for f in iter_image_files(match, not_regular))
                 elif os.path.splitext(match)[1].lower() in IMAGE_EXTENSIONS:
                     found.append(match)
             if not found:

@@ -134,8 +134,12 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageDecodeError(reason, path) from None
 
 
-def iter_image_files(root: str | os.PathLike) -> list[Path]:
+def iter_image_files(root: str | os.PathLike, not_regular: list[Path] | None = None) -> list[Path]:
     """All image files under ``root`` (any depth), sorted; hidden files and folders skipped.
+
+    An entry with an image suffix that is not a regular file (a FIFO, a device, a socket, a
+    dangling link) is left out, never opened; given a list, ``not_regular`` receives them, so
+    that a caller can say how many it skipped.
 
     Suffixes are matched case-insensitively against :data:`IMAGE_EXTENSIONS`. Only names
     *below* ``root`` are checked for a leading dot, so a root such as ``~/.cache/...`` works.
@@ -163,6 +167,8 @@ def iter_image_files(root: str | os.PathLike) -> list[Path]:
                 full = Path(dirpath, name)
                 if full.is_file():
                     found.append(full)
+                elif not_regular is not None:
+                    not_regular.append(full)
     return sorted(found)
 
 
