@@ -1,4 +1,4 @@
-"""`wastenet eval`: evaluate a checkpoint on a split of a dataset and write a report.
+"""`wastenet eval`: evaluate a model file (.pt or .onnx) on a split of a dataset and write a report.
 
     wastenet eval --checkpoint runs/densenet121-wastenet/best.pt --data ../shared/data/trashnet \
         --split-file ../shared/data/trashnet-split.csv --split test
@@ -16,16 +16,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "Evaluate a checkpoint: accuracy, P/R/F1, confusion matrix, calibration, bin decisions."
+HELP = "Evaluate a model file (.pt or .onnx): accuracy, P/R/F1, confusion matrix, calibration, bin decisions."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from wastenet.evaluation.evaluator import SPLITS  # torch-free
 
-    p.add_argument("--checkpoint", required=True, help="a wastenet .pt checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="model file: a training checkpoint (.pt) or an exported model (.onnx, fp32 or INT8), "
+                        "as predict and serve take")
     p.add_argument("--data", required=True, help="class-folder dataset")
     p.add_argument("--split-file", help="CSV path,label,split (default: the run's split.csv beside the checkpoint)")
     p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out split rows whose file does not exist (default: refuse the split)")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     p.add_argument("--bin-thresholds", metavar="BIN=P,...|FILE.yaml",
                    help="per-bin thresholds, e.g. recyclable=0.97,landfill=0.6 (other bins: --threshold)")
@@ -57,6 +61,7 @@ def run_field(args: argparse.Namespace) -> int:
     from wastenet.decision import cli_threshold
     from wastenet.errors import ConfigError
     from wastenet.evaluation.field import VIEWS, evaluate_field, field_items, load_class_map
+    from wastenet.files import check_output
     from wastenet.inference.predictor import Classifier
 
     if not Path(args.data).is_dir():
@@ -67,11 +72,12 @@ def run_field(args: argparse.Namespace) -> int:
         raise ConfigError(f"--views: unknown view(s) {', '.join(bad)}; choose from {', '.join(VIEWS)}")
     if any(v != "full" for v in views) and not args.boxes:
         raise ConfigError("the crop and floor views need --boxes")
+    out = check_output(Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.data).name}",
+                       folder=True)
     clf = Classifier.load(args.checkpoint, device=args.device if args.device != "auto" else "cpu")
     cmap = load_class_map(args.class_map, clf.classes, clf.taxonomy.bin_names)
     items = field_items(args.data, cmap, args.boxes)
     threshold = cli_threshold(args.threshold, args.bin_thresholds, clf.taxonomy.bin_names, clf.threshold)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.data).name}"
     results = evaluate_field(clf, args.data, items, out, views=views, threshold=threshold,
                              ood_threshold=args.ood_threshold, search=args.search)
     print(f"report: {out / 'report.md'}")
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, split=args.split, split_file=args.split_file, threshold=args.threshold,
         bin_thresholds=args.bin_thresholds, taxonomy=args.taxonomy,
         target_contamination=args.target_contamination, recalibrate=args.recalibrate, tta=args.tta, out=args.out,
+        skip_missing=args.skip_missing,
         log=lambda msg: print(msg, flush=True))
     print(report.summary())
     return 1 if report.skipped else 0

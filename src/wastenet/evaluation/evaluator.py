@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from wastenet.decision import Threshold, check_threshold, cli_threshold
 from wastenet.errors import ConfigError
+from wastenet.files import check_output
 
 __all__ = ["EvalReport", "Evaluator", "SPLITS"]
 
@@ -74,20 +75,29 @@ class EvalReport:
 
 
 class Evaluator:
-    """A checkpoint to evaluate (``.pt``: eval needs the PyTorch model for Grad-CAM and the gallery)."""
+    """A model file to evaluate: a ``.pt`` checkpoint, or an ``.onnx`` file (fp32 or INT8) as the
+    edge runs it; ``predict``, ``serve`` and ``eval`` take the same files. An ONNX file's report
+    is the checkpoint's but for the Grad-CAM heatmaps in the mistakes gallery (no gradients),
+    and it cannot be ``recalibrate``d (that rewrites a checkpoint)."""
 
-    def __init__(self, ckpt: dict[str, Any], path: Path, device: str = "auto") -> None:
+    def __init__(self, ckpt: dict[str, Any], path: Path, device: str = "auto", classifier: Any = None) -> None:
         from wastenet.inference.runtime import resolve_device
 
-        self.ckpt = ckpt
+        self.ckpt = ckpt  # a checkpoint, or an ONNX file's checked metadata (then ``classifier`` runs it)
         self.path = Path(path)
         self.device = resolve_device(device)
+        self.classifier = classifier
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "Evaluator":
-        """Read a checkpoint (ConfigError if missing or not a wastenet checkpoint)."""
+        """Read a ``.pt`` checkpoint or an ``.onnx`` file (ConfigError if missing, foreign or malformed)."""
         from wastenet import checkpoint
 
+        if Path(path).suffix.lower() == ".onnx":
+            from wastenet.inference.predictor import Classifier
+
+            clf = Classifier.load(path, device="cpu" if device == "auto" else device)
+            return cls(clf.backend.metadata(), Path(path), "cpu", classifier=clf)
         return cls(checkpoint.load(path), Path(path), device)
 
     @property
@@ -97,7 +107,7 @@ class Evaluator:
     def evaluate(self, data: str | Path, *, split: str = "test", split_file: str | Path | None = None,
                  threshold: Threshold | None = None, bin_thresholds: str | None = None, taxonomy: Any = None,
                  target_contamination: float | str | Mapping[str, float] | None = None, recalibrate: bool = False,
-                 tta: bool = False, out: str | Path | None = None,
+                 tta: bool = False, out: str | Path | None = None, skip_missing: bool = False,
                  log: Callable[[str], None] | None = None) -> EvalReport:
         """Evaluate on ``split`` of ``data`` and write the report into ``out``.
 
@@ -111,7 +121,9 @@ class Evaluator:
         ``split`` (:func:`~wastenet.evaluation.decisions.suggest_bin_thresholds`); ``recalibrate``
         refits the temperature on the validation split, with the unknown-item rule's thresholds that depend on
         it, and stores them in the checkpoint (:func:`~wastenet.evaluation.finalise.finalise`); ``tta`` adds
-        the mirror image as ``predict --tta`` does. ``out`` defaults to ``CHECKPOINT_DIR/eval-SPLIT``; ``log`` receives progress lines.
+        the mirror image as ``predict --tta`` does. ``out`` defaults to ``CHECKPOINT_DIR/eval-SPLIT`` (checked writable
+        before any image is read); ``skip_missing`` leaves out split rows whose file is gone (else refused);
+        ``log`` receives progress lines.
         """
         from wastenet.data.datasets import build_cache
         from wastenet.evaluation.decisions import contamination_targets
@@ -123,6 +135,9 @@ class Evaluator:
         say = log or (lambda _msg: None)
         if split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+        if recalibrate and self.classifier is not None:
+            raise ConfigError(f"--recalibrate rewrites a .pt checkpoint; {self.path} is ONNX (re-export after "
+                              "recalibrating its checkpoint)")
         ckpt, classes = self.ckpt, self.classes
         tax = resolve_taxonomy(taxonomy or ckpt.get("taxonomy"), classes)
         # per-bin values need the bin names: checked after the taxonomy, still before any work
@@ -140,14 +155,16 @@ class Evaluator:
             threshold = ckpt["threshold"]
         elif isinstance(threshold, dict):  # bins it does not name keep the checkpoint's threshold
             threshold = {b: threshold.get(b, ckpt["threshold"]) for b in tax.bin_names}
-        rows, split = self._rows(data, split, split_file, say)
+        rows, split = self._rows(data, split, split_file, say, skip_missing)
+        out = check_output(Path(out) if out else self.path.parent / f"eval-{split}", folder=True)
         wanted = rows if split == "all" else [r for r in rows if r.split == split]
         if not wanted:
             raise ConfigError(f"no rows in split {split!r}")
 
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
-        subject = Subject(model_from_checkpoint(ckpt).to(self.device), prep, classes, tax,
-                          temperature=ckpt["temperature"], threshold=threshold, device=self.device, tta=tta)
+        model = None if self.classifier is not None else model_from_checkpoint(ckpt).to(self.device)
+        subject = Subject(model, prep, classes, tax, temperature=ckpt["temperature"], threshold=threshold,
+                          device=self.device, tta=tta, classifier=self.classifier)
         cache = build_cache(data, wanted, classes, prep.cache_size, prep.interpolation)
         for path, reason in cache.skipped:
             say(f"skipped {path}: {reason}")
@@ -175,19 +192,18 @@ class Evaluator:
                 say(f"{msg}; saved in {self.path}")
             if target_contamination is not None:
                 suggestion = suggest_for(subject, val_logits, val.labels, target_contamination)
-        out = Path(out) if out else self.path.parent / f"eval-{split}"
         result = evaluate(subject, cache, out, title=f"{ckpt['arch']} on {split} ({Path(data).name})", split=split,
                           suggestion=suggestion)
         return EvalReport(split=split, out=out, threshold=threshold, result=result, skipped=list(cache.skipped))
 
     def _rows(self, data: str | Path, split: str, split_file: str | Path | None,
-              say: Callable[[str], None]) -> tuple[list[Any], str]:
+              say: Callable[[str], None], skip_missing: bool = False) -> tuple[list[Any], str]:
         """The rows to draw splits from, and the split (``all`` when there is no split file)."""
         from wastenet.data.datasets import Row, read_split_file, scan_folder
 
         path = Path(split_file) if split_file else self.path.parent / "split.csv"
         if path.is_file():
-            rows = read_split_file(path, data)
+            rows = read_split_file(path, data, skip_missing=skip_missing)
         elif split == "all" or split_file is None:
             rows = [Row(r.path, r.label, "test") for r in scan_folder(data)[0]]
             if split != "all":

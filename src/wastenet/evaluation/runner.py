@@ -56,6 +56,8 @@ def _gallery(model, prep, classes, images_u8: np.ndarray, probs: np.ndarray, lab
     crops = center_crop_tensor(torch.from_numpy(images_u8[idx]), prep.hw).permute(0, 2, 3, 1).numpy()
     heatmaps = None
     try:
+        if model is None:
+            raise RuntimeError("an ONNX model has no gradients for Grad-CAM")
         from wastenet.data.augment import to_model_batch
         from wastenet.inference.explain import explain_batch, overlay_heatmap
 
@@ -81,9 +83,14 @@ def _save_jpeg(img: Any, path: Path) -> None:
 
 @dataclass
 class Subject:
-    """The model under evaluation and the decision rule it is judged with."""
+    """The model under evaluation and the decision rule it is judged with.
 
-    model: torch.nn.Module
+    ``model`` is a PyTorch network, or None for an ONNX file: ``classifier`` (an ONNX
+    :class:`~wastenet.inference.predictor.Classifier`, fp32 or INT8) then gives the logits, as
+    the edge runs it, and the mistakes gallery has no Grad-CAM (it needs gradients).
+    """
+
+    model: torch.nn.Module | None
     prep: Any
     classes: list[str]
     taxonomy: Any
@@ -92,12 +99,19 @@ class Subject:
     device: torch.device | str = "cpu"
     tta: bool = False
     frozen_backend: str = "auto"   # inference.runner.choose_backend's rule; onnxruntime fp32 is fp32 as deployed
+    classifier: Any = None         # an ONNX Classifier when ``model`` is None
 
     def logits(self, images_u8: np.ndarray, desc: str = "logits") -> np.ndarray:
         """Raw logits ``[N, C]`` of cached uint8 images, in full precision (``tta`` as predict does it),
-        on the fastest frozen-pass backend, with a progress bar."""
+        on the fastest frozen-pass backend (or the ONNX file's own session), with a progress bar."""
         from wastenet.inference.runner import frozen_logits
+        from wastenet.inference.runtime import map_cached
 
+        if self.model is None:  # the same crop and normalisation, then the file's graph
+            def run(x: torch.Tensor) -> torch.Tensor:
+                return torch.from_numpy(self.classifier.predict_arrays(x.numpy()))
+
+            return map_cached(run, images_u8, self.prep, "cpu", tta=self.tta).numpy()
         return frozen_logits(self.model, images_u8, self.prep, torch.device(self.device), dtype=None, tta=self.tta,
                              backend=self.frozen_backend, desc=desc).numpy()
 
