@@ -195,6 +195,19 @@ def test_eval_field_mode_writes_a_report_for_every_view(tiny_checkpoint, tmp_pat
     assert bad.returncode == 2 and "need --boxes" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_the_field_mode_from_python_is_the_same_call_as_the_command(tiny_checkpoint, tmp_path):
+    from wastenet.evaluation.evaluator import Evaluator
+
+    data = _field_folder(tmp_path / "field")
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("classes: {can: metal, jar: glass}\n")
+    results, out = Evaluator.field(tiny_checkpoint, data, cmap, out=tmp_path / "report")
+    assert list(results) == ["full"] and out == tmp_path / "report"  # no boxes: the full view only
+    assert results["full"]["n"] == len(list(data.rglob("*.jpg"))) and (out / "field.json").is_file()
+    with pytest.raises(ConfigError, match="need --boxes"):
+        Evaluator.field(tiny_checkpoint, data, cmap, views=["crop"])
+
+
 def test_a_new_kind_target_only_where_asked_for():
     from wastenet.errors import ConfigError
     from wastenet.evaluation.field import Target, parse_target

@@ -14,7 +14,6 @@ Field mode: a foreign data set, its classes mapped onto the model's (evaluation/
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 HELP = "Evaluate a model file (.pt or .onnx): accuracy, P/R/F1, confusion matrix, calibration, bin decisions."
 
@@ -58,28 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_field(args: argparse.Namespace) -> int:
     """The field report: every image of a foreign folder, scored as `predict` decides it."""
-    from wastenet.decision import cli_threshold
-    from wastenet.errors import ConfigError
-    from wastenet.evaluation.field import VIEWS, evaluate_field, field_items, load_class_map
-    from wastenet.files import check_output
-    from wastenet.inference.predictor import Classifier
+    from wastenet.evaluation.evaluator import Evaluator
 
-    if not Path(args.data).is_dir():
-        raise ConfigError(f"dataset folder not found: {args.data}")
-    views = (args.views.split(",") if args.views else ["full"] + (["crop", "floor"] if args.boxes else []))
-    bad = [v for v in views if v not in VIEWS]
-    if bad:
-        raise ConfigError(f"--views: unknown view(s) {', '.join(bad)}; choose from {', '.join(VIEWS)}")
-    if any(v != "full" for v in views) and not args.boxes:
-        raise ConfigError("the crop and floor views need --boxes")
-    out = check_output(Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.data).name}",
-                       folder=True)
-    clf = Classifier.load(args.checkpoint, device=args.device if args.device != "auto" else "cpu")
-    cmap = load_class_map(args.class_map, clf.classes, clf.taxonomy.bin_names)
-    items = field_items(args.data, cmap, args.boxes)
-    threshold = cli_threshold(args.threshold, args.bin_thresholds, clf.taxonomy.bin_names, clf.threshold)
-    results = evaluate_field(clf, args.data, items, out, views=views, threshold=threshold,
-                             ood_threshold=args.ood_threshold, search=args.search)
+    results, out = Evaluator.field(args.checkpoint, args.data, args.class_map, boxes=args.boxes,
+                                   views=args.views.split(",") if args.views else None, threshold=args.threshold,
+                                   bin_thresholds=args.bin_thresholds, ood_threshold=args.ood_threshold,
+                                   search=args.search, out=args.out, device=args.device)
     print(f"report: {out / 'report.md'}")
     return 1 if any(r["errors"] or r["skipped"] for r in results.values()) else 0
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 from wastenet.data.images import IMAGE_EXTENSIONS, sniff_format
 from wastenet.errors import ConfigError
+from wastenet.files import write_atomic
 
 __all__ = [
     "HOUSEHOLD_CLASSES",
@@ -137,7 +138,7 @@ def fetch_trashnet(cache_dir: str | os.PathLike | None = None) -> Path:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    (out / _MARKER).write_text(json.dumps({"source": TRASHNET_REPO_ID}) + "\n", "utf-8")
+    write_atomic(out / _MARKER, json.dumps({"source": TRASHNET_REPO_ID}) + "\n")
     return out
 
 
@@ -277,7 +278,7 @@ def fetch_kaggle_household(cache_dir: str | os.PathLike | None = None) -> Path:
             "class folders (e.g. images/images/aerosol_cans)"
         )
     cache.mkdir(parents=True, exist_ok=True)
-    record.write_text(str(root.resolve()) + "\n", "utf-8")
+    write_atomic(record, str(root.resolve()) + "\n")
     return root
 
 

@@ -5,6 +5,7 @@ It mirrors the command line as :class:`~wastenet.inference.predictor.Classifier`
 
     ev = Evaluator.load("runs/densenet121/best.pt", device="auto")
     report = ev.evaluate("data/trashnet", split="test", target_contamination=0.01)
+    results, out = Evaluator.field("runs/x/best.pt", "field-photos", "field.yaml")   # field mode
     ev.evaluate("data/trashnet", target_contamination={"recyclable": 0.02, "landfill": 0.3})  # per bin
     report.metrics["accuracy"], report.decision["coverage"], report.out / "report.md"
     print(report.summary())          # the lines `wastenet eval` prints
@@ -99,6 +100,20 @@ class Evaluator:
             clf = Classifier.load(path, device="cpu" if device == "auto" else device)
             return cls(clf.backend.metadata(), Path(path), "cpu", classifier=clf)
         return cls(checkpoint.load(path), Path(path), device)
+
+    @staticmethod
+    def field(model: str | Path, data: str | Path, class_map: str | Path, **options: Any) -> tuple[dict[str, Any], Path]:
+        """``wastenet eval --class-map``: a foreign folder scored as a bin decides it (``.pt`` or ``.onnx``).
+
+            results, out = Evaluator.field("runs/x/best.pt", "../shared/data/field-drinkingwaste",
+                                           "benchmarks/field/drinkingwaste.yaml", boxes="labels.csv")
+            results["full"]["auto_sorted_class_accuracy"], out / "report.md"
+
+        ``options``: see :func:`wastenet.evaluation.field.field_report_for` (boxes, views, threshold, ...).
+        """
+        from wastenet.evaluation.field import field_report_for
+
+        return field_report_for(model, data, class_map, **options)
 
     @property
     def classes(self) -> list[str]:

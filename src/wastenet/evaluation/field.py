@@ -10,6 +10,11 @@ same code as ``wastenet predict`` and ``serve``, so the figures describe what a 
     items = field_items("../shared/data/field-drinkingwaste", cmap, boxes="labels.csv")
     result = evaluate_field(clf, items, "runs/x/field", view="full")      # or view="crop"
 
+or, from the paths alone (``wastenet eval --class-map``, ``Evaluator.field``)::
+
+    results = field_report_for("runs/x/best.pt", "../shared/data/field-drinkingwaste", "field.yaml",
+                               boxes="labels.csv")
+
 ``--boxes CSV`` (``path,label,bbox`` with ``bbox = "xmin,ymin,xmax,ymax"``) also scores the
 item crop, as a bin camera looking at a drop tray would see it, and "floor only" crops that
 hold no item at all: those must go to manual sort (the unknown-item rule).
@@ -18,6 +23,7 @@ hold no item at all: those must go to manual sort (the unknown-item rule).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ from PIL import Image
 
 from wastenet.decision import MANUAL_SORT, UNKNOWN  # the decision rule's words ("unknown": manual sort)
 from wastenet.errors import ConfigError
+from wastenet.files import check_output, write_atomic
 
 # An item crop is the item's box grown by this share of its size on each side, then made
 # square: a little context, as a drop-tray camera would frame it.
@@ -298,10 +305,40 @@ def evaluate_field(clf: Any, root: str | Path, items: Sequence[FieldItem], out_d
         }
         results[view] = result
         _log(summary_line(result))
-    (out / "field.json").write_text(json.dumps(
+    write_atomic(out / "field.json", json.dumps(
         {v: {k: x for k, x in r.items() if k != "rows"} for v, r in results.items()}, indent=2, default=str))
     R.write_field_report(out / "report.md", results, title=f"{clf.arch} on {Path(root).name}", root=root)
     return results
+
+
+def field_report_for(model: str | Path, data: str | Path, class_map: str | Path, *, boxes: str | Path | None = None,
+                     views: Sequence[str] | None = None, threshold: float | None = None,
+                     bin_thresholds: str | None = None, ood_threshold: float | None = None, search: bool = False,
+                     out: str | Path | None = None, device: str = "cpu") -> tuple[dict[str, Any], Path]:
+    """The field mode from paths: check the options, load ``model`` (``.pt`` or ``.onnx``), score, report.
+
+    ``views`` defaults to ``full``, plus ``crop`` and ``floor`` when ``boxes`` is given; ``out``
+    to ``MODEL_DIR/eval-DATA``. Returns the per-view results and the report folder.
+    """
+    from wastenet.decision import cli_threshold
+    from wastenet.inference.predictor import Classifier
+
+    if not Path(data).is_dir():
+        raise ConfigError(f"dataset folder not found: {data}")
+    views = list(views) if views else ["full"] + (["crop", "floor"] if boxes else [])
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise ConfigError(f"--views: unknown view(s) {', '.join(bad)}; choose from {', '.join(VIEWS)}")
+    if any(v != "full" for v in views) and not boxes:
+        raise ConfigError("the crop and floor views need --boxes")
+    out_dir = check_output(Path(out) if out else Path(model).parent / f"eval-{Path(data).name}", folder=True)
+    clf = Classifier.load(model, device=device if device != "auto" else "cpu")
+    cmap = load_class_map(class_map, clf.classes, clf.taxonomy.bin_names)
+    items = field_items(data, cmap, boxes)
+    thr = cli_threshold(threshold, bin_thresholds, clf.taxonomy.bin_names, clf.threshold)
+    results = evaluate_field(clf, data, items, out_dir, views=views, threshold=thr,
+                             ood_threshold=ood_threshold, search=search)
+    return results, out_dir
 
 
 def summary_line(r: Mapping[str, Any]) -> str:
@@ -318,10 +355,11 @@ def summary_line(r: Mapping[str, Any]) -> str:
 def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     if not rows:
         return
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def _log(msg: str) -> None:

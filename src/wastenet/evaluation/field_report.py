@@ -13,14 +13,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from wastenet.evaluation.report import _f, _figure, _image, _pct, _save, _table
+from wastenet.evaluation.figures import figure, save
+from wastenet.evaluation.markdown import image, num, pct, table
+from wastenet.files import write_atomic
 
 GALLERY = 8
 
 
 def plot_confidence_split(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Histograms of the bin confidence of right and wrong bin calls (the overlap is the trouble)."""
-    fig, axs = _figure(figsize=(5.5, 3.2))
+    fig, axs = figure(figsize=(5.5, 3.2))
     ax = axs[0][0]
     right = [r["bin_confidence"] for r in rows if r["bin_ok"]]
     wrong = [r["bin_confidence"] for r in rows if not r["bin_ok"]]
@@ -30,12 +32,12 @@ def plot_confidence_split(rows: Sequence[Mapping[str, Any]], path: str | os.Path
     ax.set_xlabel("bin confidence")
     ax.set_ylabel("items")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_reliability_rows(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], n_bins: int = 10) -> Path:
     """Reliability of the class confidence on class-mapped items: accuracy per confidence bin."""
-    fig, axs = _figure(figsize=(4, 4))
+    fig, axs = figure(figsize=(4, 4))
     ax = axs[0][0]
     conf = np.array([r["confidence"] for r in rows], dtype=float)
     ok = np.array([r["class_ok"] for r in rows], dtype=float)
@@ -54,7 +56,7 @@ def plot_reliability_rows(rows: Sequence[Mapping[str, Any]], path: str | os.Path
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _gallery(rows: Sequence[Mapping[str, Any]], view: str, out: Path, root: str | Path | None) -> list[str]:
@@ -77,11 +79,11 @@ def _gallery(rows: Sequence[Mapping[str, Any]], view: str, out: Path, root: str 
             img.thumbnail((240, 240))
             name = f"{view}-{n:02d}.jpg"
             img.save(folder / name, quality=85)
-            lines.append(_image(f"{r['path']}: {r['label']} {r['confidence']:.2f}", f"mistakes/{name}"))
+            lines.append(image(f"{r['path']}: {r['label']} {r['confidence']:.2f}", f"mistakes/{name}"))
         lines.append("")
-    lines.append(_table(["path", "target", "said", "confidence", "decision", "bin confidence"],
-                        [[r["path"], r["target"], r["label"], _f(r["confidence"], 3), r["decision"],
-                          _f(r["bin_confidence"], 3)] for r in wrong]))
+    lines.append(table(["path", "target", "said", "confidence", "decision", "bin confidence"],
+                        [[r["path"], r["target"], r["label"], num(r["confidence"], 3), r["decision"],
+                          num(r["bin_confidence"], 3)] for r in wrong]))
     return lines + [""]
 
 
@@ -98,34 +100,34 @@ def write_field_report(path: str | os.PathLike[str], results: Mapping[str, Mappi
             lines += [f"Unknown-item threshold {r['unknown_threshold']:.4g}"
                       + (" (item search: fitted on searched validation photos where the model has one)."
                          if r.get("search") else " (whole photos)."), ""]
-        lines.append(_table(["figure", "value"], [
-            ["class accuracy", _f(r["class_accuracy"], 3)],
-            ["bin accuracy", _f(r["bin_accuracy"], 3)],
-            ["coverage (auto-sorted)", _pct(r["coverage"])],
-            ["manual-sort rate", _pct(r["manual_sort_rate"])],
-            ["... of which unknown-item rule", _pct(r.get("manual_sort_unknown"))],
-            ["... of which low confidence", _pct(r.get("manual_sort_low_confidence"))],
-            ["auto-sorted items in the right class", _f(r["auto_sorted_class_accuracy"], 3)],
-            ["auto-sorted items in the right bin", _f(r["auto_sorted_bin_accuracy"], 3)],
-            ["unknown items sent to manual sort", _f(r["unknown_rejected"], 3)],
-            ["worst bin contamination", _pct(r["max_contamination"])],
+        lines.append(table(["figure", "value"], [
+            ["class accuracy", num(r["class_accuracy"], 3)],
+            ["bin accuracy", num(r["bin_accuracy"], 3)],
+            ["coverage (auto-sorted)", pct(r["coverage"])],
+            ["manual-sort rate", pct(r["manual_sort_rate"])],
+            ["... of which unknown-item rule", pct(r.get("manual_sort_unknown"))],
+            ["... of which low confidence", pct(r.get("manual_sort_low_confidence"))],
+            ["auto-sorted items in the right class", num(r["auto_sorted_class_accuracy"], 3)],
+            ["auto-sorted items in the right bin", num(r["auto_sorted_bin_accuracy"], 3)],
+            ["unknown items sent to manual sort", num(r["unknown_rejected"], 3)],
+            ["worst bin contamination", pct(r["max_contamination"])],
         ]))
         lines += ["", "### Per class", ""]
-        lines.append(_table(["foreign class", "target", "n", "class acc", "bin acc", "manual sort", "auto right", "called"],
-                            [[c["foreign"], c["target"], c["n"], _f(c["class_accuracy"], 3), _f(c["bin_accuracy"], 3),
-                              _pct(c["manual_sort"]), _f(c["auto_sorted_right"], 3),
+        lines.append(table(["foreign class", "target", "n", "class acc", "bin acc", "manual sort", "auto right", "called"],
+                            [[c["foreign"], c["target"], c["n"], num(c["class_accuracy"], 3), num(c["bin_accuracy"], 3),
+                              pct(c["manual_sort"]), num(c["auto_sorted_right"], 3),
                               ", ".join(f"{k} {v}" for k, v in list(c["called"].items())[:4])]
                              for c in r["per_class"]]))
         lines += ["", "### Per bin (automatic decisions)", ""]
-        lines.append(_table(["bin", "items put in", "wrong", "contamination"],
-                            [[b["bin"], b["count"], b["contaminated"], _pct(b["contamination"])] for b in r["per_bin"]]))
+        lines.append(table(["bin", "items put in", "wrong", "contamination"],
+                            [[b["bin"], b["count"], b["contaminated"], pct(b["contamination"])] for b in r["per_bin"]]))
         lines.append("")
         class_rows = [x for x in r["rows"] if x["target"] != "unknown" and not x["target"].startswith("bin:")]
         rel = plot_reliability_rows(class_rows, out / f"reliability-{view}.png")
         for name in (r.get("figures") or {}).values():
-            lines += [_image(name, name), ""]
-        lines += [_image("reliability", rel.name), ""]
+            lines += [image(name, name), ""]
+        lines += [image("reliability", rel.name), ""]
         lines += ["### Most confident wrong decisions", ""]
         lines += _gallery(r["rows"], view, out, root)
-    out_path.write_text("\n".join(lines) + "\n")
+    write_atomic(out_path, "\n".join(lines) + "\n")
     return out_path

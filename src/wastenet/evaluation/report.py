@@ -19,47 +19,25 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from wastenet.evaluation.figures import figure as _figure  # noqa: F401 - field_report.py imports it from here
 from wastenet.evaluation.figures import plot_confusion_matrix, plot_coverage, plot_curves, plot_reliability
-from wastenet.evaluation.figures import save as _save  # noqa: F401 - field_report.py imports it from here
 from wastenet.evaluation.figures import threshold_label as _threshold
+from wastenet.evaluation.markdown import cell as _cell
+from wastenet.evaluation.markdown import image as _image
+from wastenet.evaluation.markdown import num as _f
+from wastenet.evaluation.markdown import pct as _pct
+from wastenet.evaluation.markdown import table as _table
 from wastenet.files import write_atomic
 
 __all__ = ["plot_confusion_matrix", "plot_curves", "plot_reliability", "plot_coverage", "write_report"]
 
 
 # --------------------------------------------------------------------------- markdown
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _f(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{float(value):.{digits}f}"
-
-
-def _pct(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{float(value):.1%}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
-    align = align or "l" + "r" * (len(header) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def bin_suggestion_section(s: Mapping[str, Any]) -> str:
@@ -84,10 +62,6 @@ def bin_suggestion_section(s: Mapping[str, Any]) -> str:
         _table(["bin", "target", "threshold", "validation items", "validation coverage", "validation contamination",
                 "achievable", f"{split} coverage", f"{split} contamination"], rows),
     ])
-
-
-def _image(alt: str, rel: str) -> str:
-    return f"![{alt}]({Path(rel).as_posix()})"
 
 
 def _class_name(value: Any, classes: Sequence[str]) -> str:

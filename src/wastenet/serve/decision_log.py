@@ -1,4 +1,6 @@
 """The decision log: every bin decision the service makes, in one SQLite file.
+Long because: one class owns the file (schema, migration, transactions, every query), so that no
+other module opens the database or writes SQL against it.
 
 Each decision is committed in its own transaction (WAL journal, ``synchronous=FULL``)
 before the HTTP response is sent, so a server killed mid-request loses nothing it has
@@ -17,8 +19,7 @@ order, and a reviewed photo that was not exported is never deleted (:mod:`wasten
     log.export_dataset("data/reviewed")                   # {'plastic': 1}: class folders
     # then: wastenet train --data data/reviewed ...
 
-Torch-free (stdlib ``sqlite3`` plus Pillow for the rare re-encode on export). About 480 lines: one
-class owns the file (schema, migration, transactions, every query); what the cap may evict is in
+Torch-free (stdlib ``sqlite3`` plus Pillow for the rare re-encode on export). What the cap may evict is in
 :mod:`~wastenet.serve.log_cap`, the item checks in :mod:`~wastenet.serve.log_items`, the export in
 :mod:`~wastenet.serve.log_export`.
 """
