@@ -457,3 +457,19 @@ def test_serve_cli_refuses_bad_caps_and_tokens(tiny_checkpoint, capsys):
         assert main(["serve", "--checkpoint", str(tiny_checkpoint), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_export_whose_write_fails_leaves_no_class_folder_and_exits_1(log, tmp_path, monkeypatch):
+    from wastenet.serve import log_export
+
+    i = log.record(pred(), photo(), "a.jpg", 0.9, "m", "api")
+    log.review(i, "metal")
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(log_export, "write_atomic", full_disk)
+    out = tmp_path / "out"
+    assert main(["review", "--log-db", str(log.path), "--export", str(out)]) == 1
+    assert list(out.iterdir()) == []  # before the fix: an empty metal/ that training would count as a class
+    assert log.get(i)["exported_at"] is None

@@ -56,10 +56,16 @@ def export_reviewed(log: "DecisionLog", out_dir: str | os.PathLike,
             continue
         folder = out / label
         target = folder / f"{decision_id}_{safe_stem(row['image_name'])}{ext}"
+        made = not folder.exists()
         try:
             folder.mkdir(exist_ok=True)
             write_atomic(target, data)  # never a half-written image in the dataset
         except (OSError, WastenetError) as exc:
+            if made:  # no empty class folder for a photo that was not written (training would see the class)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
             on_skip(decision_id, f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}")
             continue
         log.mark_exported(decision_id, row["reviewed_label"])  # one at a time: what was written is marked
