@@ -178,7 +178,7 @@ def _with_metadata(src: Path, dst: Path, **changes) -> Path:
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"classes": 5}, "unreadable wastenet metadata"),
+    ({"classes": 5}, "classes must be a non-empty list"),  # model_metadata.check_metadata
     ({"classes": ["a", "b", "c", "d", "e"], "taxonomy": None}, "names 5 classes"),
     ({"input_size": 40}, "40 px input"),
 ])
