@@ -73,13 +73,13 @@ def read_split_file(path: str | Path, root: str | Path | None = None, *, skip_mi
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"split file not found: {path}")
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a spreadsheet's byte-order mark is fine
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"split file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line})"
-                          ) from None
-    if "\0" in text:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"split file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})") from None
+    if "\0" in text:  # csv would pass it on, and every file call on that path raises ValueError
         raise ConfigError(f"split file {path} holds a NUL byte on line {text[: text.index(chr(0))].count(chr(10)) + 1}"
                           " (not a text file)")
     reader = csv.DictReader(io.StringIO(text, newline=""))
