@@ -108,7 +108,6 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     a version of the same model reads them instead of recomputing most of its passes.
     """
     import torch
-    import torch.nn.functional as F
 
     from wastenet import checkpoint
     from wastenet.data.augment import AugmentConfig, KerasAugment
@@ -195,31 +194,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
 
     head = model.get_classifier()
     before_val = float((head(x_val).argmax(1) == y_val).float().mean())
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best = (math.inf, {k: v.clone() for k, v in head.state_dict().items()})
-    stale = 0
-    for epoch in range(cfg.epochs):
-        head.train()
-        # the site's items and the rehearsal data weigh half each, however many there are of each
-        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
-            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        head.eval()
-        with torch.no_grad():
-            vl = float(F.cross_entropy(head(x_val), y_val))
-        if vl < best[0] - 1e-4:
-            best, stale = (vl, {k: v.clone() for k, v in head.state_dict().items()}), 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-    head.load_state_dict(best[1])
-    head.eval()
-    with torch.no_grad():
-        val_logits = head(x_val).numpy()
+    val_logits = fit_head(head, (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val), cfg).numpy()
     val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
 
     # the site's items are known now: the unknown-item statistics include them (clean features,
@@ -251,6 +226,48 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
          f"validation accuracy {before_val:.3f} -> {val_acc:.3f}, temperature {temperature:.3f}; {path}")
     return {"checkpoint": str(path), "val_accuracy_before": before_val, "val_accuracy": val_acc,
             "temperature": float(temperature), "seconds": seconds, **ckpt["adapted"]}
+
+
+def fit_head(head: "torch.nn.Module", reviewed: tuple, rehearsal: tuple, val: tuple,
+             cfg: AdaptConfig | None = None) -> "torch.Tensor":
+    """Train ``head`` in place on (features, labels) pairs; returns its logits on ``val`` (eval mode).
+
+    The site's items and the rehearsal set weigh half each in every batch, however many there are
+    of each (an empty rehearsal: reviewed items only); the weights with the lowest validation loss
+    are kept, with early stopping after ``cfg.patience`` epochs without a gain. ``head`` is any
+    module from features to logits (the model's own classifier, or one a benchmark compares)::
+
+        logits = fit_head(model.get_classifier(), (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val))
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cfg = cfg or AdaptConfig()
+    (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val) = reviewed, rehearsal, val
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best = (math.inf, {k: v.clone() for k, v in head.state_dict().items()})
+    stale = 0
+    for epoch in range(cfg.epochs):
+        head.train()
+        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
+            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            vl = float(F.cross_entropy(head(x_val), y_val))
+        if vl < best[0] - 1e-4:
+            best, stale = (vl, {k: v.clone() for k, v in head.state_dict().items()}), 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    head.load_state_dict(best[1])
+    head.eval()
+    with torch.no_grad():
+        return head(x_val)
 
 
 _CACHE_KEEP = 3
