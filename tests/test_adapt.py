@@ -63,3 +63,36 @@ def test_the_rehearsal_features_are_read_back_on_the_next_run(tiny_checkpoint, i
     assert "rehearsal features read from" in capsys.readouterr().err
     assert second["val_accuracy"] == first["val_accuracy"]  # the same features: the same fit
     assert second["mix_train"] == first["mix_train"]
+
+
+def test_a_later_run_passes_only_the_reviewed_photos_it_has_not_seen(tiny_checkpoint, image_folder, tmp_path, capsys):
+    """The service adapts again on a log that only grows: stored photos' features are read, new ones passed."""
+    import shutil
+
+    import numpy as np
+
+    from wastenet.training.adapt import AdaptConfig, adapt
+    from wastenet.training.feature_store import ItemFeatureStore
+
+    reviewed = tmp_path / "reviewed"
+    shutil.copytree(image_folder, reviewed)
+    extra = sorted(reviewed.rglob("*.jpg"))[:2]
+    held = tmp_path / "later"
+    held.mkdir()
+    moved = {held / f"{i}{p.suffix}": p for i, p in enumerate(extra)}
+    for away, p in moved.items():  # two photos the first run does not have
+        shutil.move(p, away)
+    cfg = AdaptConfig(epochs=2, views=2)
+    kw = dict(cfg=cfg, search=False, feature_cache=tmp_path / "cache")
+    first = adapt(tiny_checkpoint, reviewed, tmp_path / "a", **kw)
+    n = first["reviewed_train"] + first["reviewed_val"]
+    assert f"reviewed features: 0 of {n} photos" in capsys.readouterr().err
+    for away, p in moved.items():
+        shutil.move(away, p)
+    adapt(tiny_checkpoint, reviewed, tmp_path / "b", **kw)
+    assert f"reviewed features: {n} of {n + 2} photos" in capsys.readouterr().err
+    (store_file,) = (tmp_path / "cache").glob("items-*.npz")
+    with np.load(store_file) as z:  # the file holds the latest run's photos, each with its views
+        assert len(z["keys"]) == n + 2 and z["views"].shape[:1] == (2,)
+    assert ItemFeatureStore.keys_of(np.zeros((2, 3, 4, 4), np.uint8))[0] == ItemFeatureStore.keys_of(
+        np.zeros((1, 3, 4, 4), np.uint8))[0]  # a photo is its pixels

@@ -26,6 +26,13 @@ CONT = {"recyclable": {"value": 0.1}}
      {"class_accuracy": 0.9, "contamination": {"recyclable": {"value": 0.2}}}, False),
     ({"class_accuracy": 0.6, "contamination": CONT},  # same accuracy, a cleaner bin
      {"class_accuracy": 0.6, "contamination": {"recyclable": {"value": 0.0}}}, True),
+    ({"class_accuracy": 1.0, "contamination": {}, "auto_share": 0.1, "auto_class_accuracy": 1.0},  # a tie, but
+     {"class_accuracy": 1.0, "contamination": CONT | {"recyclable": {"value": 0.0}},  # fewer manual sorts,
+      "auto_share": 0.6, "auto_class_accuracy": 1.0}, True),                          # all of them right
+    ({"class_accuracy": 1.0, "contamination": {}, "auto_share": 0.0, "auto_class_accuracy": None},
+     {"class_accuracy": 1.0, "contamination": {}, "auto_share": 0.6, "auto_class_accuracy": 0.9}, False),  # a wrong one
+    ({"class_accuracy": 0.9, "contamination": {}, "auto_share": 0.5, "auto_class_accuracy": 0.9},
+     {"class_accuracy": 0.9, "contamination": {}, "auto_share": 0.4, "auto_class_accuracy": 1.0}, False),  # sorts less
 ])
 def test_a_candidate_must_be_no_worse_anywhere_and_better_somewhere(current, candidate, promoted):
     got, why = promotion({"n": 10, **current}, {"n": 10, **candidate})

@@ -52,24 +52,29 @@ def score(classifier: Any, images: Sequence[Any], items: Sequence[dict[str, Any]
     preds = classifier.predict(list(images), threshold=classifier.threshold) if images else []
     right = sum(p.label == it["label"] for p, it in zip(preds, items))
     bins: dict[str, dict[str, int]] = {}
-    auto = 0
+    auto = auto_right = 0
     for p, it in zip(preds, items):
         if p.decision in (None, "manual_sort", "error"):
             continue
         auto += 1
+        auto_right += int(p.label == it["label"])
         b = bins.setdefault(p.decision, {"k": 0, "n": 0})
         b["n"] += 1
         b["k"] += int((it["bin"] or classifier.taxonomy.bin_of(it["label"])) != p.decision)
     return {"n": len(items), "class_accuracy": right / len(items) if items else None,
             "auto_share": auto / len(items) if items else None,
+            "auto_class_accuracy": auto_right / auto if auto else None,
             "contamination": {name: {**b, "value": b["k"] / b["n"]} for name, b in sorted(bins.items())}}
 
 
 def promotion(current: dict[str, Any], candidate: dict[str, Any]) -> tuple[bool, str]:
     """Promote only when class accuracy is not lower and no bin's contamination is higher, and one of them
-    is better (a tie keeps the current model). Returns ``(promoted, why)``.
+    is better, or, both equal, the candidate sorts more of the held-out items itself without being less
+    often right on what it sorts (fewer manual sorts at no cost); anything else is a tie and keeps the
+    current model. Returns ``(promoted, why)``.
 
-    >>> promotion({"class_accuracy": 0.5, "contamination": {}}, {"class_accuracy": 0.7, "contamination": {}})
+    >>> promotion({"n": 10, "class_accuracy": 0.5, "contamination": {}},
+    ...           {"n": 10, "class_accuracy": 0.7, "contamination": {}})
     (True, 'class accuracy 0.500 -> 0.700; no bin more contaminated')
     """
     if not candidate.get("n"):
@@ -87,6 +92,13 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any]) -> tuple[bool,
     if reasons:
         return False, "; ".join(reasons)
     if not better:
+        share_a, share_b = current.get("auto_share") or 0.0, candidate.get("auto_share") or 0.0
+        # an item the current model sorts none of gives nothing to be worse than: the candidate must be right
+        right_a = current.get("auto_class_accuracy") if share_a else 1.0
+        right_b = candidate.get("auto_class_accuracy")
+        if share_b > share_a and right_b is not None and right_a is not None and right_b >= right_a:
+            return True, (f"class accuracy {b:.3f} and no bin more contaminated; sorts {share_a:.0%} -> {share_b:.0%} "
+                          f"of the held-out items itself, {right_b:.3f} of them in the right class")
         return False, f"a tie (class accuracy {b:.3f}, no bin less contaminated): the current model stays"
     return True, f"class accuracy {a:.3f} -> {b:.3f}; no bin more contaminated"
 

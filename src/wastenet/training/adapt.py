@@ -108,7 +108,6 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     a version of the same model reads them instead of recomputing most of its passes.
     """
     import torch
-    import torch.nn.functional as F
 
     from wastenet import checkpoint
     from wastenet.data.augment import AugmentConfig, KerasAugment
@@ -167,7 +166,16 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
                   for v in range(n_views)]
         return torch.cat(feats), torch.from_numpy(np.tile(c.labels, 1 + n_views)).long()
 
-    x_rev, y_rev = views_of(parts["reviewed train"], cfg.views, "reviewed features")
+    store = None
+    if feature_cache:
+        from wastenet.training.feature_store import ItemFeatureStore, backbone_key
+
+        store = ItemFeatureStore(feature_cache, backbone_key(model, prep.to_dict()), cfg.views, cfg.seed)
+        clean, views = store.features(parts["reviewed train"], passes, augment)
+        x_rev = torch.from_numpy(np.concatenate([clean, *views]))
+        y_rev = torch.from_numpy(np.tile(parts["reviewed train"].labels, 1 + cfg.views)).long()
+    else:
+        x_rev, y_rev = views_of(parts["reviewed train"], cfg.views, "reviewed features")
     if cached is not None:
         x_mix, y_mix = torch.from_numpy(cached["x_mix"]), torch.from_numpy(cached["y_mix"]).long()
         _log(f"rehearsal features read from {cache_file}")
@@ -176,7 +184,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
                         else (torch.zeros(0, x_rev.shape[1]), torch.zeros(0, dtype=torch.long)))
     val_feats, val_labels = [], []
     if parts["reviewed val"] is not None:
-        f, _ = passes(parts["reviewed val"].images, desc="validation features")
+        f = (store.features(parts["reviewed val"], passes, with_views=False, desc="validation features")[0]
+             if store is not None else passes(parts["reviewed val"].images, desc="validation features")[0])
         val_feats.append(torch.from_numpy(f))
         val_labels.append(torch.from_numpy(parts["reviewed val"].labels).long())
     if cached is not None and len(cached["y_val"]):
@@ -192,34 +201,13 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         mix_y_val = torch.cat(val_labels)[n_rev_val:] if val_labels else torch.zeros(0, dtype=torch.long)
         _write_rehearsal(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
     x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
+    if store is not None:
+        store.save()
+        _log(f"reviewed features: {store.reused} of {len(rev_train) + len(rev_val)} photos read from {store.path.name}")
 
     head = model.get_classifier()
     before_val = float((head(x_val).argmax(1) == y_val).float().mean())
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best = (math.inf, {k: v.clone() for k, v in head.state_dict().items()})
-    stale = 0
-    for epoch in range(cfg.epochs):
-        head.train()
-        # the site's items and the rehearsal data weigh half each, however many there are of each
-        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
-            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        head.eval()
-        with torch.no_grad():
-            vl = float(F.cross_entropy(head(x_val), y_val))
-        if vl < best[0] - 1e-4:
-            best, stale = (vl, {k: v.clone() for k, v in head.state_dict().items()}), 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-    head.load_state_dict(best[1])
-    head.eval()
-    with torch.no_grad():
-        val_logits = head(x_val).numpy()
+    val_logits = fit_head(head, (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val), cfg).numpy()
     val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
 
     # the site's items are known now: the unknown-item statistics include them (clean features,
@@ -253,24 +241,58 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
             "temperature": float(temperature), "seconds": seconds, **ckpt["adapted"]}
 
 
+def fit_head(head: "torch.nn.Module", reviewed: tuple, rehearsal: tuple, val: tuple,
+             cfg: AdaptConfig | None = None) -> "torch.Tensor":
+    """Train ``head`` in place on (features, labels) pairs; returns its logits on ``val`` (eval mode).
+
+    The site's items and the rehearsal set weigh half each in every batch, however many there are
+    of each (an empty rehearsal: reviewed items only); the weights with the lowest validation loss
+    are kept, with early stopping after ``cfg.patience`` epochs without a gain. ``head`` is any
+    module from features to logits (the model's own classifier, or one a benchmark compares)::
+
+        logits = fit_head(model.get_classifier(), (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val))
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cfg = cfg or AdaptConfig()
+    (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val) = reviewed, rehearsal, val
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best = (math.inf, {k: v.clone() for k, v in head.state_dict().items()})
+    stale = 0
+    for epoch in range(cfg.epochs):
+        head.train()
+        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
+            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            vl = float(F.cross_entropy(head(x_val), y_val))
+        if vl < best[0] - 1e-4:
+            best, stale = (vl, {k: v.clone() for k, v in head.state_dict().items()}), 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    head.load_state_dict(best[1])
+    head.eval()
+    with torch.no_grad():
+        return head(x_val)
+
+
 _CACHE_KEEP = 3
 
 
 def _rehearsal_key(model: Any, prep: Any, mix: Any, mix_train: list[Row], mix_val: list[Row], cfg: AdaptConfig) -> str:
     """What the rehearsal features depend on: the backbone's weights (not the head's), the preprocessing,
     the rows and their labels, the views and the seed."""
-    import hashlib
+    from wastenet.training.feature_store import backbone_key
 
-    head = {id(p) for p in model.get_classifier().parameters()}
-    h = hashlib.sha256()
-    for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) in head:
-            continue
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
     rows = [(r.path, r.label) for r in mix_train] + [("val", r.path, r.label) for r in mix_val]
-    h.update(repr((str(Path(mix).resolve()), prep.to_dict(), rows, cfg.views, cfg.seed)).encode())
-    return h.hexdigest()[:20]
+    return backbone_key(model, str(Path(mix).resolve()), prep.to_dict(), rows, cfg.views, cfg.seed)
 
 
 def _read_rehearsal(path: Path) -> dict[str, np.ndarray] | None:
