@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -106,6 +105,7 @@ def main() -> int:
     from wastenet.evaluation.calibration import fit_temperature
     from wastenet.evaluation.field import load_class_map
     from wastenet.inference.runner import FeaturePasses
+    from wastenet.machine import cpu_description
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
     from wastenet.training.adapt import AdaptConfig, fit_head
@@ -148,7 +148,7 @@ def main() -> int:
     reviewed = [k for k, d in enumerate(decided) if d["kind"] in ("manual_sort", "audit")]
     points = [reviewed[n - 1] + 1 for n in range(args.every, len(reviewed) + 1, args.every)]
     variants = args.variants.split(",")
-    out = {"cpu": platform.processor() or platform.machine(), "checkpoint": args.checkpoint, "result": args.result,
+    out = {"cpu": cpu_description(), "checkpoint": args.checkpoint, "result": args.result,
            "every": args.every, "reviewed": len(reviewed), "items": len(decided), "threshold": threshold,
            "points": []}
     for p_i, t in enumerate(points):
