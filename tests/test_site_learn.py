@@ -102,6 +102,7 @@ def test_a_candidate_from_the_log_is_scored_on_held_out_items_and_grows_new_kind
         assert result["scores"][side]["n"] == 6
     version = VersionStore(tmp_path / "models").get(result["version"])
     assert version["promoted"] == result["promoted"] and version["reason"] == result["reason"]
+    assert 0 < version["timing"]["adapt_seconds"] <= version["timing"]["seconds"]  # how long it took to make
 
     # a version is a checkpoint like any other: its ONNX export carries the new class and its bin
     pytest.importorskip("onnxruntime")

@@ -153,6 +153,7 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
         from wastenet.site.versions import VersionStore
 
         out_result["version"] = VersionStore(versions).add(result["checkpoint"], parent=parent, inputs=inputs,
-                                                           scores=scores, promoted=promoted, reason=reason)
+                                                           scores=scores, promoted=promoted, reason=reason,
+                                                           timing={k: out_result[k] for k in ("adapt_seconds", "seconds")})
     log(f"candidate {'promoted' if promoted else 'kept, not promoted'}: {reason} ({out_result['seconds']:.0f}s)")
     return out_result

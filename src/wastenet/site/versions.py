@@ -103,8 +103,9 @@ class VersionStore:
 
     # ------------------------------------------------------------------ writes
     def add(self, checkpoint: str | os.PathLike, *, parent: int, inputs: dict[str, Any], scores: dict[str, Any],
-            promoted: bool, reason: str) -> int:
-        """Copy a finished candidate in as the next version (and make it active when ``promoted``)."""
+            promoted: bool, reason: str, timing: dict[str, float] | None = None) -> int:
+        """Copy a finished candidate in as the next version (and make it active when ``promoted``);
+        ``timing`` ({"adapt_seconds", "seconds"}) says how long it took to make."""
         with self._lock:
             vid = (self.ids() or [0])[-1] + 1
             target = self.folder / f"{vid:04d}.pt"
@@ -116,7 +117,7 @@ class VersionStore:
             write_atomic(self.folder / f"{vid:04d}.json", json.dumps({
                 "id": vid, "file": str(target.resolve()), "model_id": model_id(target), "created_at": _now(),
                 "parent": parent, "inputs": inputs, "scores": scores, "promoted": bool(promoted),
-                "reason": reason}, indent=2))
+                "reason": reason, "timing": timing}, indent=2))
             if promoted:
                 self._point_at(vid)
             return vid
