@@ -5,6 +5,7 @@ crash or a failed check never leaves a truncated file; every file ends up mode 0
 all, whatever the umask or ``mkstemp``'s 0600), since models and reports are meant to be shared::
 
     write_atomic("runs/x/predictions.csv", text)
+    write_csv_atomic("runs/x/history.csv", rows, ["epoch", "loss"])   # dict rows, a header first
     write_atomic("runs/x/best.pt", lambda f: torch.save(ckpt, f))
     with atomic_path("runs/x/best.onnx") as tmp:    # for libraries that write to a path
         onnx.save_model(proto, str(tmp))            # renamed over the target if the block succeeds
@@ -18,14 +19,16 @@ written is one line and exit 2, not a traceback after an hour of training::
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
-__all__ = ["FILE_MODE", "atomic_path", "check_output", "write_atomic"]
+__all__ = ["FILE_MODE", "atomic_path", "check_output", "write_atomic", "write_csv_atomic"]
 
 FILE_MODE = 0o644
 
@@ -60,6 +63,17 @@ def write_atomic(path: str | os.PathLike, content: Content, encoding: str = "utf
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str],
+                     **dict_writer: Any) -> Path:
+    """Dict ``rows`` as CSV (a header of ``fieldnames`` first), written atomically; ``dict_writer``
+    goes to :class:`csv.DictWriter` (e.g. ``restval=""``, ``extrasaction="ignore"``)."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(fieldnames), **dict_writer)
+    w.writeheader()
+    w.writerows(rows)
+    return write_atomic(path, text.getvalue())
 
 
 def check_output(path: str | os.PathLike, *, folder: bool = False, option: str = "--out") -> Path:

@@ -23,7 +23,6 @@ hold no item at all: those must go to manual sort (the unknown-item rule).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from PIL import Image
 
 from wastenet.decision import MANUAL_SORT, UNKNOWN  # the decision rule's words ("unknown": manual sort)
 from wastenet.errors import ConfigError
-from wastenet.files import check_output, write_atomic
+from wastenet.files import check_output, write_atomic, write_csv_atomic
 
 # An item crop is the item's box grown by this share of its size on each side, then made
 # square: a little context, as a drop-tray camera would frame it.
@@ -355,11 +354,7 @@ def summary_line(r: Mapping[str, Any]) -> str:
 def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     if not rows:
         return
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    write_atomic(path, text.getvalue())
+    write_csv_atomic(path, rows, list(rows[0]))
 
 
 def _log(msg: str) -> None:

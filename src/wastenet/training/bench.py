@@ -16,15 +16,13 @@ stopped; every configuration is validated before the first run starts::
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from wastenet.files import write_atomic
+from wastenet.files import write_atomic, write_csv_atomic
 from wastenet.training.config import TrainConfig
 
 __all__ = ["COLUMNS", "bench", "cpu_latency_ms", "markdown_table"]
@@ -116,11 +114,7 @@ def bench(data: str, *, out: str | Path = "runs/bench", split_file: str | None =
             "train_minutes": _mean_std([r["train_seconds"] / 60 for r in runs], 1),
             "latency_ms": f"{cpu_latency_ms(first_ckpt, latency_runs):.1f}",
         })
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
-    write_atomic(out / "bench.csv", buf.getvalue())
+    write_csv_atomic(out / "bench.csv", rows, COLUMNS)
     write_atomic(out / "bench.md",
                  "Test split; precision/recall/F1 weighted by support (as the paper's Table I), F1 macro beside.\n"
                  "latency_ms: median batch-1 fp32 forward on this CPU.\n\n" + markdown_table(rows))

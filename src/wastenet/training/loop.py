@@ -22,8 +22,6 @@ every call into ``distributed`` below is a no-op in a single process.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import sys
@@ -42,7 +40,7 @@ from wastenet.data.augment import AugmentConfig, build_augment, field_augment_on
 from wastenet.data.composite import is_studio_like
 from wastenet.data.datasets import ImageCache, Row, build_cache, check_inside, check_split_coverage, read_split_file, scan_folder, stratified_split, write_split_file
 from wastenet.errors import ConfigError
-from wastenet.files import check_output, write_atomic
+from wastenet.files import check_output, write_atomic, write_csv_atomic
 from wastenet.inference.runner import FrozenRunner, choose_backend, frozen_pass
 from wastenet.inference.runtime import autocast, autocast_for, predict_logits, resolve_device
 from wastenet.models import BuiltModel, FeatureHead, count_parameters, create_model, group_modules, merge_groups, resolve_weights_arg, safe_name
@@ -384,12 +382,8 @@ class Trainer:
     def write_history(self) -> None:
         if not distributed.is_main():
             return
-        text = io.StringIO(newline="")
-        w = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        for row in self.state.history:
-            w.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
-        write_atomic(self.out / "history.csv", text.getvalue())
+        write_csv_atomic(self.out / "history.csv", self.state.history, HISTORY_FIELDS, restval="",
+                         extrasaction="ignore")
 
     def _begin_stage(self) -> None:
         s = self.state
