@@ -146,8 +146,13 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         return c
 
     model = model_from_checkpoint(ckpt).to(device)
-    cache_file = (Path(feature_cache) / f"rehearsal-{_rehearsal_key(model, prep, mix, mix_train, mix_val, cfg)}.npz"
-                  if feature_cache and mix_train else None)
+    backbone = None
+    if feature_cache:  # what every stored feature depends on, hashed once per run
+        from wastenet.training.feature_store import ItemFeatureStore, backbone_key
+
+        backbone = backbone_key(model, prep.to_dict())
+    cache_file = (Path(feature_cache) / f"rehearsal-{_rehearsal_key(backbone, mix, mix_train, mix_val, cfg)}.npz"
+                  if backbone and mix_train else None)
     cached = _read_rehearsal(cache_file) if cache_file is not None else None
     parts = {"reviewed train": cache(data, rev_train), "reviewed val": cache(data, rev_val) if rev_val else None,
              "mix train": cache(mix, mix_train) if mix_train and cached is None else None,
@@ -167,10 +172,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         return torch.cat(feats), torch.from_numpy(np.tile(c.labels, 1 + n_views)).long()
 
     store = None
-    if feature_cache:
-        from wastenet.training.feature_store import ItemFeatureStore, backbone_key
-
-        store = ItemFeatureStore(feature_cache, backbone_key(model, prep.to_dict()), cfg.views, cfg.seed)
+    if backbone:
+        store = ItemFeatureStore(feature_cache, backbone, cfg.views, cfg.seed)
         clean, views = store.features(parts["reviewed train"], passes, augment)
         x_rev = torch.from_numpy(np.concatenate([clean, *views]))
         y_rev = torch.from_numpy(np.tile(parts["reviewed train"].labels, 1 + cfg.views)).long()
@@ -286,13 +289,14 @@ def fit_head(head: "torch.nn.Module", reviewed: tuple, rehearsal: tuple, val: tu
 _CACHE_KEEP = 3
 
 
-def _rehearsal_key(model: Any, prep: Any, mix: Any, mix_train: list[Row], mix_val: list[Row], cfg: AdaptConfig) -> str:
-    """What the rehearsal features depend on: the backbone's weights (not the head's), the preprocessing,
-    the rows and their labels, the views and the seed."""
-    from wastenet.training.feature_store import backbone_key
+def _rehearsal_key(backbone: str, mix: Any, mix_train: list[Row], mix_val: list[Row], cfg: AdaptConfig) -> str:
+    """What the rehearsal features depend on: the backbone (its weights but the head's, and the
+    preprocessing: :func:`~wastenet.training.feature_store.backbone_key`), the rows and their labels,
+    the views and the seed."""
+    import hashlib
 
     rows = [(r.path, r.label) for r in mix_train] + [("val", r.path, r.label) for r in mix_val]
-    return backbone_key(model, str(Path(mix).resolve()), prep.to_dict(), rows, cfg.views, cfg.seed)
+    return hashlib.sha256(repr((backbone, str(Path(mix).resolve()), rows, cfg.views, cfg.seed)).encode()).hexdigest()[:20]
 
 
 def _read_rehearsal(path: Path) -> dict[str, np.ndarray] | None:
