@@ -4,7 +4,7 @@ Adaptation re-fits only the head, so a photo's features (its clean pass and its 
 are the same in every run from a version of one model. The service adapts again and again on a
 log whose reviewed items only grow; without a store each run passes every reviewed photo through
 the backbone ``1 + views`` times, and the run's time grows with the log (densenet121, one niced
-thread: 196 s on 201 reviewed items without it, 17 s on 164 with it; BENCHMARKS.md "Site stream on
+thread: 196 s on 201 reviewed items without it on a shared CPU, 17 s on 164 with it on an idle one; BENCHMARKS.md "Site stream on
 the default model"). With it, a run passes only the photos it has not seen::
 
     store = ItemFeatureStore("runs/x/models/.feature-cache", backbone_key(model), views=4, seed=0)
