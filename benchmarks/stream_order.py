@@ -9,6 +9,14 @@ colour and texture beside each item box), or one split of a split file (TrashNet
     python benchmarks/stream_order.py --split-file ../shared/data/trashnet-split.csv --split test \\
         --out benchmarks/results/trashnet-test-order.csv
 
+A kind the base model has no class for (``--new-kind CLASS``, a base trained on a split file without
+it): every photo of CLASS mixed with half of the other classes' ``--split`` photos, shuffled; the other
+half (never streamed) goes to ``--check-out``, to measure what the old classes lose::
+
+    python benchmarks/stream_order.py --split-file ../shared/data/trashnet-split.csv --new-kind cardboard \
+        --out benchmarks/results/new-class-cardboard-order.csv \
+        --check-out benchmarks/results/new-class-cardboard-check.csv
+
 Within a surface (or the split) the order is shuffled by ``--seed``.
 """
 
@@ -46,6 +54,23 @@ def field_order(root: Path, class_map: str, boxes: Path | None, surfaces: int, s
     return out
 
 
+def new_kind_order(split_file: str, split: str, kind: str, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(stream, check): every ``kind`` photo plus half of the other classes' ``split`` photos, shuffled;
+    the other half of those as the check set (path, label)."""
+    with open(split_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rng = random.Random(seed)
+    new = sorted(r["path"] for r in rows if r["label"] == kind)
+    if not new:
+        raise SystemExit(f"no {kind!r} rows in {split_file}")
+    old = sorted((r["path"], r["label"]) for r in rows if r["label"] != kind and r["split"] == split)
+    rng.shuffle(old)
+    half = (len(old) + 1) // 2
+    stream = [(p, kind) for p in new] + old[:half]
+    rng.shuffle(stream)
+    return stream, sorted(old[half:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--field", help="a field folder with labels.csv item boxes")
@@ -54,6 +79,8 @@ def main() -> int:
     ap.add_argument("--split-file")
     ap.add_argument("--split", default="test")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--new-kind", help="with --split-file: a class the base model was trained without")
+    ap.add_argument("--check-out", help="with --new-kind: the never-streamed old-class photos (path,label)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if bool(args.field) == bool(args.split_file):
@@ -63,6 +90,15 @@ def main() -> int:
         rows = field_order(root, args.class_map, root / "labels.csv" if (root / "labels.csv").is_file() else None,
                            args.surfaces, args.seed)
         header = ("path", "surface")
+    elif args.new_kind:
+        if not args.check_out:
+            ap.error("--new-kind needs --check-out")
+        rows, check = new_kind_order(args.split_file, args.split, args.new_kind, args.seed)
+        header = ("path", "label")
+        with open(args.check_out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(check)
     else:
         with open(args.split_file, newline="") as f:
             paths = [r["path"] for r in csv.DictReader(f) if r["split"] == args.split]
