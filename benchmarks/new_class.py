@@ -16,7 +16,8 @@ the other half (never streamed, never reviewed) checks the old classes::
         --check benchmarks/results/new-class-check.csv --data ../shared/data/trashnet
 
 Recognised: recall (top-1 label) of at least 0.8 on the kind's next 50 items after a version holding it
-was promoted. Target: after <= 30 reviewed items of the kind, old classes <= 1 point worse.
+was promoted (``recall_next`` of the first such version; ``recognised``: the first version whose next 50
+reach 0.8, and how many reviewed items of the kind it had trained on). Target: after <= 30 reviewed items of the kind, old classes <= 1 point worse.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def main() -> int:
         out.update(first_version_with_it=first["id"], first_item_served_by_it=start,
                    reviewed_new_items_before=sum(label_of.get(i) == args.new for i in side["inputs"]["trained_on"]),
                    recall_next=recall, next_n=len(after))
+    # every promoted version with the kind: its recall on the kind's next items from the one it first served
+    items = r["decided"]
+    for e, v in zip(out["versions"], versions):
+        start = next((it["i"] for it in items if it["version"] == v["model_id"]), None)
+        if not (v["promoted"] and e["new_class"]) or start is None:
+            continue
+        after = [it for it in items if it["i"] >= start and it["truth"] == args.new][: args.next]
+        e.update(first_item_served=start, recall_next=sum(it["label"] == args.new for it in after) / len(after)
+                 if after else None, recall_next_n=len(after))
+    hit = next((e for e in out["versions"] if (e.get("recall_next") or 0) >= 0.8 and e.get("recall_next_n") == args.next),
+               None)
+    out["recognised"] = None if hit is None else {k: hit[k] for k in ("id", "reviewed_new_trained_on", "recall_next",
+                                                                       "first_item_served")}
     final = [e for e in out["versions"] if e["old_class_accuracy"] is not None][-1]
     out["final_old_class_accuracy"] = final["old_class_accuracy"]
     print(json.dumps(out, indent=2))

@@ -93,6 +93,18 @@ def test_the_knn_bank_is_bounded_and_made_of_unit_rows():
     np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0, rtol=1e-5)
 
 
+def test_a_sites_own_items_keep_half_of_the_bank_however_large_the_rehearsal_set():
+    rng = np.random.default_rng(0)
+    rehearsal, site = rng.normal(size=(5000, 16)), rng.normal(size=(300, 16)) + 10.0
+    is_site = np.r_[np.zeros(5000, bool), np.ones(300, bool)]
+    bank = ood.fit_knn_bank(np.concatenate([rehearsal, site]), max_rows=1024, first=is_site)
+    assert bank.shape == (1024, 16)
+    assert (bank.mean(1) > 0.22).sum() == 300       # every site row once (a plain sample: about 58)
+    many = ood.fit_knn_bank(np.concatenate([rehearsal, site, site]), max_rows=1024,
+                            first=np.r_[is_site, np.ones(300, bool)])
+    assert many.shape == (1024, 16) and (many.mean(1) > 0.22).sum() == 512
+
+
 def test_graph_module_gives_the_numpy_score():
     from wastenet.inference.ood_model import MahalanobisScore
 

@@ -125,11 +125,29 @@ def knn_score(features: np.ndarray, bank: np.ndarray, k: int = 10) -> np.ndarray
     return 1.0 - np.sort(sim, axis=1)[:, -k]
 
 
-def fit_knn_bank(features: np.ndarray, max_rows: int = MAX_BANK, seed: int = 0) -> np.ndarray:
-    """L2-normalised float32 rows of ``features``, at most ``max_rows`` (a seeded sample)."""
+def fit_knn_bank(features: np.ndarray, max_rows: int = MAX_BANK, seed: int = 0,
+                 first: np.ndarray | None = None) -> np.ndarray:
+    """L2-normalised float32 rows of ``features``, at most ``max_rows`` (a seeded sample).
+
+    ``first`` (a boolean mask over ``features``: a site's own reviewed items) keeps up to half of
+    the rows for those, sampled when there are more; the rest are sampled from the other rows. A
+    sample of everything would leave a site's few hundred items a sliver of a bank filled by its
+    rehearsal set, and an item on a floor its reviewers have seen would still look unfamiliar::
+
+        bank = fit_knn_bank(np.concatenate([rehearsal, reviewed]),
+                            first=np.r_[np.zeros(len(rehearsal), bool), np.ones(len(reviewed), bool)])
+    """
+    rng = np.random.default_rng(seed)
+
+    def sample(x: np.ndarray, n: int) -> np.ndarray:
+        return x[np.sort(rng.choice(len(x), n, replace=False))] if len(x) > n else x
+
     f = np.asarray(features, dtype=np.float64)
-    if len(f) > max_rows:
-        f = f[np.sort(np.random.default_rng(seed).choice(len(f), max_rows, replace=False))]
+    if first is not None and np.any(first):
+        own = sample(f[first], max_rows // 2)
+        f = np.concatenate([own, sample(f[~np.asarray(first)], max_rows - len(own))])
+    else:
+        f = sample(f, max_rows)
     return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
 
 
@@ -140,9 +158,15 @@ def imagenet_posterior(features: np.ndarray, head: Mapping[str, Any]) -> np.ndar
     return np.exp(z - _logsumexp(z)[:, None])
 
 
-def fit_imagenet_prior(train_features: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
-    """``log(pi + eps)``: pi = the training photos' mean ImageNet posterior."""
-    return np.log(imagenet_posterior(train_features, head).mean(0) + PRIOR_EPS).astype(np.float32)
+def fit_imagenet_prior(train_features: np.ndarray, head: Mapping[str, Any], first: np.ndarray | None = None) -> np.ndarray:
+    """``log(pi + eps)``: pi = the training photos' mean ImageNet posterior; with ``first`` (a boolean
+    mask: a site's own items, as in :func:`fit_knn_bank`) those rows' mean and the others' weigh half each."""
+    q = imagenet_posterior(train_features, head)
+    if first is not None and np.any(first) and not np.all(first):
+        pi = 0.5 * q[first].mean(0) + 0.5 * q[~np.asarray(first)].mean(0)
+    else:
+        pi = q.mean(0)
+    return np.log(pi + PRIOR_EPS).astype(np.float32)
 
 
 def imagenet_score(features: np.ndarray, head: Mapping[str, Any], log_prior: np.ndarray) -> np.ndarray:

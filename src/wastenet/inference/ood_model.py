@@ -167,14 +167,17 @@ def fit_unknown_detector(model: nn.Module, prep: Any, train: tuple[np.ndarray, n
 def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: np.ndarray, val_logits: np.ndarray,
                  n_classes: int, temperature: float, keep: float | None = None,
                  method: str | None = None, extra_feats: np.ndarray | None = None,
-                 imagenet_head: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 imagenet_head: Mapping[str, Any] | None = None, site_rows: np.ndarray | None = None,
+                 bank_rows: int | None = None, site_prior: np.ndarray | None = None) -> dict[str, Any]:
     """The checkpoint's ``ood`` entry from features already computed.
 
     Mahalanobis statistics of the clean train features; a k-NN bank (and the ImageNet prior,
     with ``imagenet_head``) of the clean plus ``extra_feats`` (augmented views) features; a
     threshold per method (the score under which ``keep`` of the validation items fall); the
-    default method; and which score the graph's ``ood`` output computes. Arrays are stored as
-    tensors (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
+    default method; and which score the graph's ``ood`` output computes. ``site_rows`` (a boolean
+    mask over the train rows then the ``extra_feats`` rows: a site's reviewed items, in adaptation)
+    keeps up to half of the bank for those (:func:`ood.fit_knn_bank`); ``bank_rows`` its size.
+    Arrays are stored as tensors (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
     """
     from wastenet import ood
     from wastenet.errors import ConfigError
@@ -183,11 +186,11 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
     known = np.concatenate([train_feats, extra_feats]) if extra_feats is not None and len(extra_feats) else train_feats
     # the two large tables are kept in half precision (the graph stores them so): fit with the same values
     rule: dict[str, Any] = {"stats": ood.fit_mahalanobis(train_feats, train_labels, n_classes),
-                            "bank": ood.fit_knn_bank(known).astype(np.float16)}
+                            "bank": ood.fit_knn_bank(known, bank_rows or ood.MAX_BANK, first=site_rows).astype(np.float16)}
     available = ["mahalanobis", "energy", "msp", "knn"]
     if imagenet_head is not None:
         head = {"weight": np.asarray(imagenet_head["weight"], np.float16), "bias": np.asarray(imagenet_head["bias"], np.float32)}
-        rule["imagenet"] = {**head, "log_prior": ood.fit_imagenet_prior(known, head)}
+        rule["imagenet"] = {**head, "log_prior": ood.fit_imagenet_prior(known, head, site_prior)}
         available += ["imagenet", "knn+imagenet"]
     method = method or (ood.DEFAULT_METHOD if imagenet_head is not None else ood.FALLBACK_METHOD)
     if method not in available:
