@@ -105,6 +105,7 @@ def _from_log(args: argparse.Namespace) -> int:
 
     result = learn_from_log(args.from_log, args.checkpoint, args.out, mix=args.data_mix, mix_split=args.mix_split_file,
                             new_class_min=args.new_class_min, seed=args.seed, search=not args.skip_search_threshold,
+                            mix_per_class=args.mix_per_class,
                             versions=args.versions, parent=args.parent,
                             log=lambda m: print(m, file=sys.stderr, flush=True))
     write_atomic(Path(args.out, "adapt.json"), json.dumps(result, indent=2))

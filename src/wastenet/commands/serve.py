@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rehearsal data for adaptation (e.g. the training set), so the model does not forget it")
     parser.add_argument("--adapt-mix-split", default=_default("adapt_mix_split"), metavar="CSV",
                         help="split file of --adapt-mix (train rows rehearsed, val rows calibrate)")
+    parser.add_argument("--adapt-mix-per-class", type=int, default=_default("adapt_mix_per_class"), metavar="N",
+                        help="--adapt-mix images rehearsed per class (default: wastenet adapt's; more forgets less "
+                             "and makes the first adaptation, which computes their features, longer)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run a .pt model in channels-last (NHWC) memory layout, often faster on CPU")
     parser.add_argument("--onnx-spin", action="store_true",
@@ -131,7 +134,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         search=args.search, audit_rate=args.audit_rate, audit_seed=args.audit_seed,
         allow_new_bins=args.allow_new_bins, new_class_min=args.new_class_min, adapt_every=args.adapt_every,
         adapt_mix=str(Path(args.adapt_mix).expanduser().resolve()) if args.adapt_mix else None,
-        adapt_mix_split=str(Path(args.adapt_mix_split).expanduser().resolve()) if args.adapt_mix_split else None)
+        adapt_mix_split=str(Path(args.adapt_mix_split).expanduser().resolve()) if args.adapt_mix_split else None,
+        adapt_mix_per_class=args.adapt_mix_per_class)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -115,6 +115,8 @@ class Adaptation:
                 cmd.append("--skip-search-threshold")
             if s.adapt_mix:
                 cmd += ["--data-mix", s.adapt_mix, "--mix-split-file", s.adapt_mix_split]
+                if s.adapt_mix_per_class is not None:
+                    cmd += ["--mix-per-class", str(s.adapt_mix_per_class)]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             run_log = open(self.folder / "adapt.log", "w")
             self._proc = subprocess.Popen(cmd, stdout=run_log, stderr=subprocess.STDOUT, env=env,

@@ -73,7 +73,8 @@ class ServeSettings:
     ``allow_new_bins``: a reviewer's new kind may name a bin the taxonomy lacks; ``new_class_min``:
     reviewed items a new kind needs before adaptation makes it a class (:mod:`wastenet.serve.review_label`);
     ``adapt_every``: adapt after that many new reviewed items (None: only on ``POST /api/models/adapt``),
-    ``adapt_mix``/``adapt_mix_split``: the rehearsal set and its split file (:mod:`wastenet.serve.adaptation`).
+    ``adapt_mix``/``adapt_mix_split``: the rehearsal set and its split file (:mod:`wastenet.serve.adaptation`),
+    ``adapt_mix_per_class``: its images rehearsed per class (None: ``wastenet adapt``'s default).
 
     Construction checks every value (``ConfigError`` naming the command-line option):
 
@@ -105,6 +106,7 @@ class ServeSettings:
     adapt_every: int | None = None
     adapt_mix: str | None = None
     adapt_mix_split: str | None = None
+    adapt_mix_per_class: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -142,6 +144,11 @@ class ServeSettings:
                                   "its val rows calibrate)")
         elif self.adapt_mix_split is not None:
             raise ConfigError("--adapt-mix-split goes with --adapt-mix")
+        if self.adapt_mix_per_class is not None:
+            if self.adapt_mix is None:
+                raise ConfigError("--adapt-mix-per-class goes with --adapt-mix")
+            if not (isinstance(self.adapt_mix_per_class, int) and self.adapt_mix_per_class >= 1):
+                raise ConfigError(f"--adapt-mix-per-class must be at least 1, got {self.adapt_mix_per_class}")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))  # JSON and callers give lists
 
     @classmethod

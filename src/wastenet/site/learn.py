@@ -106,9 +106,10 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any]) -> tuple[bool,
 def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path, *, mix: str | None = None,
                    mix_split: str | None = None, holdout: float = HOLDOUT_SHARE, new_class_min: int = 10,
                    seed: int = 0, search: bool = False, versions: str | Path | None = None, parent: int = 0,
-                   log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+                   mix_per_class: int | None = None, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Train a candidate from the log's reviewed items, score it and the current model on the held-out ones,
-    decide; with ``versions`` (a :class:`~wastenet.site.versions.VersionStore` folder) add it as a version."""
+    decide; with ``versions`` (a :class:`~wastenet.site.versions.VersionStore` folder) add it as a version.
+    ``mix_per_class``: rehearsal images per class (None: :class:`~wastenet.training.adapt.AdaptConfig`'s)."""
     from PIL import Image
 
     from wastenet import checkpoint as ckpt_io
@@ -139,14 +140,15 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
         held_images = [Image.open(io.BytesIO(db.image(it["id"]) or b"")).convert("RGB") for it in held]
     log(f"learning from {len(train)} reviewed items ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
         f"{len(held)} newest held out" + (f"; new classes: {', '.join(grow)}" if grow else ""))
-    result = adapt(checkpoint, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=AdaptConfig(seed=seed),
+    cfg = AdaptConfig(seed=seed) if mix_per_class is None else AdaptConfig(seed=seed, mix_per_class=mix_per_class)
+    result = adapt(checkpoint, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=cfg,
                    search=search, new_classes=grow,
                    feature_cache=Path(versions) / ".rehearsal-cache" if versions is not None else None)
     current, candidate = Classifier.load(checkpoint), Classifier.load(result["checkpoint"])
     scores = {"current": score(current, held_images, held), "candidate": score(candidate, held_images, held)}
     promoted, reason = promotion(scores["current"], scores["candidate"])
     inputs = {"trained_on": [it["id"] for it in train], "held_out": [it["id"] for it in held], "rehearsal": mix,
-              "rehearsal_split": mix_split, "seed": seed, "new_classes": grow, "from": str(checkpoint)}
+              "rehearsal_split": mix_split, "rehearsal_per_class": cfg.mix_per_class, "seed": seed, "new_classes": grow, "from": str(checkpoint)}
     out_result = {"candidate": result["checkpoint"], "scores": scores, "promoted": promoted, "reason": reason,
                   "inputs": inputs, "adapt_seconds": round(result["seconds"], 1), "seconds": round(time.time() - t0, 1)}
     if versions is not None:
