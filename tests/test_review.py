@@ -419,6 +419,8 @@ def test_when_only_protected_photos_are_left_new_photos_are_not_stored_and_the_l
         assert lg.image(again) is not None and lg.storage_status()["photos_stored"] is True
         assert any(lg.image(i) is None for i in reviewed)   # an exported photo made room ...
         assert all(lg.get(i)["reviewed_label"] == "paper" and lg.history(i) for i in reviewed)  # ... its label stayed
+        # a later export cannot write it again, and says how many (review --export prints it)
+        assert lg.dropped_after_export() == sum(lg.image(i) is None for i in reviewed) >= 1
         lg.review(reviewed[-1], "glass")   # a new label has not been exported: protected again
         assert lg.get(reviewed[-1])["exported_at"] is None
 

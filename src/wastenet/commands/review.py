@@ -101,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
             total = sum(counts.values())
             for cls, n in counts.items():
                 print(f"{cls}\t{n}")
+            gone = log.dropped_after_export()  # exported before, then dropped by the cap: not an error
             print(f"exported {total} reviewed image{'s' if total != 1 else ''} to {args.export}"
-                  + (f"; {len(skips)} skipped" if skips else ""), file=sys.stderr)
+                  + (f"; {len(skips)} skipped" if skips else "")
+                  + (f"; {gone} reviewed photo{'s' if gone != 1 else ''} exported earlier and since dropped by the "
+                     f"log's cap (not written again)" if gone else ""), file=sys.stderr)
         if args.list or (set_id is None and not args.export):
             _print_pending(log, args.limit)
     return 1 if skips else 0  # README: 1 = some inputs failed

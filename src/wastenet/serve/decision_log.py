@@ -559,6 +559,11 @@ class DecisionLog:
         return [dict(r) for r in self._read("SELECT id, reviewed_label, image_name FROM decisions "
                                             "WHERE reviewed_label IS NOT NULL AND image IS NOT NULL ORDER BY id")]
 
+    def dropped_after_export(self) -> int:
+        """Reviewed rows whose photo the cap dropped after an export (a later export cannot write them again)."""
+        return int(self._read("SELECT COUNT(*) FROM decisions WHERE reviewed_label IS NOT NULL AND image IS NULL "
+                              "AND exported_at IS NOT NULL")[0][0])
+
     def mark_exported(self, decision_id: int, label: str) -> None:
         """Record that ``decision_id``'s photo was exported with ``label`` (unless it was relabelled since):
         from then on the cap may drop it."""
