@@ -199,11 +199,11 @@ CASES: list[Case] = [
        ("o.csv", "x.onnx", "h.png", "ev", "a", "log.db"))
       for bad, words in [("no_input_size", "input_size"), ("prep_text", "preprocessing"),
                          ("temp_zero", "temperature"), ("temp_negative", "temperature"), ("evil", EVIL_MESSAGE)]
-      for mode in ("predict", "eval", "eval-field", "export", "explain", "serve", "adapt")],
+      for mode in ("predict", "eval", "eval-field", "export", "explain", "serve", "serve-workers", "adapt")],
     *[(f"{mode}-{bad}", (lambda mode, bad: lambda f, t: _model_args(mode, getattr(f, bad), f, t))(mode, bad), words,
        ("o.csv", "x.int8.onnx", "ev", "log.db"))
       for bad, words in [("onnx_no_input_size", "input_size"), ("onnx_temp_zero", "temperature")]
-      for mode in ("predict", "serve", "export-int8", "eval")],
+      for mode in ("predict", "serve", "serve-workers", "export-int8", "eval")],
 ]
 
 #: rows run as ``python -m wastenet`` in a fresh interpreter (one of each kind of refusal)
@@ -228,6 +228,9 @@ def _model_args(mode: str, model: Path, f: SimpleNamespace, t: Path) -> list:
         "export-int8": ["export", "--checkpoint", model, "--int8", "--calib-data", f.data, "--out", t / "x.int8.onnx"],
         "explain": ["explain", "--checkpoint", model, f.image, "--out", t / "h.png"],
         "serve": ["serve", "--checkpoint", model, "--port", _free_port(), "--log-db", t / "log.db"],
+        # several processes: each worker loads the model, so the parent must check it before its token line
+        "serve-workers": ["serve", "--checkpoint", model, "--port", _free_port(), "--log-db", t / "log.db",
+                          "--workers", "2"],
         "adapt": ["adapt", "--checkpoint", model, "--data", f.data, "--out", t / "a"],
     }[mode]
 

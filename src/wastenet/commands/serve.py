@@ -180,11 +180,22 @@ def run(args: argparse.Namespace) -> int:
     from wastenet.serve.settings import ENV_VAR
 
     os.environ[ENV_VAR] = settings.to_json()
+    _check_model_loads(settings.checkpoint)  # in the workers a bad file would fail after the token line
     say_token()
     print(f"wastenet serve: {url}  ({args.workers} workers)", file=sys.stderr)
     uvicorn.run("wastenet.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
     return 0
+
+def _check_model_loads(path: str | None) -> None:
+    """Load the model once and let it go: a file that is not a usable model fails with its one line here."""
+    import gc
+
+    from wastenet.inference.predictor import Classifier
+
+    Classifier.load(path)
+    gc.collect()
+
 
 def _check_port_free(host: str, port: int) -> None:
     """Fail with one clear line (exit 2) instead of uvicorn's traceback when the port is taken."""
