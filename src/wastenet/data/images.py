@@ -95,7 +95,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     costs ~20 MB instead of ~250 MB. The service uses it; training and ``predict`` decode in full.
 
     >>> img = load_image("bottle.png")            # doctest: +SKIP
-    >>> img.mode
+    >>> img.mode                                  # doctest: +SKIP
     'RGB'
     """
     path = _describe(source)
@@ -300,7 +300,7 @@ _SIGNATURES = (
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The image format named by the first bytes (Pillow's names: PNG, JPEG, GIF, TIFF, BMP, WEBP), or None.
+    r"""The image format named by the first bytes (Pillow's names: PNG, JPEG, GIF, TIFF, BMP, WEBP), or None.
 
     >>> sniff_format(b"\x89PNG\r\n\x1a\n...")
     'PNG'

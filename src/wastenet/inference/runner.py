@@ -63,6 +63,7 @@ def choose_backend(requested: str, device: "torch.device", n_images: int) -> str
     fp32 35.9) and on this project's AVX-512/bf16 EPYC (BENCHMARKS.md): ORT fp32 beat every
     eager variant, bf16 autocast included, for densenet121 and mobilenetv2.
 
+    >>> import torch
     >>> choose_backend("auto", torch.device("cpu"), 10)
     'torch'
     """

@@ -85,9 +85,9 @@ def create_app(settings: ServeSettings | str | os.PathLike | Any, /, **options: 
     where ``model`` is a ``.pt``/``.onnx`` path; a loaded ``Classifier`` is served as it is (tests,
     embedding). ``ConfigError`` for a bad option or model file, before anything is served.
 
-    >>> from fastapi.testclient import TestClient        # doctest: +SKIP
-    >>> client = TestClient(create_app("best.pt", log_path="d.sqlite"))
-    >>> client.get("/api/health").json()["status"]
+    >>> from fastapi.testclient import TestClient
+    >>> client = TestClient(create_app("best.pt", log_path="d.sqlite"))   # doctest: +SKIP
+    >>> client.get("/api/health").json()["status"]                       # doctest: +SKIP
     'ok'
     """
     classifier = None
