@@ -22,7 +22,7 @@ reaches the model's threshold (the auto-sorted ones)::
     python benchmarks/adapt_capacity.py --checkpoint runs/s10-densenet121-finetune/best.pt \\
         --result benchmarks/results/site-stream-field-densenet121-adapt.json \\
         --stream ../shared/data/field-drinkingwaste --class-map benchmarks/field/drinkingwaste.yaml \\
-        --rehearsal-cache /tmp/wastenet-site-stream-XXXX/models/.rehearsal-cache/rehearsal-KEY.npz \\
+        --rehearsal-cache /tmp/wastenet-site-stream-XXXX/models/.feature-cache/rehearsal-KEY.npz \\
         --out benchmarks/results/adapt-capacity-field-densenet121.json
 """
 

@@ -12,7 +12,7 @@ from: they were streamed before it was made)::
 
     python benchmarks/unknown_bank.py --result benchmarks/results/site-stream-field-densenet121-adapt25-audit10.json \\
         --stream ../shared/data/field-drinkingwaste --order benchmarks/results/field-order.csv \\
-        --rehearsal-cache /tmp/wastenet-site-stream-XXXX/models/.rehearsal-cache/rehearsal-KEY.npz \\
+        --rehearsal-cache /tmp/wastenet-site-stream-XXXX/models/.feature-cache/rehearsal-KEY.npz \\
         --out benchmarks/results/unknown-bank-field-densenet121.json
 
 Variants: ``random`` (a seeded sample of 1,024 of all rows: what adaptation did), ``site-half`` (the
@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--result", required=True, help="a site_stream.py RESULT.json (its log folder must still exist)")
     ap.add_argument("--stream", required=True)
     ap.add_argument("--order", required=True)
-    ap.add_argument("--rehearsal-cache", required=True, help="the stream's models/.rehearsal-cache/rehearsal-*.npz")
+    ap.add_argument("--rehearsal-cache", required=True, help="the stream's models/.feature-cache/rehearsal-*.npz (.rehearsal-cache before session 12)")
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--features", help="an .npz keeping the stream's features between runs (computed when missing)")
     ap.add_argument("--out", required=True)

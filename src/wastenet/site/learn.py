@@ -28,6 +28,10 @@ __all__ = ["HOLDOUT_SHARE", "learn_from_log", "promotion", "reviewed_items", "sc
 
 #: Share of reviewed items, the newest by review time, held out to compare candidate and current model.
 HOLDOUT_SHARE = 0.2
+#: Folder in the versions folder that keeps the frozen backbone's features between runs: the rehearsal
+#: set's and the reviewed photos' (:mod:`wastenet.training.feature_store`). Sessions before 12 called it
+#: ``.rehearsal-cache``; a run from such a folder computes its features once again.
+FEATURE_CACHE = ".feature-cache"
 
 
 def reviewed_items(log: Any) -> list[dict[str, Any]]:
@@ -143,7 +147,7 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     cfg = AdaptConfig(seed=seed) if mix_per_class is None else AdaptConfig(seed=seed, mix_per_class=mix_per_class)
     result = adapt(checkpoint, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=cfg,
                    search=search, new_classes=grow,
-                   feature_cache=Path(versions) / ".rehearsal-cache" if versions is not None else None)
+                   feature_cache=Path(versions) / FEATURE_CACHE if versions is not None else None)
     current, candidate = Classifier.load(checkpoint), Classifier.load(result["checkpoint"])
     scores = {"current": score(current, held_images, held), "candidate": score(candidate, held_images, held)}
     promoted, reason = promotion(scores["current"], scores["candidate"])
