@@ -129,7 +129,7 @@ def main() -> int:
         clean, views = z["clean"], z["views"]
     else:
         rows = [Row(paths[d["i"]], d["truth"]) for d in decided]
-        cache = build_cache(args.stream, rows, classes, prep.resize_size, prep.interpolation)
+        cache = build_cache(args.stream, rows, classes, prep.cache_size, prep.interpolation)
         assert not cache.skipped, cache.skipped
         model = model_from_checkpoint(ckpt).eval()
         passes = FeaturePasses(model, prep, "cpu", len(rows) * (1 + args.views))

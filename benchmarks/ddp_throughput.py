@@ -98,7 +98,7 @@ def worker(a: argparse.Namespace) -> None:
             rows = [r for r in rows if r.split == "train"]  # validation is not timed
             torch.manual_seed(0)
             built = create_model(cfg.model, len(classes), weights=resolve_weights_arg(cfg.weights), img_size=cfg.img_size)
-            data = loop.prepare_data(cfg, Path(cfg.data), rows, classes, built.preprocessing.resize_size,
+            data = loop.prepare_data(cfg, Path(cfg.data), rows, classes, built.preprocessing.cache_size,
                                      built.preprocessing.interpolation)
             if len(data.train) < n_train:
                 raise SystemExit(f"only {len(data.train)} train images for {a.steps} steps x {a.batch_size}: "

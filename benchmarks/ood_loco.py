@@ -65,7 +65,7 @@ def main() -> int:
     built = create_model(args.model, len(classes), weights=resolve_weights_arg(args.weights))
     model, prep = built.model.eval(), built.preprocessing
     imagenet_head = pretrained_imagenet_head(model, resolve_weights_arg(args.weights))  # None: no ImageNet scores
-    cache = build_cache(args.data, rows, classes, prep.resize_size, prep.interpolation)
+    cache = build_cache(args.data, rows, classes, prep.cache_size, prep.interpolation)
     feats, _ = FeaturePasses(model, prep, "cpu", len(cache.images))(cache.images, desc="features")
     split = np.array([r.split for r in cache.rows])
     y = cache.labels

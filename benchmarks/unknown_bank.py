@@ -63,7 +63,7 @@ def floor_features(root: Path, paths: list[str], model, prep, classes: list[str]
                 crop.save(Path(tmp) / classes[0] / f"{i}.png")
                 have.append(i)
         cache = build_cache(tmp, [Row(f"{classes[0]}/{i}.png", classes[0]) for i in have], classes,
-                            prep.resize_size, prep.interpolation)
+                            prep.cache_size, prep.interpolation)
         feats, _ = FeaturePasses(model, prep, "cpu", len(have))(cache.images, desc="empty floors")
     out = np.full((len(paths), feats.shape[1]), np.nan, np.float32)
     out[have] = feats
@@ -113,7 +113,7 @@ def main() -> int:
         with np.load(stored) as z:
             clean, views, floors = z["clean"], z["views"], z["floors"]
     else:
-        cache = build_cache(args.stream, rows, classes, prep.resize_size, prep.interpolation)
+        cache = build_cache(args.stream, rows, classes, prep.cache_size, prep.interpolation)
         passes = FeaturePasses(model, prep, "cpu", len(rows) * (1 + args.views))
         clean, _ = passes(cache.images, desc="stream (clean)")
         torch.manual_seed(0)

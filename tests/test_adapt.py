@@ -28,6 +28,27 @@ def test_adapt_refits_the_head_and_keeps_taxonomy_and_threshold(tiny_checkpoint,
     assert after["adapted"]["reviewed_train"] + after["adapted"]["reviewed_val"] == 36
 
 
+@pytest.mark.slow
+def test_an_aspect_preserving_model_adapts_on_photos_of_its_own_shape(tiny_checkpoint, image_folder, tmp_path,
+                                                                      monkeypatch):
+    """A 64x80 model (``--img-size HxW``, the edge model's 256x320 mode) sees its exact input shape: the
+    ONNX pass of a bigger one refused the squares it was given (``Got: 32 Expected: 320``)."""
+    from wastenet import checkpoint
+    from wastenet.inference.runner import FeaturePasses
+    from wastenet.training.adapt import AdaptConfig, adapt
+
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["preprocessing"]["input_width"] = 80
+    wide = checkpoint.save(ckpt, tmp_path / "wide.pt")
+    shapes = set()
+    call = FeaturePasses.__call__
+    monkeypatch.setattr(FeaturePasses, "__call__",
+                        lambda self, images, *a, **k: shapes.add(tuple(images.shape[-2:])) or call(self, images, *a, **k))
+    result = adapt(wide, image_folder, tmp_path / "site", cfg=AdaptConfig(views=1, epochs=2))
+    assert shapes == {(64, 80)}
+    assert checkpoint.load(result["checkpoint"])["preprocessing"]["input_width"] == 80
+
+
 def test_reviewed_classes_must_be_the_models(tiny_checkpoint, tmp_path):
     from wastenet.training.adapt import adapt
 

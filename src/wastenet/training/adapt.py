@@ -140,7 +140,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         raise ConfigError("adapt needs validation images: at least two reviewed items of a class, or --data-mix")
 
     def cache(root: Any, rows: list[Row]) -> Any:
-        c = build_cache(root, rows, classes, prep.resize_size, prep.interpolation)
+        c = build_cache(root, rows, classes, prep.cache_size, prep.interpolation)
         for p, why in c.skipped:
             _log(f"skipped {p}: {why}")
         return c
