@@ -285,8 +285,9 @@ def audit_estimate(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any
 
 
 def wait_for_adaptation(client: httpx.Client, url: str, photo: Path, index: int, every_s: float = 0.25,
-                        timeout_s: float = 900) -> list[dict[str, Any]]:
-    """While an adaptation runs: re-post ``photo`` unlogged every ``every_s`` and time it; the probes."""
+                        timeout_s: float = 900, failed: list | None = None) -> list[dict[str, Any]]:
+    """While an adaptation runs: re-post ``photo`` unlogged every ``every_s`` and time it; the probes.
+    A run that ended with a non-zero exit status is appended to ``failed`` (its ``last`` block)."""
     out: list[dict[str, Any]] = []
     data = photo.read_bytes()
     t_end = time.monotonic() + timeout_s
@@ -305,6 +306,13 @@ def wait_for_adaptation(client: httpx.Client, url: str, photo: Path, index: int,
             status = None
         out.append({"index": index, "ms": 1000 * (time.perf_counter() - t0), "status": status})
         time.sleep(every_s)
+    if out and failed is not None:  # a run was seen: did it end well?
+        try:
+            last = (client.get(url + "/api/health").json().get("adaptation") or {}).get("last") or {}
+        except (httpx.TransportError, ValueError):
+            last = {}
+        if last.get("exit_status") not in (0, None):
+            failed.append({"index": index, **last})
     return out
 
 
@@ -392,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
+    failed_runs: list[dict[str, Any]] = []  # background runs that exited non-zero (they make no version)
     streamed: dict[int, dict[str, Any]] = {}
     t_start = time.time()
     server_exit = None  # the line that says why the stream stopped early, if the server died
@@ -425,9 +434,10 @@ def main(argv: list[str] | None = None) -> int:
                 if (i + 1) % args.review_every == 0 or i + 1 == len(paths):
                     reviewer.work(streamed, i)
                     if args.adapt_every and not args.no_wait_for_adaptation:
-                        probes += wait_for_adaptation(client, server.url, root / paths[min(i + 1, len(paths) - 1)], i)
+                        probes += wait_for_adaptation(client, server.url, root / paths[min(i + 1, len(paths) - 1)], i,
+                                                      failed=failed_runs)
             if args.adapt_every and not args.no_wait_for_adaptation and not server_exit:  # the last run, if any
-                probes += wait_for_adaptation(client, server.url, root / paths[-1], len(paths) - 1)
+                probes += wait_for_adaptation(client, server.url, root / paths[-1], len(paths) - 1, failed=failed_runs)
             try:
                 health_end = client.get(server.url + "/api/health").json()
             except (httpx.TransportError, ValueError):
@@ -463,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ms_idle": percentile([r["ms"] for r in rows], 99),
         "p99_ms_adapting": percentile([p["ms"] for p in probes], 99), "adapting_probes": len(probes),
         "adapting_5xx": sum((p["status"] or 0) >= 500 for p in probes),
+        "failed_adaptations": failed_runs,
         "version_list": _versions(work / "models"),
         "version_check": (version_accuracy(work / "models", args.check_data, args.check_split)
                           if args.check_data and (work / "models").is_dir() else None),
@@ -496,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         print(recycling_note, file=sys.stderr)
     print(f"last third: coverage {_f(final['coverage'])}; recycling-bin contamination "
           f"{_f(final['contamination'][recycling]['value'])}; class accuracy of auto-sorted {_f(final['auto_class_accuracy'])}")
+    if failed_runs:  # the figures are of a server that could not learn: say so beside them
+        print(f"site_stream: {len(failed_runs)} adaptation run(s) failed; the first: "
+              f"{(failed_runs[0].get('error') or '').strip()[:200]}", file=sys.stderr)
     if server_exit:  # the figures cover the items before it; the run failed
         print(f"site_stream: {server_exit}", file=sys.stderr)
         return 1

@@ -45,6 +45,7 @@ def test_the_stream_contract_end_to_end(split_model, tmp_path):
     r = json.loads(out.read_text())
     assert r["items"] == 30 and [w["n"] for w in r["windows"]] == [10, 10, 10]
     assert r["final"]["n"] == 10 and r["lost_reviewed_labels"] == 0 and r["review_refused"] == []
+    assert r["failed_adaptations"] == []  # (a run that exits non-zero is listed there and named on stderr)
     assert all(w["server_errors_5xx"] == 0 for w in r["windows"])
     assert (tmp_path / "p.png").stat().st_size > 1000
     # the reviewer labelled what the queue held, new kinds with their bin
