@@ -324,7 +324,8 @@ def version_accuracy(versions: Path, data: str, split: str) -> list[dict[str, An
     from wastenet.site.versions import VersionStore
 
     out = []
-    for v in VersionStore(versions).list():
+    listed = VersionStore(versions).list()
+    for v in tqdm(listed, desc="versions on the check split", unit="version"):  # minutes: one test pass each
         out.append({"id": v["id"], "promoted": v["promoted"], "reason": v["reason"],
                     "test_accuracy": trashnet_test_accuracy(v["file"], data, split)})
     return out
