@@ -103,6 +103,9 @@ def test_a_sites_own_items_keep_half_of_the_bank_however_large_the_rehearsal_set
     many = ood.fit_knn_bank(np.concatenate([rehearsal, site, site]), max_rows=1024,
                             first=np.r_[is_site, np.ones(300, bool)])
     assert many.shape == (1024, 16) and (many.mean(1) > 0.22).sum() == 512
+    few_others = ood.fit_knn_bank(np.concatenate([rehearsal[:100], site, site, site, site]), max_rows=1024,
+                                  first=np.r_[np.zeros(100, bool), np.ones(1200, bool)])
+    assert few_others.shape == (1024, 16) and (few_others.mean(1) > 0.22).sum() == 924  # the site fills the rest
 
 
 def test_graph_module_gives_the_numpy_score():

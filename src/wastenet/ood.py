@@ -130,7 +130,8 @@ def fit_knn_bank(features: np.ndarray, max_rows: int = MAX_BANK, seed: int = 0,
     """L2-normalised float32 rows of ``features``, at most ``max_rows`` (a seeded sample).
 
     ``first`` (a boolean mask over ``features``: a site's own reviewed items) keeps up to half of
-    the rows for those, sampled when there are more; the rest are sampled from the other rows. A
+    the rows for those (more when the other rows cannot fill the rest), sampled when there are
+    more; the rest are sampled from the other rows. A
     sample of everything would leave a site's few hundred items a sliver of a bank filled by its
     rehearsal set, and an item on a floor its reviewers have seen would still look unfamiliar::
 
@@ -144,8 +145,10 @@ def fit_knn_bank(features: np.ndarray, max_rows: int = MAX_BANK, seed: int = 0,
 
     f = np.asarray(features, dtype=np.float64)
     if first is not None and np.any(first):
-        own = sample(f[first], max_rows // 2)
-        f = np.concatenate([own, sample(f[~np.asarray(first)], max_rows - len(own))])
+        first = np.asarray(first)
+        others = f[~first]
+        own = sample(f[first], max(max_rows // 2, max_rows - len(others)))
+        f = np.concatenate([own, sample(others, max_rows - len(own))])
     else:
         f = sample(f, max_rows)
     return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
