@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers, log_level=args.log_level)
     return 0
 
+
 def _check_model_loads(path: str | None) -> None:
     """Load the model once and let it go: a file that is not a usable model fails with its one line here."""
     import gc

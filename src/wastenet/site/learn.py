@@ -152,7 +152,8 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     scores = {"current": score(current, held_images, held), "candidate": score(candidate, held_images, held)}
     promoted, reason = promotion(scores["current"], scores["candidate"])
     inputs = {"trained_on": [it["id"] for it in train], "held_out": [it["id"] for it in held], "rehearsal": mix,
-              "rehearsal_split": mix_split, "rehearsal_per_class": cfg.mix_per_class, "seed": seed, "new_classes": grow, "from": str(checkpoint)}
+              "rehearsal_split": mix_split, "rehearsal_per_class": cfg.mix_per_class, "seed": seed,
+              "new_classes": grow, "from": str(checkpoint)}
     out_result = {"candidate": result["checkpoint"], "scores": scores, "promoted": promoted, "reason": reason,
                   "inputs": inputs, "adapt_seconds": round(result["seconds"], 1), "seconds": round(time.time() - t0, 1)}
     if versions is not None:
