@@ -125,3 +125,53 @@ def test_adapt_from_log_on_the_command_line(tiny_checkpoint, tmp_path):
                            "--from-log", str(db), "--data", str(tmp_path), "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=600)
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def _swapped_log(path, per_class=20):
+    """A reviewer who swaps two classes every time: glass photos labelled metal, metal photos glass."""
+    log = DecisionLog(path)
+    log.set_classes(["glass", "metal", "paper"], {"glass": "recyclable", "metal": "recyclable", "paper": "recyclable"},
+                    ["recyclable", "compostable", "landfill"])
+    swap = {"glass": "metal", "metal": "glass", "paper": "paper"}
+    for i in range(3 * per_class):
+        photo = ("glass", "metal", "paper")[i % 3]
+        buf = io.BytesIO()
+        make_image(photo, 900 + i).save(buf, "JPEG")
+        row = log.record({"label": photo, "confidence": 0.4, "bin": "recyclable", "decision": "manual_sort"},
+                         buf.getvalue(), f"{i}.jpg", 0.9, "m.pt")
+        log.review(row, swap[photo])
+    log.close()
+    return path
+
+
+def test_a_candidate_that_forgets_the_training_classes_is_not_promoted(tiny_checkpoint, image_folder, tmp_path):
+    """The held-out items are the site's (here: a reviewer's systematic mistake, which the candidate learns and
+    so wins on them); the rehearsal set's validation rows are what shows forgetting, against version 0."""
+    from wastenet.data.datasets import Row, scan_folder, write_split_file
+    from wastenet.training.adapt import AdaptConfig, adapt
+
+    rows, _ = scan_folder(image_folder)
+    first = {}  # two validation photos per class: the site's swapped items outweigh them in early stopping
+    for i, r in enumerate(rows):
+        first.setdefault(r.label, []).append(i)
+    val = {i for idx in first.values() for i in idx[:2]}
+    split = write_split_file([Row(r.path, r.label, "val" if i in val else "train") for i, r in enumerate(rows)],
+                             tmp_path / "split.csv")
+    # the tiny model's random features are small numbers: a large step size lets its head learn them
+    fast = AdaptConfig(epochs=40, views=1, lr=0.3, weight_decay=0.0, patience=40)
+    base = adapt(tiny_checkpoint, image_folder, tmp_path / "base", mix=image_folder, mix_split=split, cfg=fast,
+                 search=False)["checkpoint"]
+    db = _swapped_log(tmp_path / "decisions.sqlite")
+    kw = dict(mix=str(image_folder), mix_split=str(split), versions=tmp_path / "models", cfg=fast)
+    VersionStore(tmp_path / "models", base=base)
+    result = learn_from_log(db, base, tmp_path / "cand", **kw)
+    f = result["scores"]["forgetting"]
+    assert f["reference"] >= 0.8 and f["before"] == f["reference"]  # version 0 is the input here
+    assert f["reference"] - f["candidate"] > 0.01 and f["n"] == 6  # every rehearsal val row of its classes
+    assert result["scores"]["candidate"]["class_accuracy"] > result["scores"]["current"]["class_accuracy"]
+    assert not result["promoted"] and result["reason"].startswith("forgets: rehearsal validation accuracy")
+    assert VersionStore(tmp_path / "models").get(result["version"])["scores"]["forgetting"] == f  # shown with it
+
+    # the allowed loss is a setting; at 100 points the same candidate wins on the held-out items alone
+    again = learn_from_log(db, base, tmp_path / "cand2", max_forgetting=100, **kw)
+    assert again["promoted"] and again["scores"]["forgetting"]["reference"] == f["reference"]

@@ -17,8 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wastenet.files import write_atomic
+
+if TYPE_CHECKING:
+    from wastenet.training.adapt import AdaptConfig
 
 HELP = "Fine-tune a deployed model's head on reviewed items (site adaptation), keeping calibration and the taxonomy."
 
@@ -37,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--versions", metavar="DIR", help="with --from-log: add the candidate as a version in DIR "
                                                       "(the service's <log dir>/models), active if promoted")
     p.add_argument("--parent", type=int, default=0, help="with --versions: the version the candidate came from")
+    p.add_argument("--max-forgetting", type=float, default=None, metavar="POINTS",
+                   help="with --from-log: points of accuracy on --data-mix's validation rows a candidate may lose "
+                        "against the model its versions started from, or it is not promoted (default: 1)")
     p.add_argument("--skip-search-threshold", action="store_true",
                    help="do not refit the unknown-item threshold under --search (minutes; unused without --search)")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
@@ -56,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from wastenet.errors import ConfigError
     from wastenet.files import check_output
+    from wastenet.site.learn import check_max_forgetting
 
     for name in ("mix_per_class", "views", "epochs"):
         if getattr(args, name) < (0 if name != "epochs" else 1):
@@ -70,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"decision log not found: {args.from_log}")
     if args.new_class_min < 2:
         raise ConfigError("--new-class-min must be at least 2")
+    if args.max_forgetting is not None:
+        if not args.from_log:
+            raise ConfigError("--max-forgetting goes with --from-log (it decides a promotion)")
+        check_max_forgetting(args.max_forgetting)
     check_output(args.out, folder=True)
     if args.threads is not None:
         if args.threads < 1:
@@ -79,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.from_log:
         return _from_log(args)
-    from wastenet.training.adapt import AdaptConfig, adapt
+    from wastenet.training.adapt import adapt
 
-    cfg = AdaptConfig(views=args.views, epochs=args.epochs, lr=args.lr, mix_per_class=args.mix_per_class, seed=args.seed)
+    cfg = _config(args)
     result = adapt(args.checkpoint, args.data, args.out, mix=args.data_mix, mix_split=args.mix_split_file, cfg=cfg,
                    search=not args.skip_search_threshold)
     write_atomic(Path(args.out, "adapt.json"), json.dumps(result, indent=2))
@@ -104,8 +116,8 @@ def _from_log(args: argparse.Namespace) -> int:
     from wastenet.site.learn import learn_from_log
 
     result = learn_from_log(args.from_log, args.checkpoint, args.out, mix=args.data_mix, mix_split=args.mix_split_file,
-                            new_class_min=args.new_class_min, seed=args.seed, search=not args.skip_search_threshold,
-                            mix_per_class=args.mix_per_class,
+                            new_class_min=args.new_class_min, search=not args.skip_search_threshold, cfg=_config(args),
+                            **({} if args.max_forgetting is None else {"max_forgetting": args.max_forgetting}),
                             versions=args.versions, parent=args.parent,
                             log=lambda m: print(m, file=sys.stderr, flush=True))
     write_atomic(Path(args.out, "adapt.json"), json.dumps(result, indent=2))
@@ -115,6 +127,13 @@ def _from_log(args: argparse.Namespace) -> int:
           f"{'promoted' if result['promoted'] else 'not promoted'}: {result['reason']}"
           + (f" (version {result['version']})" if "version" in result else ""))
     return 0
+
+
+def _config(args: argparse.Namespace) -> "AdaptConfig":
+    """The head's fit from the command line, the same for ``--data`` and ``--from-log``."""
+    from wastenet.training.adapt import AdaptConfig
+
+    return AdaptConfig(views=args.views, epochs=args.epochs, lr=args.lr, mix_per_class=args.mix_per_class, seed=args.seed)
 
 
 def _f(x: float | None) -> str:

@@ -117,6 +117,8 @@ class Adaptation:
                 cmd += ["--data-mix", s.adapt_mix, "--mix-split-file", s.adapt_mix_split]
                 if s.adapt_mix_per_class is not None:
                     cmd += ["--mix-per-class", str(s.adapt_mix_per_class)]
+                if s.adapt_max_forgetting is not None:
+                    cmd += ["--max-forgetting", repr(s.adapt_max_forgetting)]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             run_log = open(self.folder / "adapt.log", "w")
             self._proc = subprocess.Popen(cmd, stdout=run_log, stderr=subprocess.STDOUT, env=env,

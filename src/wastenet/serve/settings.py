@@ -74,7 +74,9 @@ class ServeSettings:
     reviewed items a new kind needs before adaptation makes it a class (:mod:`wastenet.serve.review_label`);
     ``adapt_every``: adapt after that many new reviewed items (None: only on ``POST /api/models/adapt``),
     ``adapt_mix``/``adapt_mix_split``: the rehearsal set and its split file (:mod:`wastenet.serve.adaptation`),
-    ``adapt_mix_per_class``: its images rehearsed per class (None: ``wastenet adapt``'s default).
+    ``adapt_mix_per_class``: its images rehearsed per class (None: ``wastenet adapt``'s default),
+    ``adapt_max_forgetting``: points of rehearsal validation accuracy a candidate may lose
+    (None: :data:`wastenet.site.learn.MAX_FORGETTING_POINTS`).
 
     Construction checks every value (``ConfigError`` naming the command-line option):
 
@@ -107,6 +109,7 @@ class ServeSettings:
     adapt_mix: str | None = None
     adapt_mix_split: str | None = None
     adapt_mix_per_class: int | None = None
+    adapt_max_forgetting: float | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -149,6 +152,12 @@ class ServeSettings:
                 raise ConfigError("--adapt-mix-per-class goes with --adapt-mix")
             if not (isinstance(self.adapt_mix_per_class, int) and self.adapt_mix_per_class >= 1):
                 raise ConfigError(f"--adapt-mix-per-class must be at least 1, got {self.adapt_mix_per_class}")
+        if self.adapt_max_forgetting is not None:
+            from wastenet.site.learn import check_max_forgetting
+
+            if self.adapt_mix is None:
+                raise ConfigError("--adapt-max-forgetting goes with --adapt-mix (forgetting is measured on its val rows)")
+            check_max_forgetting(self.adapt_max_forgetting, "--adapt-max-forgetting")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))  # JSON and callers give lists
 
     @classmethod

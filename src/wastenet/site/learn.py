@@ -24,10 +24,15 @@ from typing import Any, Callable, Sequence
 
 from wastenet.errors import ConfigError
 
-__all__ = ["HOLDOUT_SHARE", "learn_from_log", "promotion", "reviewed_items", "score", "split_newest"]
+__all__ = ["HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items",
+           "score", "split_newest"]
 
 #: Share of reviewed items, the newest by review time, held out to compare candidate and current model.
 HOLDOUT_SHARE = 0.2
+#: Points of accuracy on the rehearsal set's validation rows (the original training data's classes) that a
+#: candidate may have lost against the model its chain of versions started from. The site's held-out items
+#: cannot show forgetting (they are the site's kinds of items); these rows can, and no version trains on them.
+MAX_FORGETTING_POINTS = 1.0
 #: Folder in the versions folder that keeps the frozen backbone's features between runs: the rehearsal
 #: set's and the reviewed photos' (:mod:`wastenet.training.feature_store`). Sessions before 12 called it
 #: ``.rehearsal-cache``; a run from such a folder computes its features once again.
@@ -71,20 +76,57 @@ def score(classifier: Any, images: Sequence[Any], items: Sequence[dict[str, Any]
             "contamination": {name: {**b, "value": b["k"] / b["n"]} for name, b in sorted(bins.items())}}
 
 
-def promotion(current: dict[str, Any], candidate: dict[str, Any]) -> tuple[bool, str]:
+def check_max_forgetting(points: float, flag: str = "--max-forgetting") -> float:
+    """``points`` if it is an allowed loss (a number from 0 to 100), else a one-line ConfigError naming ``flag``.
+
+    >>> check_max_forgetting(1.0)
+    1.0
+    """
+    if not (isinstance(points, (int, float)) and not isinstance(points, bool) and 0 <= points <= 100):
+        raise ConfigError(f"{flag} must be a number of points from 0 to 100, got {points!r}")
+    return float(points)
+
+
+def forgetting(adapted: dict[str, Any], max_points: float = MAX_FORGETTING_POINTS) -> dict[str, Any] | None:
+    """What a candidate forgot, from :func:`wastenet.training.adapt.adapt`'s result: its accuracy on the
+    rehearsal set's validation rows against the reference model's (version 0, the model the service was
+    started with) and the allowed loss; None without a rehearsal set (nothing to measure it on)::
+
+        forgetting({"rehearsal_val_accuracy": 0.90, "rehearsal_reference": {"accuracy": 0.92, "n": 630}})
+        # {"reference": 0.92, "candidate": 0.90, "allowed_points": 1.0, "n": 630, ...}
+    """
+    ref, now = adapted.get("rehearsal_reference"), adapted.get("rehearsal_val_accuracy")
+    if not ref or now is None:
+        return None
+    return {"reference": ref["accuracy"], "reference_model": ref.get("model"), "n": ref.get("n"),
+            "before": adapted.get("rehearsal_val_accuracy_before"), "candidate": now, "allowed_points": max_points}
+
+
+def promotion(current: dict[str, Any], candidate: dict[str, Any],
+              forgot: dict[str, Any] | None = None) -> tuple[bool, str]:
     """Promote only when class accuracy is not lower and no bin's contamination is higher, and one of them
     is better, or, both equal, the candidate sorts more of the held-out items itself without being less
     often right on what it sorts (fewer manual sorts at no cost); anything else is a tie and keeps the
-    current model. Returns ``(promoted, why)``.
+    current model. With ``forgot`` (:func:`forgetting`), a candidate more than its ``allowed_points`` below
+    the reference on the rehearsal rows is kept out too. Returns ``(promoted, why)``.
 
     >>> promotion({"n": 10, "class_accuracy": 0.5, "contamination": {}},
     ...           {"n": 10, "class_accuracy": 0.7, "contamination": {}})
     (True, 'class accuracy 0.500 -> 0.700; no bin more contaminated')
+    >>> promotion({"n": 10, "class_accuracy": 0.5, "contamination": {}},
+    ...           {"n": 10, "class_accuracy": 0.7, "contamination": {}},
+    ...           {"reference": 0.92, "candidate": 0.90, "allowed_points": 1.0})
+    (False, 'forgets: rehearsal validation accuracy 0.920 (reference) -> 0.900, 2.0 points lower (at most 1)')
     """
     if not candidate.get("n"):
         return False, "no held-out reviewed items to compare on"
     a, b = current["class_accuracy"] or 0.0, candidate["class_accuracy"] or 0.0
     reasons, better = [], b > a
+    if forgot is not None:
+        lost = (forgot["reference"] - forgot["candidate"]) * 100
+        if lost > forgot["allowed_points"] + 1e-9:
+            reasons.append(f"forgets: rehearsal validation accuracy {forgot['reference']:.3f} (reference) -> "
+                           f"{forgot['candidate']:.3f}, {lost:.1f} points lower (at most {forgot['allowed_points']:g})")
     if b < a:
         reasons.append(f"class accuracy {a:.3f} -> {b:.3f} is lower")
     for name in sorted(set(current["contamination"]) | set(candidate["contamination"])):
@@ -109,11 +151,14 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any]) -> tuple[bool,
 
 def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path, *, mix: str | None = None,
                    mix_split: str | None = None, holdout: float = HOLDOUT_SHARE, new_class_min: int = 10,
-                   seed: int = 0, search: bool = False, versions: str | Path | None = None, parent: int = 0,
-                   mix_per_class: int | None = None, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+                   search: bool = False, versions: str | Path | None = None, parent: int = 0,
+                   cfg: Any = None, max_forgetting: float = MAX_FORGETTING_POINTS,
+                   log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Train a candidate from the log's reviewed items, score it and the current model on the held-out ones,
     decide; with ``versions`` (a :class:`~wastenet.site.versions.VersionStore` folder) add it as a version.
-    ``mix_per_class``: rehearsal images per class (None: :class:`~wastenet.training.adapt.AdaptConfig`'s)."""
+    ``cfg``: the head's fit, rehearsal images per class and seed (an :class:`~wastenet.training.adapt.AdaptConfig`;
+    None: its defaults);
+    ``max_forgetting``: points of rehearsal validation accuracy a candidate may lose (:func:`forgetting`)."""
     from PIL import Image
 
     from wastenet import checkpoint as ckpt_io
@@ -144,15 +189,30 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
         held_images = [Image.open(io.BytesIO(db.image(it["id"]) or b"")).convert("RGB") for it in held]
     log(f"learning from {len(train)} reviewed items ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
         f"{len(held)} newest held out" + (f"; new classes: {', '.join(grow)}" if grow else ""))
-    cfg = AdaptConfig(seed=seed) if mix_per_class is None else AdaptConfig(seed=seed, mix_per_class=mix_per_class)
+    cfg = cfg or AdaptConfig()
+    # forgetting is measured against version 0, the model the service was started with (offline: the input)
+    reference = None
+    if versions is not None:
+        from wastenet.site.versions import VersionStore
+
+        try:
+            reference = VersionStore(versions).file_of(0)
+        except KeyError:  # a new folder: no version 0 recorded
+            reference = None
+        if reference is not None and not Path(reference).is_file():
+            log(f"version 0 ({reference}) is gone: forgetting is measured against {checkpoint}")
+            reference = None
     result = adapt(checkpoint, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=cfg,
-                   search=search, new_classes=grow,
+                   search=search, new_classes=grow, reference=reference,
                    feature_cache=Path(versions) / FEATURE_CACHE if versions is not None else None)
     current, candidate = Classifier.load(checkpoint), Classifier.load(result["checkpoint"])
     scores = {"current": score(current, held_images, held), "candidate": score(candidate, held_images, held)}
-    promoted, reason = promotion(scores["current"], scores["candidate"])
+    forgot = forgetting(result, max_forgetting)
+    if forgot is not None:
+        scores["forgetting"] = forgot
+    promoted, reason = promotion(scores["current"], scores["candidate"], forgot)
     inputs = {"trained_on": [it["id"] for it in train], "held_out": [it["id"] for it in held], "rehearsal": mix,
-              "rehearsal_split": mix_split, "rehearsal_per_class": cfg.mix_per_class, "seed": seed,
+              "rehearsal_split": mix_split, "rehearsal_per_class": cfg.mix_per_class, "seed": cfg.seed,
               "new_classes": grow, "from": str(checkpoint)}
     out_result = {"candidate": result["checkpoint"], "scores": scores, "promoted": promoted, "reason": reason,
                   "inputs": inputs, "adapt_seconds": round(result["seconds"], 1), "seconds": round(time.time() - t0, 1)}

@@ -97,7 +97,7 @@ def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
 def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
           mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu",
           search: bool = True, new_classes: dict[str, str] | None = None,
-          feature_cache: str | Path | None = None) -> dict[str, Any]:
+          feature_cache: str | Path | None = None, reference: str | Path | None = None) -> dict[str, Any]:
     """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary.
 
     ``search=False`` skips fitting the unknown-item threshold under ``--search`` (minutes of windows
@@ -105,7 +105,9 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     ({class: bin}) first grows the head by kinds the model has no class for (their reviewed items
     are class folders in ``data`` too): :func:`wastenet.training.grow.grow_classes`. ``feature_cache``
     (a folder) keeps the rehearsal set's features between runs: the backbone is frozen, so a run from
-    a version of the same model reads them instead of recomputing most of its passes.
+    a version of the same model reads them instead of recomputing most of its passes. ``reference``
+    (a checkpoint with the same backbone: the version a service started from) is what forgetting is
+    measured against, on the rehearsal set's validation rows (default: the input model).
     """
     import torch
 
@@ -120,6 +122,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     cfg = cfg or AdaptConfig()
     t0 = time.time()
     ckpt = checkpoint.load(checkpoint_path)
+    input_classes = list(ckpt["classes"])
     if new_classes:
         from wastenet.training.grow import grow_classes
 
@@ -198,8 +201,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         f, _ = passes(parts["mix val"].images, desc="validation features (rehearsal)")
         val_feats.append(torch.from_numpy(f))
         val_labels.append(torch.from_numpy(parts["mix val"].labels).long())
+    n_rev_val = len(parts["reviewed val"]) if parts["reviewed val"] is not None else 0
     if cache_file is not None and cached is None:
-        n_rev_val = len(parts["reviewed val"]) if parts["reviewed val"] is not None else 0
         mix_x_val = torch.cat(val_feats)[n_rev_val:] if val_feats else torch.zeros(0, x_rev.shape[1])
         mix_y_val = torch.cat(val_labels)[n_rev_val:] if val_labels else torch.zeros(0, dtype=torch.long)
         _write_rehearsal(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
@@ -209,9 +212,25 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         _log(f"reviewed features: {store.reused} of {len(rev_train) + len(rev_val)} photos read from {store.path.name}")
 
     head = model.get_classifier()
-    before_val = float((head(x_val).argmax(1) == y_val).float().mean())
+    with torch.no_grad():
+        before_logits = head(x_val)
+    before_val = float((before_logits.argmax(1) == y_val).float().mean())
     val_logits = fit_head(head, (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val), cfg).numpy()
     val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
+    # what the head forgot: accuracy on the rehearsal set's validation rows of the reference model's
+    # classes (a grown kind is none of them), for the reference, the input model (its own classes) and
+    # the candidate. Versions share the frozen backbone, so each is its head on the same features.
+    ref_ckpt = checkpoint.load(reference) if reference is not None else None
+    ref_classes = list(ref_ckpt["classes"]) if ref_ckpt is not None else input_classes
+    mix_rows = [i for i in range(n_rev_val, len(y_val)) if classes[int(y_val[i])] in ref_classes]
+    x_old, y_old = x_val[mix_rows], [classes[int(y_val[i])] for i in mix_rows]
+    rehearsal_before = _accuracy(before_logits[mix_rows, :len(input_classes)], input_classes, y_old)
+    rehearsal_after = _accuracy(torch.from_numpy(val_logits)[mix_rows], classes, y_old)
+    if ref_ckpt is None:
+        rehearsal_ref = rehearsal_before
+    else:
+        with torch.no_grad():
+            rehearsal_ref = _accuracy(model_from_checkpoint(ref_ckpt).get_classifier()(x_old), ref_classes, y_old)
 
     # the site's items are known now: the unknown-item statistics include them (clean features,
     # computed above; the backbone did not change)
@@ -232,14 +251,19 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     seconds = time.time() - t0
     ckpt["adapted"] = {"from": str(checkpoint_path), "reviewed_train": len(rev_train), "reviewed_val": len(rev_val),
                        "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1),
-                       "new_classes": dict(new_classes or {})}
+                       "new_classes": dict(new_classes or {}), "rehearsal_val_accuracy_before": rehearsal_before,
+                       "rehearsal_val_accuracy": rehearsal_after,
+                       "rehearsal_reference": None if rehearsal_ref is None else {
+                           "model": str(reference or checkpoint_path), "accuracy": rehearsal_ref, "n": len(y_old)}}
     for k in ("optimizer", "scheduler", "history"):
         ckpt.pop(k, None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = checkpoint.save(ckpt, out / "best.pt")
     _log(f"adapted on {len(rev_train)} reviewed (+{len(mix_train)} rehearsal) images in {seconds:.0f}s: "
-         f"validation accuracy {before_val:.3f} -> {val_acc:.3f}, temperature {temperature:.3f}; {path}")
+         f"validation accuracy {before_val:.3f} -> {val_acc:.3f}"
+         + (f" (its rehearsal rows {rehearsal_before:.3f} -> {rehearsal_after:.3f}, reference {rehearsal_ref:.3f})"
+            if rehearsal_ref is not None else "") + f", temperature {temperature:.3f}; {path}")
     return {"checkpoint": str(path), "val_accuracy_before": before_val, "val_accuracy": val_acc,
             "temperature": float(temperature), "seconds": seconds, **ckpt["adapted"]}
 
@@ -284,6 +308,13 @@ def fit_head(head: "torch.nn.Module", reviewed: tuple, rehearsal: tuple, val: tu
     head.eval()
     with torch.no_grad():
         return head(x_val)
+
+
+def _accuracy(logits: "torch.Tensor", names: list[str], truth: list[str]) -> float | None:
+    """Share of rows whose top class (``names[argmax]``) is the true name; None for no rows."""
+    if not truth:
+        return None
+    return sum(names[int(i)] == t for i, t in zip(logits.argmax(1), truth)) / len(truth)
 
 
 _CACHE_KEEP = 3
