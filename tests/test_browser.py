@@ -354,3 +354,44 @@ def test_review_page_without_the_token_asks_for_it(browser, server, photo):
     page.wait_for_selector(f"#current[data-id='{item['id']}']", timeout=15_000)
     assert page.is_hidden("#token-form")
     context.close()
+
+
+@pytest.mark.browser
+def test_review_page_adapts_shows_why_and_rolls_back(browser, unsure_checkpoint, image_folder, tmp_path):
+    """The versions panel: "Adapt now" starts a run, its progress and outcome show on the page with the
+    held-out and forgetting figures, and a version is served (and rolled back) with one click each."""
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
+    split = tmp_path / "mix-split.csv"
+    split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
+                                                      for i, r in enumerate(rows)))
+    proc, url = _start_server(unsure_checkpoint, tmp_path / "decisions.sqlite", "--review-token", REVIEW_TOKEN,
+                              "--audit-rate", "0", "--threshold", "1", "--adapt-mix", str(image_folder),
+                              "--adapt-mix-split", str(split), "--adapt-mix-per-class", "4")
+    auth = {"Authorization": f"Bearer {REVIEW_TOKEN}"}
+    try:
+        for i, cls in enumerate(("glass", "metal", "paper") * 4):  # 12 manual-sort items, labelled right
+            buf = __import__("io").BytesIO()
+            make_image(cls, 700 + i).save(buf, "JPEG")
+            item = httpx.post(url + "/api/predict", files={"file": (f"{i}.jpg", buf.getvalue(), "image/jpeg")}).json()
+            assert httpx.post(f"{url}/api/review/{item['id']}", json={"label": cls}, headers=auth).status_code == 200
+        page = browser.new_page()
+        page.goto(url + "/review#token=" + REVIEW_TOKEN)
+        page.wait_for_selector("#adapt-status:text-matches('No adaptation yet')", timeout=15_000)
+        page.click("#adapt-now")
+        page.wait_for_selector("#adapt-status:text-matches('Last adaptation')", timeout=180_000)
+        status = page.inner_text("#adapt-status")
+        assert "version 1" in status and ("promoted" in status)
+        row = page.inner_text("tr[data-version='1']")
+        v1 = httpx.get(url + "/api/models").json()["versions"][1]
+        assert v1["reason"] in row and "at most 1 point lower" in row  # the forgetting check, shown
+        assert f"{len(v1['inputs']['trained_on'])} / {len(v1['inputs']['held_out'])}" in row
+
+        page.click("tr[data-version='1'] button")  # serve version 1 (promoted or not: the reviewer decides)
+        page.wait_for_selector("tr[data-version='1'] td:text-is('Serving now')", timeout=15_000)
+        assert httpx.get(url + "/api/models").json()["active"] == 1
+        page.click("tr[data-version='0'] button")  # and back: a rollback
+        page.wait_for_selector("tr[data-version='0'] td:text-is('Serving now')", timeout=15_000)
+        assert httpx.get(url + "/api/models").json()["active"] == 0
+        page.close()
+    finally:
+        _stop(proc)

@@ -1,5 +1,6 @@
 // The review loop as a labelling tool: one item at a time, one key per class, the next item comes up
-// by itself, undo of the last label, a count of what is left; the live figures (/api/stats) below.
+// by itself, undo of the last label, a count of what is left; the model versions (adapt now, why each was
+// or was not promoted, serve one: a rollback) and the live figures (/api/stats) below.
 "use strict";
 
 (function () {
@@ -137,6 +138,7 @@
       setStatus();
       nextItem();
       loadStats();
+      loadVersions();  // --adapt-every: this label may have started a run
     } catch (e) {
       showError(`Could not save item ${item.id}: ${e.message}`);
     } finally {
@@ -226,6 +228,96 @@
       .catch((e) => { $("stats-body").textContent = "Cannot load the figures: " + e.message; });
   }
 
+  // ------------------------------------------------------------------ model versions
+  // GET /api/models: every version with how it was made and why it was (not) promoted; the adaptation
+  // running now. "Adapt now" and "Serve this version" (a rollback) need the token, as labels do.
+  let versionsTimer = null;
+  const fix3 = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(3));
+  function adaptationText(a) {
+    const when = a.every ? `Adapts after every ${a.every} new reviewed items` : "Adapts when asked (Adapt now)";
+    if (!a.can_adapt) return `This server cannot adapt: ${a.reason}`;
+    if (a.state === "running")
+      return `Adapting now: started ${a.elapsed_s ?? 0} s ago (${a.trigger}), from version ${a.parent}, on ${a.reviewed_items} reviewed items. ${when}.`;
+    const last = a.last;
+    if (!last) return `No adaptation yet. ${when}.`;
+    const took = last.seconds !== undefined ? ` in ${Math.round(last.seconds)} s` : "";
+    if (a.state === "failed" || last.error) return `The last adaptation failed${took}: ${last.error}. ${when}.`;
+    return `Last adaptation${took}: version ${last.version} ${last.promoted ? "promoted" : "not promoted"} (${last.reason}). ${when}.`;
+  }
+  function versionRow(v, active) {
+    const tr = document.createElement("tr");
+    tr.dataset.version = v.id;
+    const s = v.scores || {};
+    const cur = s.current || {}, cand = s.candidate || {}, f = s.forgetting;
+    const inputs = v.inputs || {};
+    const made = new Date(v.created_at);
+    const cells = [
+      `${v.id}` + (v.id === 0 ? " (started with)" : ""),
+      isNaN(made) ? v.created_at : made.toLocaleString(),
+      v.parent === null || v.parent === undefined ? "–" : `${v.parent}`,
+      v.id === 0 ? "–" : `${(inputs.trained_on || []).length} / ${(inputs.held_out || []).length}`,
+      v.id === 0 ? "–" : `${fix3(cur.class_accuracy)} → ${fix3(cand.class_accuracy)}`,
+      f ? `${fix3(f.reference)} → ${fix3(f.candidate)} (at most ${f.allowed_points} point${f.allowed_points === 1 ? "" : "s"} lower)` : "–",
+      (v.promoted ? "Promoted: " : "Kept out: ") + v.reason,
+    ];
+    cells.forEach((text, i) => { const td = document.createElement(i ? "td" : "th"); td.textContent = text; tr.appendChild(td); });
+    const td = document.createElement("td");
+    if (v.id === active) {
+      td.textContent = "Serving now";
+    } else {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "button";
+      b.textContent = v.promoted ? "Serve this version" : "Serve it anyway";
+      b.addEventListener("click", () => activate(v.id));
+      td.appendChild(b);
+    }
+    tr.appendChild(td);
+    return tr;
+  }
+  function loadVersions() {
+    clearTimeout(versionsTimer);
+    fetch("/api/models")
+      .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
+      .then((m) => {
+        const a = m.adaptation;
+        $("adapt-status").textContent = adaptationText(a);
+        $("adapt-now").disabled = !a.can_adapt || a.state === "running";
+        const body = $("versions-body");
+        body.replaceChildren();
+        if (m.versions.length) {
+          const table = document.createElement("table");
+          table.className = "stats";
+          const head = document.createElement("tr");
+          ["Version", "Made", "From", "Trained on / held out", "Held-out class accuracy (serving → candidate)",
+           "Training classes' accuracy (version 0 → candidate)", "Outcome", ""].forEach((h) => {
+            const th = document.createElement("th"); th.scope = "col"; th.textContent = h; head.appendChild(th);
+          });
+          table.appendChild(head);
+          [...m.versions].reverse().forEach((v) => table.appendChild(versionRow(v, m.active)));
+          body.appendChild(table);
+        }
+        if (a.state === "running") versionsTimer = setTimeout(loadVersions, 2000);
+      })
+      .catch((e) => { $("adapt-status").textContent = "Cannot load the model versions: " + e.message; });
+  }
+  async function post(url, what) {
+    const r = await fetch(url, { method: "POST", ...authed({ "Content-Type": "application/json" }), body: "{}" });
+    const answer = await r.json().catch(() => ({}));
+    if (r.status === 401) { askToken(`${what} needs the review token that \`wastenet serve\` printed at start.`); return null; }
+    if (!r.ok) { showError(`${what}: ${answer.error || "HTTP " + r.status}`); return null; }
+    showError("");
+    return answer;
+  }
+  async function activate(id) {
+    if (await post(`/api/models/${id}/activate`, `Serving version ${id}`)) { loadVersions(); loadStats(); }
+  }
+  $("adapt-now").addEventListener("click", async () => {
+    $("adapt-now").disabled = true;
+    await post("/api/models/adapt", "Adapting");
+    loadVersions();
+  });
+
   function load() {
     fetch("/api/review?limit=100", authed())
       .then(async (r) => {
@@ -250,6 +342,7 @@
         if (data.retention) status.textContent += " " + data.retention;
         nextItem();
         loadStats();
+        loadVersions();
       })
       .catch((e) => { status.textContent = ""; showError("Cannot load the review list: " + e.message); });
   }
