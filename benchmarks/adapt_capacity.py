@@ -11,7 +11,13 @@ point, and on every later item:
 - ``head``: the model's linear head re-fitted (what ``adapt`` does today);
 - ``adapter``: a residual bottleneck on the pooled features (``f + B relu(A f)``, ``B`` starting at 0,
   so it begins as the deployed model) before the same head, trained together;
-- ``mlp``: a fresh two-layer head (features -> 256 -> classes), the most capacity of the three.
+- ``mlp``: a fresh two-layer head (features -> 256 -> classes), the most capacity of the three;
+- ``anchored-W`` (e.g. ``anchored-1``): the same linear head, trained as the deployed head plus a change
+  that starts at zero, with AdamW's weight decay ``W`` on the change: decay *towards the deployed head*
+  (L2-SP) instead of towards zero, a lever against forgetting;
+- ``lr-R`` (e.g. ``lr-0.0003``): the linear head with a smaller step size.
+With ``--check-data/--check-split`` every candidate is also scored on that split's ``test`` rows
+(TrashNet's: never trained on), the forgetting the issue bounds.
 
 All variants see the same features (clean plus 4 augmented views of each reviewed item) and the
 same rehearsal features (``adapt``'s cache from the stream's server, ``--rehearsal-cache``), so the
@@ -68,7 +74,33 @@ def make_head(variant: str, base_head, dim: int, n_classes: int, seed: int):
         return nn.Sequential(Residual(), copy.deepcopy(base_head))
     if variant == "mlp":
         return nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, n_classes))
+    if variant.startswith("anchored-"):
+        class Anchored(nn.Module):
+            """The deployed head (frozen buffers) plus a trainable change starting at zero."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.register_buffer("w0", base_head.weight.detach().clone())
+                self.register_buffer("b0", base_head.bias.detach().clone())
+                self.dw, self.db = nn.Parameter(torch.zeros_like(self.w0)), nn.Parameter(torch.zeros_like(self.b0))
+
+            def forward(self, x):
+                return x @ (self.w0 + self.dw).T + self.b0 + self.db
+        return Anchored()
+    if variant.startswith("lr-"):
+        return copy.deepcopy(base_head)
     raise ValueError(variant)
+
+
+def variant_config(variant: str):
+    """The head's fit for a variant: ``adapt``'s, but for ``anchored-W`` (its weight decay) and ``lr-R``."""
+    from wastenet.training.adapt import AdaptConfig
+
+    if variant.startswith("anchored-"):
+        return AdaptConfig(weight_decay=float(variant.split("-", 1)[1]))
+    if variant.startswith("lr-"):
+        return AdaptConfig(lr=float(variant.split("-", 1)[1]))
+    return AdaptConfig()
 
 
 def scores(logits, labels, temperature: float, threshold: float) -> dict:
@@ -93,6 +125,8 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--features", help="cache the stream's features here (.npz)")
+    ap.add_argument("--check-data", help="a dataset whose --check-split test rows score forgetting")
+    ap.add_argument("--check-split")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -140,6 +174,15 @@ def main() -> int:
                           for v in range(args.views)])
         if feats_file is not None:
             np.savez(feats_file, clean=clean, views=views)
+    x_check = y_check = None
+    if args.check_data:
+        from wastenet.data.datasets import read_split_file
+
+        test_rows = [r for r in read_split_file(args.check_split, args.check_data) if r.split == "test"
+                     and r.label in classes]
+        c = build_cache(args.check_data, test_rows, classes, prep.cache_size, prep.interpolation)
+        check_passes = FeaturePasses(model_from_checkpoint(ckpt).eval(), prep, "cpu", len(test_rows))
+        x_check, y_check = torch.from_numpy(check_passes(c.images, desc="check features")[0]), c.labels
     reh = np.load(args.rehearsal_cache)
     x_mix, y_mix = torch.from_numpy(reh["x_mix"]), torch.from_numpy(reh["y_mix"]).long()
     x_mval, y_mval = reh["x_val"], reh["y_val"]
@@ -169,7 +212,8 @@ def main() -> int:
             t0 = time.time()
             head = make_head(variant, base_head, clean.shape[1], len(classes), seed=0)
             val_logits = fit_head(head, (x_rev, y_rev), (x_mix, y_mix),
-                                  (torch.from_numpy(x_val), torch.from_numpy(y_val).long()), AdaptConfig()).numpy()
+                                  (torch.from_numpy(x_val), torch.from_numpy(y_val).long()),
+                                  variant_config(variant)).numpy()
             temperature = float(fit_temperature(val_logits, y_val))
             with torch.no_grad():
                 logits = head(torch.from_numpy(clean)).numpy()
@@ -179,9 +223,14 @@ def main() -> int:
                 "later": scores(logits[later], labels[later], temperature, threshold),
                 "rehearsal_val_accuracy": float((val_logits[len(val_idx):].argmax(1) == y_mval).mean()),
             }
+            if x_check is not None:
+                with torch.no_grad():
+                    row["variants"][variant]["check_accuracy"] = float(
+                        (head(x_check).argmax(1).numpy() == y_check).mean())
         _log(f"after item {t} ({len(seen)} reviewed): " + "; ".join(
             f"{v} next {r['next']['accuracy']:.3f} (auto {r['next']['coverage']:.2f} at {r['next']['auto_accuracy'] or 0:.3f})"
-            f" rehearsal val {r['rehearsal_val_accuracy']:.3f}" for v, r in row["variants"].items()))
+            f" rehearsal val {r['rehearsal_val_accuracy']:.3f}"
+            + (f" check {r['check_accuracy']:.3f}" if "check_accuracy" in r else "") for v, r in row["variants"].items()))
         out["points"].append(row)
     # the stream as each variant would have served it: every item scored by the last candidate trained before it
     total = {}
@@ -195,11 +244,20 @@ def main() -> int:
             auto_hits += (s["auto_accuracy"] or 0) * s["coverage"] * s["n"]
         total[variant] = {"n": n, "accuracy": hits / n if n else None, "coverage": auto / n if n else None,
                           "auto_accuracy": auto_hits / auto if auto else None}
+        checks = [row["variants"][variant].get("check_accuracy") for row in out["points"]]
+        if x_check is not None and checks:
+            total[variant]["check_accuracy_min"] = min(checks)
+            total[variant]["check_accuracy_last"] = checks[-1]
     out["after_first_adaptation"] = total
+    if x_check is not None:
+        with torch.no_grad():
+            out["base_check_accuracy"] = float((base_head(x_check).argmax(1).numpy() == y_check).mean())
     Path(args.out).write_text(json.dumps(out, indent=2))
     for v, s in total.items():
         print(f"{v}: {s['n']} items after the first adaptation: accuracy {s['accuracy']:.3f}, "
-              f"coverage {s['coverage']:.3f}, auto-sorted accuracy {s['auto_accuracy']:.3f}")
+              f"coverage {s['coverage']:.3f}, auto-sorted accuracy {s['auto_accuracy']:.3f}"
+              + (f"; check accuracy min {s['check_accuracy_min']:.3f}, last {s['check_accuracy_last']:.3f} "
+                 f"(base {out['base_check_accuracy']:.3f})" if "check_accuracy_min" in s else ""))
     return 0
 
 

@@ -157,12 +157,15 @@ def test_a_candidate_that_forgets_the_training_classes_is_not_promoted(tiny_chec
     val = {i for idx in first.values() for i in idx[:2]}
     split = write_split_file([Row(r.path, r.label, "val" if i in val else "train") for i, r in enumerate(rows)],
                              tmp_path / "split.csv")
+    # the site's rehearsal rehearses paper only: nothing holds glass and metal against the reviewer's swap
+    paper_only = write_split_file([Row(r.path, r.label, "val" if i in val else "train") for i, r in enumerate(rows)
+                                   if i in val or r.label == "paper"], tmp_path / "paper-only.csv")
     # the tiny model's random features are small numbers: a large step size lets its head learn them
     fast = AdaptConfig(epochs=40, views=1, lr=0.3, weight_decay=0.0, patience=40)
     base = adapt(tiny_checkpoint, image_folder, tmp_path / "base", mix=image_folder, mix_split=split, cfg=fast,
                  search=False)["checkpoint"]
     db = _swapped_log(tmp_path / "decisions.sqlite")
-    kw = dict(mix=str(image_folder), mix_split=str(split), versions=tmp_path / "models", cfg=fast)
+    kw = dict(mix=str(image_folder), mix_split=str(paper_only), versions=tmp_path / "models", cfg=fast)
     VersionStore(tmp_path / "models", base=base)
     result = learn_from_log(db, base, tmp_path / "cand", **kw)
     f = result["scores"]["forgetting"]
@@ -175,3 +178,11 @@ def test_a_candidate_that_forgets_the_training_classes_is_not_promoted(tiny_chec
     # the allowed loss is a setting; at 100 points the same candidate wins on the held-out items alone
     again = learn_from_log(db, base, tmp_path / "cand2", max_forgetting=100, **kw)
     assert again["promoted"] and again["scores"]["forgetting"]["reference"] == f["reference"]
+
+    # a later candidate starts from version 0 again, not from the version it competes with (whose drift it
+    # would inherit): here that version is the swapped one, and the new candidate's start is version 0's head
+    current = VersionStore(tmp_path / "models").file_of(again["version"])
+    third = learn_from_log(db, current, tmp_path / "cand3", max_forgetting=100, **kw)
+    assert third["inputs"]["from"] == str(VersionStore(tmp_path / "models").file_of(0))
+    assert third["inputs"]["compared_with"] == str(current)
+    assert third["scores"]["forgetting"]["before"] == f["reference"]  # it started from version 0's head
