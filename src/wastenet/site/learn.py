@@ -212,8 +212,8 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
         f"{len(held)} newest held out" + (f"; new classes: {', '.join(grow)}" if grow else ""))
     cfg = cfg or AdaptConfig()
     # the candidate starts from version 0 and learns every reviewed item again: a head re-fitted from the last
-    # version's would carry each version's drift on to the next (the edge model lost up to 1.9 TrashNet points
-    # that way, where fits from version 0 on the same items lost none; BENCHMARKS.md "The forgetting check")
+    # version's would carry each version's drift on to the next (the edge model's versions lost up to 1.9 TrashNet
+    # points that way; fits from version 0 on the same items, 1.1 at worst; BENCHMARKS.md "The forgetting check")
     result = adapt(origin, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=cfg,
                    search=search, new_classes=grow, reference=origin,
                    feature_cache=Path(versions) / FEATURE_CACHE if versions is not None else None)
