@@ -33,7 +33,8 @@ __all__ = ["HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_max_forgetting", "fo
 HOLDOUT_SHARE = 0.2
 #: Points of accuracy on the rehearsal set's validation rows (the original training data's classes) that a
 #: candidate may have lost against the model its chain of versions started from. The site's held-out items
-#: cannot show forgetting (they are the site's kinds of items); these rows can, and no version trains on them.
+#: cannot show forgetting (they are the site's kinds of items); these rows can, and no version trains on them
+#: (adaptation early-stops on them, though, so they flatter a candidate: a guard, not a measure of drift).
 MAX_FORGETTING_POINTS = 1.0
 #: Folder in the versions folder that keeps the frozen backbone's features between runs: the rehearsal
 #: set's and the reviewed photos' (:mod:`wastenet.training.feature_store`). Sessions before 12 called it
@@ -215,7 +216,7 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     # version's would carry each version's drift on to the next (the edge model's versions lost up to 1.9 TrashNet
     # points that way; fits from version 0 on the same items, 1.1 at worst; BENCHMARKS.md "The forgetting check")
     result = adapt(origin, work / "reviewed", out, mix=mix, mix_split=mix_split, cfg=cfg,
-                   search=search, new_classes=grow, reference=origin,
+                   search=search, new_classes=grow,
                    feature_cache=Path(versions) / FEATURE_CACHE if versions is not None else None)
     current, candidate = Classifier.load(checkpoint), Classifier.load(result["checkpoint"])
     scores = {"current": score(current, held_images, held), "candidate": score(candidate, held_images, held)}

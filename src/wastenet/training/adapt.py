@@ -97,7 +97,7 @@ def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
 def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
           mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu",
           search: bool = True, new_classes: dict[str, str] | None = None,
-          feature_cache: str | Path | None = None, reference: str | Path | None = None) -> dict[str, Any]:
+          feature_cache: str | Path | None = None) -> dict[str, Any]:
     """Fit the head on reviewed items (+ a rehearsal mix), write ``out/best.pt``; returns a summary.
 
     ``search=False`` skips fitting the unknown-item threshold under ``--search`` (minutes of windows
@@ -105,9 +105,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     ({class: bin}) first grows the head by kinds the model has no class for (their reviewed items
     are class folders in ``data`` too): :func:`wastenet.training.grow.grow_classes`. ``feature_cache``
     (a folder) keeps the rehearsal set's features between runs: the backbone is frozen, so a run from
-    a version of the same model reads them instead of recomputing most of its passes. ``reference``
-    (a checkpoint with the same backbone: the version a service started from) is what forgetting is
-    measured against, on the rehearsal set's validation rows (default: the input model).
+    a version of the same model reads them instead of recomputing most of its passes. Forgetting is
+    measured against the input model, on the rehearsal set's validation rows (``rehearsal_reference``).
     """
     import torch
 
@@ -217,20 +216,12 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     before_val = float((before_logits.argmax(1) == y_val).float().mean())
     val_logits = fit_head(head, (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val), cfg).numpy()
     val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
-    # what the head forgot: accuracy on the rehearsal set's validation rows of the reference model's
-    # classes (a grown kind is none of them), for the reference, the input model (its own classes) and
-    # the candidate. Versions share the frozen backbone, so each is its head on the same features.
-    ref_ckpt = checkpoint.load(reference) if reference is not None else None
-    ref_classes = list(ref_ckpt["classes"]) if ref_ckpt is not None else input_classes
-    mix_rows = [i for i in range(n_rev_val, len(y_val)) if classes[int(y_val[i])] in ref_classes]
-    x_old, y_old = x_val[mix_rows], [classes[int(y_val[i])] for i in mix_rows]
+    # what the head forgot: accuracy on the rehearsal set's validation rows of the input model's classes
+    # (a grown kind is none of them), before (its own classes only) and after
+    mix_rows = [i for i in range(n_rev_val, len(y_val)) if classes[int(y_val[i])] in input_classes]
+    y_old = [classes[int(y_val[i])] for i in mix_rows]
     rehearsal_before = _accuracy(before_logits[mix_rows, :len(input_classes)], input_classes, y_old)
     rehearsal_after = _accuracy(torch.from_numpy(val_logits)[mix_rows], classes, y_old)
-    if ref_ckpt is None:
-        rehearsal_ref = rehearsal_before
-    else:
-        with torch.no_grad():
-            rehearsal_ref = _accuracy(model_from_checkpoint(ref_ckpt).get_classifier()(x_old), ref_classes, y_old)
 
     # the site's items are known now: the unknown-item statistics include them (clean features,
     # computed above; the backbone did not change)
@@ -253,8 +244,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
                        "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1),
                        "new_classes": dict(new_classes or {}), "rehearsal_val_accuracy_before": rehearsal_before,
                        "rehearsal_val_accuracy": rehearsal_after,
-                       "rehearsal_reference": None if rehearsal_ref is None else {
-                           "model": str(reference or checkpoint_path), "accuracy": rehearsal_ref, "n": len(y_old)}}
+                       "rehearsal_reference": None if rehearsal_before is None else {
+                           "model": str(checkpoint_path), "accuracy": rehearsal_before, "n": len(y_old)}}
     for k in ("optimizer", "scheduler", "history"):
         ckpt.pop(k, None)
     out = Path(out)
@@ -262,8 +253,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     path = checkpoint.save(ckpt, out / "best.pt")
     _log(f"adapted on {len(rev_train)} reviewed (+{len(mix_train)} rehearsal) images in {seconds:.0f}s: "
          f"validation accuracy {before_val:.3f} -> {val_acc:.3f}"
-         + (f" (its rehearsal rows {rehearsal_before:.3f} -> {rehearsal_after:.3f}, reference {rehearsal_ref:.3f})"
-            if rehearsal_ref is not None else "") + f", temperature {temperature:.3f}; {path}")
+         + (f" (its rehearsal rows {rehearsal_before:.3f} -> {rehearsal_after:.3f})"
+            if rehearsal_before is not None else "") + f", temperature {temperature:.3f}; {path}")
     return {"checkpoint": str(path), "val_accuracy_before": before_val, "val_accuracy": val_acc,
             "temperature": float(temperature), "seconds": seconds, **ckpt["adapted"]}
 
