@@ -22,6 +22,7 @@ RULE = LabelRule(classes=["glass", "metal", "paper"], class_bins={"glass": "recy
     ("coffee_cup", None, ("coffee_cup", "landfill")),         # a known new kind keeps its bin
     ("Coffee cup", "landfill", ("coffee_cup", "landfill")),
     (" Glass ", None, ("glass", "recyclable")),               # a class, however it is typed
+    ("Not an item", None, ("not_an_item", None)),             # the photo shows no item: no bin
 ])
 def test_what_a_reviewer_may_say(label, bin, want):
     assert RULE.check(label, bin) == want
@@ -35,6 +36,7 @@ def test_what_a_reviewer_may_say(label, bin, want):
     ("../x", "landfill", "letters, digits"),                  # a kind becomes a folder and a class name
     ("", None, "label must be one of"),
     (3, None, "label must be one of"),
+    ("not_an_item", "landfill", "goes to no bin"),
 ])
 def test_what_a_reviewer_may_not_say(label, bin, why):
     with pytest.raises(ValueError, match=why):
@@ -72,6 +74,9 @@ def test_new_kinds_are_labelled_with_their_bin_and_counted_by_the_service(unsure
         bad = c.post(f"/api/review/{ids[2]}", json={"label": "food_waste", "bin": "landfill"}, headers=auth)
         assert bad.status_code == 400 and "one kind has one bin" in bad.json()["error"]
         assert c.post(f"/api/review/{ids[2]}", json={"label": "shoe", "bin": "garden"}, headers=auth).status_code == 400
+        empty = c.post(f"/api/review/{ids[2]}", json={"label": "Not an item"}, headers=auth)
+        assert empty.status_code == 200 and (empty.json()["reviewed_label"], empty.json()["reviewed_bin"]) == (
+            "not_an_item", None)
         queue = c.get("/api/review", headers=auth).json()
         assert queue["new_kinds"] == [{"label": "food_waste", "bin": "compostable", "reviewed": 2}]
         assert queue["new_class_min"] == 3 and queue["bins"] == ["recyclable", "compostable", "landfill"]

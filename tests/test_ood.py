@@ -84,6 +84,39 @@ def test_every_feature_score_in_the_graph_gives_the_numpy_score():
     for method in ood.FEATURE_METHODS:
         got = FeatureScore(rule, method)(torch.from_numpy(probe)).numpy()
         np.testing.assert_allclose(got, ood.feature_score(method, probe, rule), rtol=1e-3, atol=1e-3, err_msg=method)
+    # with not-an-item examples near three of the probes: those (and any probe nearer them than the bank) refused
+    rule["negatives"] = ood.fit_negatives(probe[:3] + 0.1).astype(np.float16)
+    assert ood.not_an_item(probe, rule)[:3].all() and not ood.not_an_item(probe, rule).all()
+    for method in ood.FEATURE_METHODS:
+        got = FeatureScore(rule, method)(torch.from_numpy(probe)).numpy()
+        np.testing.assert_allclose(got, ood.feature_score(method, probe, rule), rtol=1e-3, atol=1e-3, err_msg=method)
+
+
+def test_a_photo_nearer_a_not_an_item_example_than_any_known_item_scores_above_every_threshold():
+    x, y, centres = _clusters()
+    rule = {"stats": ood.fit_mahalanobis(x, y, 3, dims=5), "bank": ood.fit_knn_bank(x, max_rows=40)}
+    rule["scales"] = {"knn": ood.fit_scale(ood.feature_score("knn", x, rule))}
+    rng = np.random.default_rng(3)
+    floor = rng.normal(0, 4, x.shape[1])  # an empty floor: no known item looks like it
+    probe = np.concatenate([centres + rng.normal(0, 1, centres.shape), floor + rng.normal(0, 1, (3, x.shape[1]))])
+    before = {m: ood.feature_score(m, probe, rule) for m in ood.FEATURE_METHODS if m in ("mahalanobis", "knn")}
+    assert not ood.not_an_item(probe, rule).any()  # no negatives: a rule as every rule before this label
+    rule["negatives"] = ood.fit_negatives(floor + rng.normal(0, 1, (5, x.shape[1])))
+    assert ood.not_an_item(probe, rule).tolist() == [False] * 3 + [True] * 3
+    for m, s in before.items():
+        after = ood.feature_score(m, probe, rule)
+        np.testing.assert_array_equal(after[:3], s[:3])            # known items score as before
+        assert (after[3:] == ood.NOT_AN_ITEM_SCORE).all(), m       # the floor is refused whatever its score
+    assert ood.threshold_for_coverage(np.r_[np.linspace(0, 1, 90), np.full(10, ood.NOT_AN_ITEM_SCORE)], 0.9) < 1.0
+
+
+def test_only_the_newest_not_an_item_examples_are_kept_as_unit_rows():
+    f = np.arange(1, 3001, dtype=np.float64)[:, None] * np.ones((1, 4))
+    f[:, 0] += np.arange(3000)
+    kept = ood.fit_negatives(f, max_rows=1024)
+    assert kept.shape == (1024, 4) and kept.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(kept, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(kept[-1], f[-1] / np.linalg.norm(f[-1]), rtol=1e-5)  # the newest last
 
 
 def test_the_knn_bank_is_bounded_and_made_of_unit_rows():
@@ -221,6 +254,38 @@ def test_onnx_file_computes_the_combined_score_as_torch_does(imagenet_checkpoint
     files = sorted(image_folder.rglob("*.jpg"))[:6]
     np.testing.assert_allclose([p.ood_score for p in pt.predict(files)], [p.ood_score for p in ox.predict(files)],
                                rtol=1e-3, atol=1e-4)
+
+
+def test_not_an_item_examples_refuse_in_the_onnx_file_as_in_torch_and_the_bank_is_stored_once(
+        imagenet_checkpoint, image_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from conftest import make_image
+    from wastenet import checkpoint
+    from wastenet.export.onnx import export_onnx
+    from wastenet.inference.predictor import Classifier
+
+    empty = [make_image("glass", seed=900 + i, size=(96, 96)).convert("L").convert("RGB") for i in range(3)]
+    known = [Image.open(f).convert("RGB") for f in sorted(image_folder.rglob("*.jpg"))[:6]]
+    plain = Classifier.load(imagenet_checkpoint)
+    net = plain.backend.model
+    with torch.no_grad():
+        feats = net.forward_head(net.forward_features(torch.from_numpy(plain.preprocess(empty))), pre_logits=True).numpy()
+    ckpt = checkpoint.load(imagenet_checkpoint)
+    ckpt["ood"]["negatives"] = torch.as_tensor(ood.fit_negatives(feats).astype(np.float16))
+    path = checkpoint.save(ckpt, tmp_path / "with-negatives.pt")
+    pt = Classifier.load(path)
+    got = pt.predict(empty + known)
+    assert [p.ood_score for p in got[:3]] == [ood.NOT_AN_ITEM_SCORE] * 3
+    assert all(p.decision == "manual_sort" for p in got[:3])
+    np.testing.assert_allclose([p.ood_score for p in got[3:]], [p.ood_score for p in plain.predict(known)], rtol=1e-6)
+    out = export_onnx(path, tmp_path / "m.onnx", opset=13).path
+    np.testing.assert_allclose([p.ood_score for p in Classifier.load(out).predict(empty + known)],
+                               [p.ood_score for p in got], rtol=1e-3, atol=1e-4)
+    bank = ckpt["ood"]["bank"].numel()
+    tables = [i for i in onnx.load(str(out)).graph.initializer if int(np.prod(i.dims)) == bank]
+    assert len(tables) == 1  # the k-NN score and the not-an-item test read one copy of the bank
 
 
 def test_asking_for_a_feature_score_the_graph_does_not_compute_is_a_one_line_error(ood_checkpoint, image_folder):
@@ -366,6 +431,31 @@ def test_adapt_keeps_the_imagenet_kinds_rule_and_refits_it_with_the_site_items(i
     assert after["method"] == after["graph_method"] == "knn+imagenet"
     assert torch.equal(after["imagenet"]["weight"], before["imagenet"]["weight"])  # the backbone did not change
     assert not torch.equal(after["imagenet"]["log_prior"], before["imagenet"]["log_prior"])  # the site's photos count
+
+
+def test_adapt_learns_what_an_empty_photo_looks_like_from_a_not_an_item_folder(imagenet_checkpoint, image_folder,
+                                                                              tmp_path):
+    import shutil
+
+    from conftest import make_image
+    from wastenet import checkpoint
+    from wastenet.inference.predictor import Classifier
+    from wastenet.training.adapt import AdaptConfig, adapt
+
+    site = tmp_path / "reviewed"
+    shutil.copytree(image_folder, site)
+    (site / ood.NOT_AN_ITEM).mkdir()
+    empty = []
+    for i in range(3):  # grey floors: no class looks like them
+        empty.append(site / ood.NOT_AN_ITEM / f"{i}.jpg")
+        make_image("glass", seed=700 + i).convert("L").convert("RGB").save(empty[-1])
+    result = adapt(imagenet_checkpoint, site, tmp_path / "site", cfg=AdaptConfig(views=1, epochs=2))
+    ck = checkpoint.load(result["checkpoint"])
+    assert ck["classes"] == checkpoint.load(imagenet_checkpoint)["classes"]  # no class for an empty floor
+    assert ck["adapted"]["not_an_item"] == 3 and ck["ood"]["fitted_on"]["negatives"] == 3
+    assert tuple(ck["ood"]["negatives"].shape) == (3, ck["ood"]["bank"].shape[1])
+    got = Classifier.load(result["checkpoint"]).predict(empty)
+    assert all(p.ood_score == ood.NOT_AN_ITEM_SCORE and p.decision == "manual_sort" for p in got)
 
 
 @pytest.fixture(scope="module")

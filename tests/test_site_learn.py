@@ -68,22 +68,41 @@ def test_versions_are_files_and_the_active_one_survives_a_reopen(tmp_path):
         again.activate(7)
 
 
-def _reviewed_log(path, per_class=8, new_kind=6):
+def _reviewed_log(path, per_class=8, new_kind=6, empty=0):
     log = DecisionLog(path)
     log.set_classes(["glass", "metal", "paper"], {"glass": "recyclable", "metal": "recyclable", "paper": "recyclable"},
                     ["recyclable", "compostable", "landfill"])
     n = 0
-    labels = [c for c in ("glass", "metal", "paper") for _ in range(per_class)] + ["food_waste"] * new_kind
+    labels = ([c for c in ("glass", "metal", "paper") for _ in range(per_class)] + ["food_waste"] * new_kind
+              + ["not_an_item"] * empty)
     labels = [labels[(7 * i) % len(labels)] for i in range(len(labels))]  # interleaved, as a site's come
     for i, label in enumerate(labels):
         buf = io.BytesIO()
-        make_image(label if label != "food_waste" else "paper", 500 + i).save(buf, "JPEG")
+        photo = make_image({"food_waste": "paper", "not_an_item": "glass"}.get(label, label), 500 + i)
+        (photo.convert("L").convert("RGB") if label == "not_an_item" else photo).save(buf, "JPEG")
         row = log.record({"label": "glass", "confidence": 0.4, "bin": "recyclable", "decision": "manual_sort"},
                          buf.getvalue(), f"{i}.jpg", 0.9, "m.pt")
         log.review(row, label, bin="compostable" if label == "food_waste" else None)
         n += 1
     log.close()
     return path
+
+
+def test_a_photo_of_no_item_is_scored_right_when_refused_and_contaminates_the_bin_it_is_sorted_into():
+    from types import SimpleNamespace
+
+    from wastenet.ood import NOT_AN_ITEM
+    from wastenet.site.learn import score
+
+    decided = [("metal", "recyclable"), ("glass", "manual_sort"), ("metal", "recyclable"), ("glass", "recyclable")]
+    clf = SimpleNamespace(threshold=0.5, taxonomy=SimpleNamespace(bin_of=lambda c: "recyclable"),
+                          predict=lambda images, threshold: [SimpleNamespace(label=c, decision=d) for c, d in decided])
+    items = [{"label": "metal", "bin": None}, {"label": NOT_AN_ITEM, "bin": None},
+             {"label": NOT_AN_ITEM, "bin": None}, {"label": "glass", "bin": None}]
+    got = score(clf, ["photo"] * 4, items)
+    assert got["class_accuracy"] == 3 / 4    # the refused empty photo is right, the sorted one wrong
+    assert got["auto_share"] == 3 / 4 and got["auto_class_accuracy"] == 2 / 3
+    assert got["contamination"]["recyclable"]["k"] == 1 and got["contamination"]["recyclable"]["n"] == 3
 
 
 def test_a_candidate_from_the_log_is_scored_on_held_out_items_and_grows_new_kinds(tiny_checkpoint, tmp_path):
@@ -111,6 +130,16 @@ def test_a_candidate_from_the_log_is_scored_on_held_out_items_and_grows_new_kind
 
     onnx_model = Classifier.load(export_onnx(version["file"], tmp_path / "v.onnx").path)
     assert onnx_model.classes[-1] == "food_waste" and onnx_model.taxonomy.bin_of("food_waste") == "compostable"
+
+
+def test_photos_of_no_item_are_learned_from_but_never_become_a_class(tiny_checkpoint, tmp_path):
+    from wastenet import checkpoint
+
+    db = _reviewed_log(tmp_path / "decisions.sqlite", new_kind=0, empty=6)
+    result = learn_from_log(db, tiny_checkpoint, tmp_path / "cand", new_class_min=3, versions=tmp_path / "models")
+    assert result["inputs"]["new_classes"] == {}
+    assert checkpoint.load(result["candidate"])["classes"] == ["glass", "metal", "paper"]
+    assert result["scores"]["candidate"]["n"] == 6  # the newest fifth of 30, photos of no item among them
 
 
 def test_adapt_from_log_on_the_command_line(tiny_checkpoint, tmp_path):

@@ -24,6 +24,12 @@ more unusual* inputs:
 - ``knn+imagenet``: both, each scaled by its validation median and 95th percentile, the larger
   one counting (the default when the ImageNet head is usable; otherwise ``knn``).
 
+A site's reviewers can also say that a photo shows no item at all (an empty floor, an empty
+belt: ``NOT_AN_ITEM``). Those photos' features are the rule's ``negatives``; a photo whose nearest
+negative is nearer than its nearest k-NN bank row scores ``NOT_AN_ITEM_SCORE`` whatever its score
+(:func:`not_an_item`). A photo taken of an item is mostly floor, so once a floor's items are known
+an empty patch of that floor looks like them; only an example of the empty floor tells the two apart.
+
 Fit on the training features at the end of training; choose the threshold on the validation
 split only (``threshold_for_coverage``: the score below which ``keep`` of the known
 validation items fall)::
@@ -51,6 +57,11 @@ PRIOR_EPS = 1e-3                     # floor under the training posterior (no lo
 DEFAULT_KEEP = 0.95      # the default threshold keeps this share of known validation items
 DEFAULT_DIMS = 128
 SHRINKAGE = 0.05         # covariance shrinkage towards its mean variance (stabilises the inverse)
+#: the reviewed label of a photo that shows no item (an empty floor or belt): never a class, never a bin
+NOT_AN_ITEM = "not_an_item"
+#: the score of a photo nearer a not-an-item example than any known item: above any threshold (finite: JSON)
+NOT_AN_ITEM_SCORE = 1e6
+MAX_NEGATIVES = 1024     # not-an-item rows kept (the newest), as many as the k-NN bank
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:
@@ -183,9 +194,31 @@ def fit_scale(val_scores: np.ndarray) -> tuple[float, float]:
     return float(np.median(v)), float(np.quantile(v, 0.95))
 
 
+def fit_negatives(features: np.ndarray, max_rows: int = MAX_NEGATIVES) -> np.ndarray:
+    """L2-normalised float32 rows of not-an-item photos' features (given oldest first), the newest ``max_rows``."""
+    f = np.asarray(features, dtype=np.float64)[-max_rows:] if max_rows else np.zeros((0, np.shape(features)[1]))
+    return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+
+
+def not_an_item(features: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
+    """``[N]`` bool: the nearest of the rule's ``negatives`` is nearer (cosine) than the nearest ``bank`` row.
+
+    All False for a rule without negatives (every rule before a site labelled an empty photo)."""
+    negatives = rule.get("negatives")
+    if negatives is None or not len(negatives):
+        return np.zeros(len(features), bool)
+    return knn_score(features, negatives, 1) < knn_score(features, rule["bank"], 1)
+
+
 def feature_score(method: str, features: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
     """A feature-space score (``FEATURE_METHODS``) from a fitted rule: ``stats`` (Mahalanobis),
-    ``bank`` (k-NN), ``imagenet`` {weight, bias, log_prior}, ``scales`` {method: (median, p95)}."""
+    ``bank`` (k-NN), ``imagenet`` {weight, bias, log_prior}, ``scales`` {method: (median, p95)};
+    ``NOT_AN_ITEM_SCORE`` where :func:`not_an_item` (a rule with ``negatives``)."""
+    s = _feature_score(method, features, rule)
+    return np.where(not_an_item(features, rule), np.maximum(s, NOT_AN_ITEM_SCORE), s)
+
+
+def _feature_score(method: str, features: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
     if method == "mahalanobis":
         return mahalanobis_score(features, rule["stats"])
     if method == "knn":
@@ -197,7 +230,7 @@ def feature_score(method: str, features: np.ndarray, rule: Mapping[str, Any]) ->
         parts = []
         for m in method.split("+"):
             med, top = (float(v) for v in rule["scales"][m])
-            parts.append((feature_score(m, features, rule) - med) / max(top - med, 1e-9))
+            parts.append((_feature_score(m, features, rule) - med) / max(top - med, 1e-9))
         return np.max(parts, axis=0)
     raise ValueError(f"{method!r} is not a feature-space score; those are {', '.join(FEATURE_METHODS)}")
 
@@ -225,10 +258,15 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
 
 
 def threshold_for_coverage(known_scores: np.ndarray, keep: float = DEFAULT_KEEP) -> float:
-    """The score under which ``keep`` of ``known_scores`` (validation items) fall."""
+    """The score under which ``keep`` of ``known_scores`` (validation items) fall.
+
+    Scores at ``NOT_AN_ITEM_SCORE`` (items nearer a not-an-item example) are refused by that rule and
+    left out: past ``1 - keep`` of them the quantile would be that score and the threshold refuse nothing."""
     if not 0 < keep <= 1:
         raise ValueError("keep must be in (0, 1]")
-    return float(np.quantile(np.asarray(known_scores, dtype=np.float64), keep))
+    s = np.asarray(known_scores, dtype=np.float64)
+    s = s[s < NOT_AN_ITEM_SCORE] if np.any(s < NOT_AN_ITEM_SCORE) else s
+    return float(np.quantile(s, keep))
 
 
 def scores(method: str, logits: np.ndarray, temperature: float, features: np.ndarray | None = None,

@@ -37,6 +37,10 @@ class SplitData:
     ``images`` are cached uint8 squares (a forward pass computes what is missing); ``features``
     and ``logits`` are given where the caller has them already; ``views`` (train) are augmented
     views' features for the k-NN bank; ``photos`` (val) the files the searched threshold is fitted on.
+    In adaptation (train): ``site`` marks the rows of ``features`` then ``views`` that are the site's
+    reviewed items (they keep up to half of the k-NN bank and weigh half in the ImageNet prior), and
+    ``negatives`` are the features of photos its reviewers said show no item
+    (:func:`wastenet.inference.ood_model.unknown_rule`).
     """
 
     labels: np.ndarray
@@ -45,6 +49,8 @@ class SplitData:
     logits: np.ndarray | None = None
     views: np.ndarray | None = None
     photos: Sequence[Path] = ()
+    site: np.ndarray | None = None
+    negatives: np.ndarray | None = None
 
 
 @dataclass
@@ -89,7 +95,8 @@ def finalise(ckpt: dict[str, Any], model: Any, train: SplitData | None, val: Spl
     elif train.features is not None:
         ckpt["ood"] = unknown_rule(train.features, train.labels, val.features, val_logits, n_classes, temperature,
                                    keep=base.get("keep"), method=base.get("method"), extra_feats=train.views,
-                                   imagenet_head=imagenet_head)
+                                   imagenet_head=imagenet_head, site_rows=train.site, site_prior=train.site,
+                                   negatives=train.negatives)
     else:
         # statistics of the training features (and of their augmented views), thresholds from validation only
         ckpt["ood"] = fit_unknown_detector(model, prep, (train.images, train.labels), val.images, n_classes,

@@ -73,8 +73,26 @@ class ImagenetScore(nn.Module):
         return -(torch.softmax(z, dim=1) * self.log_prior).sum(1)
 
 
+class NotAnItem(nn.Module):
+    """``wastenet.ood.not_an_item``: the nearest not-an-item row nearer than the nearest bank row (MatMul, ReduceMax)."""
+
+    def __init__(self, bank: Any, negatives: Any) -> None:
+        super().__init__()
+        # a tensor is kept as it is: the k-NN score's bank, one initializer for both in the exported file
+        self.register_buffer("bank", bank if isinstance(bank, torch.Tensor)
+                             else torch.as_tensor(np.asarray(bank, dtype=np.float16)))  # as the fit
+        self.register_buffer("negatives", torch.as_tensor(np.asarray(negatives, dtype=np.float16)))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        f = f.float()
+        f = f / (f.norm(dim=1, keepdim=True) + 1e-12)
+        nearest_known = (f @ self.bank.float().T).max(dim=1).values
+        return (f @ self.negatives.float().T).max(dim=1).values > nearest_known
+
+
 class FeatureScore(nn.Module):
-    """The rule's feature-space score (``wastenet.ood.FEATURE_METHODS``; ``a+b``: the larger of the scaled scores)."""
+    """The rule's feature-space score (``wastenet.ood.FEATURE_METHODS``; ``a+b``: the larger of the scaled scores;
+    ``NOT_AN_ITEM_SCORE`` for a photo nearer the rule's not-an-item rows than its bank)."""
 
     def __init__(self, rule: Mapping[str, Any], method: str) -> None:
         super().__init__()
@@ -85,6 +103,11 @@ class FeatureScore(nn.Module):
         scales = [rule["scales"][m] for m in parts] if len(parts) > 1 else [(0.0, 1.0)]
         self.register_buffer("median", torch.tensor([float(a) for a, _ in scales]))
         self.register_buffer("spread", torch.tensor([max(float(b) - float(a), 1e-9) for a, b in scales]))
+        negatives = rule.get("negatives")
+        knn = [p for p in self.parts if isinstance(p, KnnScore)]
+        self.not_an_item = (NotAnItem(knn[0].bank if knn else rule["bank"], negatives)
+                            if negatives is not None and len(negatives) else None)
+        self.not_an_item_score = float(ood.NOT_AN_ITEM_SCORE)
 
     @staticmethod
     def _part(rule: Mapping[str, Any], method: str, k: int) -> nn.Module:
@@ -98,9 +121,13 @@ class FeatureScore(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         if len(self.parts) == 1:
-            return self.parts[0](f)
-        s = torch.stack([p(f) for p in self.parts], dim=1)          # [N, parts]
-        return ((s - self.median) / self.spread).max(dim=1).values
+            score = self.parts[0](f)
+        else:
+            s = torch.stack([p(f) for p in self.parts], dim=1)          # [N, parts]
+            score = ((s - self.median) / self.spread).max(dim=1).values
+        if self.not_an_item is None:
+            return score
+        return torch.where(self.not_an_item(f), torch.clamp(score, min=self.not_an_item_score), score)
 
 
 def graph_method(rule: Mapping[str, Any]) -> str:
@@ -168,7 +195,8 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
                  n_classes: int, temperature: float, keep: float | None = None,
                  method: str | None = None, extra_feats: np.ndarray | None = None,
                  imagenet_head: Mapping[str, Any] | None = None, site_rows: np.ndarray | None = None,
-                 bank_rows: int | None = None, site_prior: np.ndarray | None = None) -> dict[str, Any]:
+                 bank_rows: int | None = None, site_prior: np.ndarray | None = None,
+                 negatives: np.ndarray | None = None) -> dict[str, Any]:
     """The checkpoint's ``ood`` entry from features already computed.
 
     Mahalanobis statistics of the clean train features; a k-NN bank (and the ImageNet prior,
@@ -176,7 +204,10 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
     threshold per method (the score under which ``keep`` of the validation items fall); the
     default method; and which score the graph's ``ood`` output computes. ``site_rows`` (a boolean
     mask over the train rows then the ``extra_feats`` rows: a site's reviewed items, in adaptation)
-    keeps up to half of the bank for those (:func:`ood.fit_knn_bank`); ``bank_rows`` its size.
+    keeps up to half of the bank for those (:func:`ood.fit_knn_bank`), and with ``site_prior`` (the
+    same mask) they weigh half in the ImageNet prior; ``bank_rows`` the bank's size. ``negatives``
+    (features of photos a site's reviewers said show no item, oldest first) are kept as the rule's
+    not-an-item rows (:func:`ood.not_an_item`), on top of the thresholds (fitted without them).
     Arrays are stored as tensors (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
     """
     from wastenet import ood
@@ -197,6 +228,10 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
         raise ConfigError(f"unknown-item method {method!r} is not available here; choose from {', '.join(available)}")
     rule["scales"] = {m: ood.fit_scale(ood.feature_score(m, val_feats, rule)) for m in ("knn", "imagenet") if m in available}
     val_scores = {m: ood.scores(m, val_logits, temperature, val_feats, rule) for m in available}
+    # after the scales and the thresholds: those are the known items' spread; a validation item nearer a
+    # negative than the bank would score NOT_AN_ITEM_SCORE, and past 5% of them the threshold would be that
+    if negatives is not None and len(negatives):
+        rule["negatives"] = ood.fit_negatives(negatives).astype(np.float16)
 
     def tensors(x: Any) -> Any:
         if isinstance(x, dict):
@@ -214,8 +249,10 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
         "stats": tensors(rule["stats"]),
         "bank": tensors(rule["bank"]),
         **({"imagenet": tensors(rule["imagenet"])} if "imagenet" in rule else {}),
+        **({"negatives": tensors(rule["negatives"])} if "negatives" in rule else {}),
         "scales": {m: [float(a), float(b)] for m, (a, b) in rule["scales"].items()},
-        "fitted_on": {"train": int(len(train_feats)), "bank": int(len(rule["bank"])), "val": int(len(val_feats))},
+        "fitted_on": {"train": int(len(train_feats)), "bank": int(len(rule["bank"])), "val": int(len(val_feats)),
+                      "negatives": int(len(rule.get("negatives", ())))},
     }
 
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from wastenet.audit import AUDIT, MANUAL, AuditDraw, audit_draw, audit_kind
 from wastenet.errors import ConfigError, WastenetError
+from wastenet.ood import NOT_AN_ITEM
 from wastenet.serve import log_cap
 from wastenet.serve.log_items import (MAX_ID, MAX_LABEL_LENGTH, REVIEW_MAX_SIDE, check_label, image_media_type,
                                       review_copy, review_jpeg, valid_id)
@@ -506,7 +507,7 @@ class DecisionLog:
     def new_kinds(self) -> dict[str, dict[str, Any]]:
         """Reviewed labels that are no model class (:meth:`set_classes`): ``{kind: {"bin", "reviewed"}}``,
         the bin being the one the kind was first given (:class:`~wastenet.serve.review_label.LabelRule`)."""
-        classes = set(self.classes() or [])
+        classes = set(self.classes() or []) | {NOT_AN_ITEM}  # a photo of no item is no kind
         out: dict[str, dict[str, Any]] = {}
         for r in self._read("SELECT reviewed_label AS label, reviewed_bin AS bin, COUNT(*) AS n, MIN(id) AS first "
                             "FROM decisions WHERE reviewed_label IS NOT NULL GROUP BY reviewed_label, reviewed_bin "

@@ -7,12 +7,17 @@ One rule for the review page, ``POST /api/review/ID`` and ``wastenet review --se
     rule.check("glass")                          # ('glass', 'recyclable')
     rule.check("Food waste", "landfill")         # ('food_waste', 'landfill'): a new kind
     rule.check("food_waste", "compostable")      # ValueError: no such bin (unless allow_new_bins)
+    rule.check("Not an item")                    # ('not_an_item', None): the photo shows no item
 
 A new kind (a label that is no model class) needs its bin: an existing bin, or a new one only when
 the service runs with ``--allow-new-bins``; a kind keeps the bin it was first given. Its name is
 normalised (lower case, ``_`` for spaces) so that "Coffee cup" and "coffee_cup" are one kind, and
 kept to ``[a-z0-9_-]``: it becomes a class name, a folder and a key in the model file once it has
 ``--new-class-min`` reviewed items (DESIGN "The site loop").
+
+``not_an_item`` (:data:`wastenet.ood.NOT_AN_ITEM`) says the photo shows no item at all (an empty
+floor or belt): it has no bin and never becomes a class; adaptation teaches the unknown-item rule
+with it (:func:`wastenet.ood.not_an_item`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
+from wastenet.ood import NOT_AN_ITEM
 
 __all__ = ["DEFAULT_NEW_CLASS_MIN", "LabelRule", "normalise_kind"]
 
@@ -71,6 +78,10 @@ class LabelRule:
         kind = normalise_kind(text)
         if kind in self.classes:  # "Glass " is the class glass
             return self.check(kind, bin)
+        if kind == NOT_AN_ITEM:
+            if bin is not None:
+                raise ValueError(f"{NOT_AN_ITEM!r} says the photo shows no item: it goes to no bin")
+            return kind, None
         known = self.new_kinds.get(kind)
         if bin is None:
             if known is None:

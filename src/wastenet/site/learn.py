@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from wastenet.errors import ConfigError
+from wastenet.ood import NOT_AN_ITEM
 
 __all__ = ["HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items",
            "score", "split_newest"]
@@ -60,19 +61,24 @@ def split_newest(items: Sequence[dict[str, Any]], share: float = HOLDOUT_SHARE) 
 
 def score(classifier: Any, images: Sequence[Any], items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """How ``classifier`` decides held-out ``items``: class accuracy (items whose label is a class of it or
-    a kind it may learn) and, per bin, the contamination of what it would sort automatically there."""
+    a kind it may learn; a photo of no item is right when refused) and, per bin, the contamination of what
+    it would sort automatically there."""
     preds = classifier.predict(list(images), threshold=classifier.threshold) if images else []
-    right = sum(p.label == it["label"] for p, it in zip(preds, items))
+    refused = [p.decision in (None, "manual_sort", "error") for p in preds]
+    # a photo of no item is decided right when it is refused; sorted into a bin, it contaminates that bin
+    right = sum(no if it["label"] == NOT_AN_ITEM else p.label == it["label"]
+                for p, it, no in zip(preds, items, refused))
     bins: dict[str, dict[str, int]] = {}
     auto = auto_right = 0
-    for p, it in zip(preds, items):
-        if p.decision in (None, "manual_sort", "error"):
+    for p, it, no in zip(preds, items, refused):
+        if no:
             continue
         auto += 1
         auto_right += int(p.label == it["label"])
         b = bins.setdefault(p.decision, {"k": 0, "n": 0})
         b["n"] += 1
-        b["k"] += int((it["bin"] or classifier.taxonomy.bin_of(it["label"])) != p.decision)
+        empty = it["label"] == NOT_AN_ITEM
+        b["k"] += int(empty or (it["bin"] or classifier.taxonomy.bin_of(it["label"])) != p.decision)
     return {"n": len(items), "class_accuracy": right / len(items) if items else None,
             "auto_share": auto / len(items) if items else None,
             "auto_class_accuracy": auto_right / auto if auto else None,
@@ -196,18 +202,18 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
         counts: dict[str, int] = {}
         for it in train:
             counts[it["label"]] = counts.get(it["label"], 0) + 1
-        grow = {it["label"]: it["bin"] for it in train
-                if it["label"] not in classes and counts[it["label"]] >= new_class_min and it["bin"]}
-        known = set(classes) | set(grow)
+        grow = {it["label"]: it["bin"] for it in train if it["label"] not in classes and it["label"] != NOT_AN_ITEM
+                and counts[it["label"]] >= new_class_min and it["bin"]}
+        known = set(classes) | set(grow) | {NOT_AN_ITEM}  # photos of no item teach the unknown-item rule
         train = [it for it in train if it["label"] in known]  # a new kind below new_class_min waits
-        if not train:
+        if not any(it["label"] != NOT_AN_ITEM for it in train):
             raise ConfigError(f"{log_path}: no reviewed items with a stored photo to learn from "
                               f"({len(items)} reviewed, {len(held)} held out)")
         work = Path(tempfile.mkdtemp(prefix="wastenet-learn-"))
         for it in train:
             folder = work / "reviewed" / it["label"]
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{it['id']}.jpg").write_bytes(db.image(it["id"]) or b"")
+            (folder / f"{it['id']:09d}.jpg").write_bytes(db.image(it["id"]) or b"")  # oldest first by name
         held_images = [Image.open(io.BytesIO(db.image(it["id"]) or b"")).convert("RGB") for it in held]
     log(f"learning from {len(train)} reviewed items ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
         f"{len(held)} newest held out" + (f"; new classes: {', '.join(grow)}" if grow else ""))

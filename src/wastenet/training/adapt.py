@@ -83,11 +83,14 @@ def _split_reviewed(rows: list[Row], share: float, seed: int) -> tuple[list[Row]
 
 
 def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
-    """Class folders of reviewed items; a folder that is not a model class is a ConfigError."""
+    """Class folders of reviewed items (and ``not_an_item/``: photos that show no item); a folder that is
+    neither a model class nor that is a ConfigError."""
+    from wastenet.ood import NOT_AN_ITEM
+
     rows, found = scan_folder(folder, min_classes=1) if Path(folder).is_dir() else ([], [])
-    if not rows:
+    if not any(r.label != NOT_AN_ITEM for r in rows):
         raise ConfigError(f"no reviewed images in {folder} (expected class folders, e.g. from `wastenet review --export`)")
-    foreign = sorted(set(found) - set(classes))
+    foreign = sorted(set(found) - set(classes) - {NOT_AN_ITEM})
     if foreign:
         raise ConfigError(f"reviewed classes the model does not know: {', '.join(foreign)} "
                           f"(its classes: {', '.join(classes)})")
@@ -128,7 +131,12 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         ckpt = grow_classes(ckpt, new_classes)
     classes = list(ckpt["classes"])
     prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    from wastenet.ood import NOT_AN_ITEM
+
     rev = reviewed_rows(data, classes)
+    # photos that show no item are no class: they teach the unknown-item rule what an empty floor looks like
+    empty = [Row(r.path, classes[0]) for r in sorted(rev, key=lambda r: r.path) if r.label == NOT_AN_ITEM]
+    rev = [r for r in rev if r.label != NOT_AN_ITEM]
     rev_train, rev_val = _split_reviewed(rev, cfg.val_share, cfg.seed)
     mix_train: list[Row] = []
     mix_val: list[Row] = []
@@ -158,7 +166,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     cached = _read_rehearsal(cache_file) if cache_file is not None else None
     parts = {"reviewed train": cache(data, rev_train), "reviewed val": cache(data, rev_val) if rev_val else None,
              "mix train": cache(mix, mix_train) if mix_train and cached is None else None,
-             "mix val": cache(mix, mix_val) if mix_val and cached is None else None}
+             "mix val": cache(mix, mix_val) if mix_val and cached is None else None,
+             "not an item": cache(data, empty) if empty else None}
     torch.manual_seed(cfg.seed)
     augment = torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
 
@@ -206,6 +215,10 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         mix_y_val = torch.cat(val_labels)[n_rev_val:] if val_labels else torch.zeros(0, dtype=torch.long)
         _write_rehearsal(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
     x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
+    negatives = None
+    if parts["not an item"] is not None:
+        negatives = (store.features(parts["not an item"], passes, with_views=False, desc="not-an-item features")[0]
+                     if store is not None else passes(parts["not an item"].images, desc="not-an-item features")[0])
     if store is not None:
         store.save()
         _log(f"reviewed features: {store.reused} of {len(rev_train) + len(rev_val)} photos read from {store.path.name}")
@@ -227,9 +240,13 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     # computed above; the backbone did not change)
     n_rev = len(parts["reviewed train"])
     n_mix = len(y_mix) // (1 + cfg.views)  # clean rows first, then the views
+    # and they are the site's: up to half of the k-NN bank and half of the ImageNet prior, or a few hundred
+    # site rows among thousands of rehearsal rows leave its own items unfamiliar (BENCHMARKS.md "Not an item")
+    site = np.r_[np.ones(n_rev, bool), np.zeros(n_mix, bool), np.ones(len(x_rev) - n_rev, bool),
+                 np.zeros(len(x_mix) - n_mix, bool)]
     train = SplitData(torch.cat([y_rev[:n_rev], y_mix[:n_mix]]).numpy(),
                       features=torch.cat([x_rev[:n_rev], x_mix[:n_mix]]).numpy(),
-                      views=torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy())
+                      views=torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy(), site=site, negatives=negatives)
     # predict --search's threshold from the same validation photos (the site's look as they are taken)
     val = SplitData(y_val.numpy(), features=x_val.numpy(), logits=val_logits,
                     photos=[Path(data) / r.path for r in rev_val] + [Path(mix) / r.path for r in mix_val])
@@ -241,7 +258,8 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
                            search=search).temperature
     seconds = time.time() - t0
     ckpt["adapted"] = {"from": str(checkpoint_path), "reviewed_train": len(rev_train), "reviewed_val": len(rev_val),
-                       "mix_train": len(mix_train), "mix_val": len(mix_val), "seconds": round(seconds, 1),
+                       "mix_train": len(mix_train), "mix_val": len(mix_val), "not_an_item": len(empty),
+                       "seconds": round(seconds, 1),
                        "new_classes": dict(new_classes or {}), "rehearsal_val_accuracy_before": rehearsal_before,
                        "rehearsal_val_accuracy": rehearsal_after,
                        "rehearsal_reference": None if rehearsal_before is None else {
