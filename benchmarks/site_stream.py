@@ -14,7 +14,10 @@ only from items already streamed and reviewed: the one honest way to learn from 
 The class map (``classes: {folder: target}``) says what each folder is: a model class; ``bin:NAME``
 (only its bin is known: the reviewer skips it); ``unknown`` (not a waste item: it should be refused;
 skipped); ``new:BIN`` (a kind the model has no class for: the reviewer labels it with the folder's
-name and that bin). DESIGN.md "The site loop" holds the contract::
+name and that bin); ``not_an_item`` (a photo of no item, e.g. an empty floor: it should be refused,
+and the reviewer labels it ``not_an_item``; coverage and the manual-sort rate are of the other photos,
+and each window says how many empty photos were sorted into a bin). DESIGN.md "The site loop" holds
+the contract::
 
     python benchmarks/site_stream.py --checkpoint runs/mnv2/best.pt \\
         --stream ../shared/data/field-drinkingwaste --class-map benchmarks/field/drinkingwaste.yaml \\
@@ -57,6 +60,7 @@ from load_test import REPO, _free_port  # noqa: E402 - one port picker
 from wastenet.audit import wilson_interval  # noqa: E402
 from wastenet.errors import ConfigError  # noqa: E402
 from wastenet.evaluation.field import UNKNOWN, load_class_map, read_class_map  # noqa: E402
+from wastenet.ood import NOT_AN_ITEM  # noqa: E402
 
 TOKEN = "site-stream-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -139,6 +143,8 @@ def truth_of(targets: dict[str, Any], class_bins: dict[str, str]) -> dict[str, d
             out[folder] = {"class": folder, "bin": t.name, "label": folder, "review_bin": t.name}
         elif t.kind == "bin":
             out[folder] = {"class": None, "bin": t.name, "label": None, "review_bin": None}
+        elif t.kind == NOT_AN_ITEM:  # no item at all: belongs in no bin, and the reviewer says so
+            out[folder] = {"class": None, "bin": None, "label": NOT_AN_ITEM, "review_bin": None}
         else:  # unknown: belongs in no bin
             out[folder] = {"class": None, "bin": None, "label": None, "review_bin": None}
     return out
@@ -246,16 +252,24 @@ def percentile(xs: list[float], q: float) -> float | None:
 
 
 def figures(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
-    """Coverage, auto-sorted class accuracy, true contamination per bin, manual sort, latency, errors."""
+    """Coverage, auto-sorted class accuracy, true contamination per bin, manual sort, latency, errors.
+
+    Coverage and the manual-sort rate are of the photos that show an item; photos of no item
+    (``not_an_item`` in the class map) are counted apart (``empty_*``: refused is right), and one
+    sorted into a bin contaminates it."""
     answered = [r for r in rows if r["kind"] is not None]
     auto = [r for r in answered if r["kind"] in AUTO_KINDS]
+    items = [r for r in answered if r["truth"]["label"] != NOT_AN_ITEM]
+    empty = [r for r in answered if r["truth"]["label"] == NOT_AN_ITEM]
     with_class = [r for r in auto if r["truth"]["class"] is not None]
     out: dict[str, Any] = {
-        "n": len(rows), "coverage": len(auto) / len(answered) if answered else None,
+        "n": len(rows), "coverage": sum(r["kind"] in AUTO_KINDS for r in items) / len(items) if items else None,
         "auto_class_accuracy": (sum(r["label"] == r["truth"]["class"] for r in with_class) / len(with_class)
                                 if with_class else None),
         "auto_class_n": len(with_class),
-        "manual_sort_rate": (sum(r["kind"] == "manual_sort" for r in answered) / len(answered)) if answered else None,
+        "manual_sort_rate": (sum(r["kind"] == "manual_sort" for r in items) / len(items)) if items else None,
+        "empty_n": len(empty), "empty_sorted": sum(r["kind"] in AUTO_KINDS for r in empty),
+        "empty_refused_rate": sum(r["kind"] == "manual_sort" for r in empty) / len(empty) if empty else None,
         "refused_unknown": sum(r["reason"] == UNKNOWN for r in answered),
         "contamination": {}, "p50_ms": percentile([r["ms"] for r in rows if r["status"] is not None], 50),
         "p99_ms": percentile([r["ms"] for r in rows if r["status"] is not None], 99),
@@ -340,6 +354,7 @@ def lost_labels(db: Path, labelled: dict[int, str]) -> int:
 
 def plot(result: dict[str, Any], path: str, recycling: str) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -349,8 +364,10 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
     series = (("coverage", "coverage (auto-sorted share)"), ("auto_class_accuracy", "class accuracy of auto-sorted"),
               ("manual_sort_rate", "manual-sort rate"))
+    if any(r.get("empty_n") for r in w):  # a stream with photos of no item
+        series += (("empty_refused_rate", "photos of no item refused"),)
     for key, name in series:
-        ax.plot(x, [r[key] for r in w], marker="o", label=name)
+        ax.plot(x, [np.nan if r.get(key) is None else r[key] for r in w], marker="o", label=name)
     ax.plot(x, [r["contamination"][recycling]["value"] for r in w], marker="o", label=f"{recycling}-bin contamination")
     last = None
     for r in w:
@@ -491,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         c = w["contamination"][recycling]["value"]
         print(f"items {w['start']:>5}-{w['end']:<5} coverage {w['coverage']:.3f}  auto-sorted accuracy "
               f"{_f(w['auto_class_accuracy'])}  {recycling} contamination {_f(c)}  manual sort "
-              f"{w['manual_sort_rate']:.3f}  reviewed {w['reviewed_so_far']:>4}  p99 {w['p99_ms']:.0f} ms  "
+              f"{w['manual_sort_rate']:.3f}  " + (f"empty sorted {w['empty_sorted']}/{w['empty_n']}  " if w['empty_n'] else "")
+              + f"reviewed {w['reviewed_so_far']:>4}  p99 {w['p99_ms']:.0f} ms  "
               f"5xx {w['server_errors_5xx']}  version {w['version']}", file=sys.stderr)
     for v in result["version_list"]:
         print(f"version {v['id']}: {'promoted' if v['promoted'] else 'kept'} ({v['reason']}); trained on "

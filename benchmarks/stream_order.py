@@ -18,6 +18,17 @@ half (never streamed) goes to ``--check-out``, to measure what the old classes l
         --check-out benchmarks/results/new-class-cardboard-check.csv
 
 Within a surface (or the split) the order is shuffled by ``--seed``.
+
+Photos of no item in the field stream (``--floors-out DIR``): every ``--floors-every``-th item is
+followed by an empty-floor square of its own photo (``field.floor_crop``: the largest square beside
+its box), as a bin's camera sees its empty floor between items. DIR gets the squares in
+``not_an_item/`` and links to the item folders, and the CSV's paths are relative to it: stream DIR
+with ``benchmarks/field/drinkingwaste-floors.yaml`` (``not_an_item: not_an_item``: the reviewer
+labels them so, BENCHMARKS.md "Not an item")::
+
+    python benchmarks/stream_order.py --field ../shared/data/field-drinkingwaste \
+        --class-map benchmarks/field/drinkingwaste.yaml --floors-out /tmp/field-floors --floors-every 5 \
+        --out benchmarks/results/field-floors-order.csv
 """
 
 from __future__ import annotations
@@ -54,6 +65,33 @@ def field_order(root: Path, class_map: str, boxes: Path | None, surfaces: int, s
     return out
 
 
+def with_floors(root: Path, order: list[tuple[str, int]], out: Path, every: int) -> list[tuple[str, int]]:
+    """``order`` with an empty-floor square of every ``every``-th item's photo after it (items without a
+    box or room beside it: the next item's); the squares written to ``out/not_an_item``, the item
+    folders linked into ``out``."""
+    from wastenet.data.images import load_image
+    from wastenet.evaluation.field import floor_crop, read_boxes
+    from wastenet.ood import NOT_AN_ITEM
+
+    boxes = read_boxes(root / "labels.csv")
+    (out / NOT_AN_ITEM).mkdir(parents=True, exist_ok=True)
+    for folder in sorted({Path(p).parts[0] for p, _ in order}):
+        link = out / folder
+        if not link.exists():
+            link.symlink_to((root / folder).resolve(), target_is_directory=True)
+    rows, due = [], 0
+    for path, surface in order:
+        rows.append((path, surface))
+        due += 1
+        crop = floor_crop(load_image(root / path), boxes[path]) if due >= every and path in boxes else None
+        if crop is not None:
+            name = f"{NOT_AN_ITEM}/{Path(path).parts[0]}-{Path(path).stem}.jpg"
+            crop.save(out / name, quality=95)
+            rows.append((name, surface))
+            due = 0
+    return rows
+
+
 def new_kind_order(split_file: str, split: str, kind: str, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(stream, check): every ``kind`` photo plus half of the other classes' ``split`` photos, shuffled;
     the other half of those as the check set (path, label)."""
@@ -81,14 +119,20 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--new-kind", help="with --split-file: a class the base model was trained without")
     ap.add_argument("--check-out", help="with --new-kind: the never-streamed old-class photos (path,label)")
+    ap.add_argument("--floors-out", help="with --field: a folder for the stream with empty-floor squares")
+    ap.add_argument("--floors-every", type=int, default=5, help="an empty floor after every N items")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if bool(args.field) == bool(args.split_file):
         ap.error("give either --field (with --class-map) or --split-file")
+    if args.floors_out and (not args.field or args.floors_every < 1):
+        ap.error("--floors-out needs --field and --floors-every >= 1")
     if args.field:
         root = Path(args.field)
         rows = field_order(root, args.class_map, root / "labels.csv" if (root / "labels.csv").is_file() else None,
                            args.surfaces, args.seed)
+        if args.floors_out:
+            rows = with_floors(root, rows, Path(args.floors_out), args.floors_every)
         header = ("path", "surface")
     elif args.new_kind:
         if not args.check_out:

@@ -330,6 +330,17 @@ def test_review_page_labels_by_keyboard_alone_with_undo_and_shows_the_live_figur
         assert conn.execute("SELECT reviewed_label, reviewed_bin FROM decisions WHERE id = ?",
                             (new_kind["id"],)).fetchone() == ("food_waste", "compostable")
 
+    # a photo of no item (an empty floor): E; no bin, and no button for it (it is never a class)
+    empty = httpx.post(server + "/api/predict", files={"file": ("floor.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    page.reload()
+    page.wait_for_selector(f"#current[data-id='{empty['id']}']", timeout=15_000)
+    page.keyboard.press("e")
+    _wait_for_other_item(page, empty["id"])
+    with sqlite3.connect(SERVER_DB[0]) as conn:
+        assert conn.execute("SELECT reviewed_label, reviewed_bin FROM decisions WHERE id = ?",
+                            (empty["id"],)).fetchone() == ("not_an_item", None)
+    assert page.query_selector("#label-not_an_item") is None
+
     # the live figures: the labelled audit is counted, its estimate shown as an interval (n < 30)
     deadline = time.monotonic() + 15
     while "1 / 1" not in page.inner_text("#stats-body") and time.monotonic() < deadline:

@@ -33,8 +33,11 @@ def test_the_stream_contract_end_to_end(split_model, tmp_path):
     stream = make_dataset(tmp_path / "stream", per_class=8, classes=("glass", "metal", "paper"))
     make_dataset(tmp_path / "more", per_class=6, classes=("paper",))
     (tmp_path / "more" / "paper").rename(stream / "food")  # a kind the model has no class for
+    make_dataset(tmp_path / "floor", per_class=4, classes=("glass",))
+    (tmp_path / "floor" / "glass").rename(stream / "empty")  # photos of no item
     cmap = tmp_path / "map.yaml"
-    cmap.write_text("classes:\n  glass: glass\n  metal: metal\n  paper: paper\n  food: new:compostable\n")
+    cmap.write_text("classes:\n  glass: glass\n  metal: metal\n  paper: paper\n  food: new:compostable\n"
+                    "  empty: not_an_item\n")
     out = tmp_path / "result.json"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "site_stream.py"), "--checkpoint", str(split_model),
                           "--stream", str(stream), "--class-map", str(cmap), "--window", "10", "--review-every", "3",
@@ -43,16 +46,19 @@ def test_the_stream_contract_end_to_end(split_model, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert LAST_LINE.match(run.stdout.strip().splitlines()[-1]), run.stdout
     r = json.loads(out.read_text())
-    assert r["items"] == 30 and [w["n"] for w in r["windows"]] == [10, 10, 10]
-    assert r["final"]["n"] == 10 and r["lost_reviewed_labels"] == 0 and r["review_refused"] == []
+    assert r["items"] == 34 and [w["n"] for w in r["windows"]] == [10, 10, 10, 4]
+    assert r["final"]["n"] == 11 and r["lost_reviewed_labels"] == 0 and r["review_refused"] == []
+    assert sum(w["empty_n"] for w in r["windows"]) == 4  # counted apart from the items
     assert r["failed_adaptations"] == []  # (a run that exits non-zero is listed there and named on stderr)
     assert all(w["server_errors_5xx"] == 0 for w in r["windows"])
     assert (tmp_path / "p.png").stat().st_size > 1000
     # the reviewer labelled what the queue held, new kinds with their bin
     assert r["reviewed"] > 0
     with sqlite3.connect(r["log_db"]) as conn:
-        kinds = dict(conn.execute("SELECT reviewed_label, reviewed_bin FROM decisions WHERE reviewed_label = 'food'"))
-    assert kinds == {"food": "compostable"}
+        kinds = dict(conn.execute("SELECT reviewed_label, reviewed_bin FROM decisions "
+                                  "WHERE reviewed_label IN ('food', 'not_an_item')"))
+    assert kinds.get("food") == "compostable"
+    assert "not_an_item" in kinds and kinds["not_an_item"] is None  # a photo of no item goes to no bin
 
 
 def test_a_bad_class_map_is_one_line(split_model, tmp_path):
@@ -138,6 +144,23 @@ def test_no_answer_is_no_5xx_and_the_recycling_bin_is_named():
     assert name == "recyclable" and "no bin called 'recycling'" in note
     name, note = ss.recycling_bin(["paper", "rest"])
     assert name == "paper" and "no recycling bin" in note
+
+
+def test_photos_of_no_item_are_counted_apart_and_contaminate_the_bin_they_are_sorted_into():
+    ss = _site_stream()
+    item = {"class": "glass", "bin": "recyclable", "label": "glass", "review_bin": None}
+    empty = {"class": None, "bin": None, "label": "not_an_item", "review_bin": None}
+
+    def row(truth, kind, decision):
+        return {"status": 200, "kind": kind, "decision": decision, "label": "glass", "reason": None, "ms": 50.0,
+                "truth": truth}
+
+    f = ss.figures([row(item, "auto", "recyclable"), row(item, "manual_sort", "manual_sort"),
+                    row(empty, "manual_sort", "manual_sort"), row(empty, "auto", "recyclable")], ["recyclable"])
+    assert f["coverage"] == 0.5 and f["manual_sort_rate"] == 0.5   # of the two items
+    assert (f["empty_n"], f["empty_sorted"], f["empty_refused_rate"]) == (2, 1, 0.5)
+    assert f["contamination"]["recyclable"] == {"value": 0.5, "n": 2, "k": 1}  # the sorted empty photo
+    assert f["auto_class_accuracy"] == 1.0                                     # of items with a class
 
 
 def test_a_folder_the_class_map_does_not_name_is_one_line_before_any_server_starts(tmp_path):

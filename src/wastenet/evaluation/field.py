@@ -36,6 +36,7 @@ from PIL import Image
 from wastenet.decision import MANUAL_SORT, UNKNOWN  # the decision rule's words ("unknown": manual sort)
 from wastenet.errors import ConfigError
 from wastenet.files import check_output, write_atomic, write_csv_atomic
+from wastenet.ood import NOT_AN_ITEM
 
 # An item crop is the item's box grown by this share of its size on each side, then made
 # square: a little context, as a drop-tray camera would frame it.
@@ -45,23 +46,28 @@ VIEWS = ("full", "crop", "floor")
 
 @dataclass(frozen=True)
 class Target:
-    """What a foreign class means: ``kind`` is ``class``, ``bin``, ``unknown`` or ``new`` (a kind the
-    model has no class for; ``name`` is its bin)."""
+    """What a foreign class means: ``kind`` is ``class``, ``bin``, ``unknown``, ``new`` (a kind the
+    model has no class for; ``name`` is its bin) or ``not_an_item`` (photos of no item, e.g. an empty
+    floor: refused, as ``unknown``, and the site stream's reviewer says so)."""
 
     kind: str
     name: str = ""
 
     def __str__(self) -> str:
-        return {"class": self.name, "bin": f"bin:{self.name}", "new": f"new:{self.name}"}.get(self.kind, UNKNOWN)
+        return {"class": self.name, "bin": f"bin:{self.name}", "new": f"new:{self.name}",
+                NOT_AN_ITEM: NOT_AN_ITEM}.get(self.kind, UNKNOWN)
 
 
 def parse_target(value: str, classes: Sequence[str], bins: Sequence[str], allow_new: bool = False) -> Target:
-    """``metal`` -> class, ``bin:landfill`` -> bin, ``unknown`` -> manual sort; with ``allow_new``
+    """``metal`` -> class, ``bin:landfill`` -> bin, ``unknown`` -> manual sort (``not_an_item`` too: a
+    photo of no item, which the site stream's reviewer labels so); with ``allow_new``
     also ``new:landfill`` -> a kind the model has no class for, going to that bin (the site stream's
     reviewer teaches it; a field report has no use for it); ConfigError otherwise."""
     v = str(value).strip()
     if v == UNKNOWN:
         return Target(UNKNOWN)
+    if v == NOT_AN_ITEM:
+        return Target(NOT_AN_ITEM)
     if v.startswith("new:"):
         if not allow_new:
             raise ConfigError(f"class map: {v!r}: new:BIN (a kind the model has no class for) is for "
@@ -74,7 +80,7 @@ def parse_target(value: str, classes: Sequence[str], bins: Sequence[str], allow_
         return Target("bin", b)
     if v not in classes:
         raise ConfigError(f"class map: {v!r} is not a class of the model ({', '.join(classes)}), "
-                          "nor bin:NAME nor unknown")
+                          f"nor bin:NAME nor unknown nor {NOT_AN_ITEM}")
     return Target("class", v)
 
 

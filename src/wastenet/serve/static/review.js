@@ -15,8 +15,9 @@
   const undoButton = $("undo");
   const skipButton = $("skip");
   const pretty = (s) => (s || "").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
-  // keys 1..9 then 0, then letters that are not N (new kind), S (skip) or U (undo)
-  const KEYS = "1234567890abcdefghijklmopqrtvwxyz".split("");
+  // keys 1..9 then 0, then letters that are not E (not an item), N (new kind), S (skip) or U (undo)
+  const KEYS = "1234567890abcdfghijklmopqrtvwxyz".split("");
+  const NOT_AN_ITEM = "not_an_item";  // wastenet.ood.NOT_AN_ITEM: a photo of no item, no bin, never a class
   const newKindForm = $("new-kind-form");
 
   let queue = [];        // pending items, newest first, as /api/review lists them
@@ -123,7 +124,7 @@
       if (r.status === 401) { askToken("Saving needs the review token that `wastenet serve` printed at start."); return; }
       if (!r.ok) throw new Error(answer.error || `HTTP ${r.status}`);
       showError("");
-      if (!classes.includes(answer.reviewed_label)) {  // a new kind: a button (and a key) from now on
+      if (!classes.includes(answer.reviewed_label) && answer.reviewed_label !== NOT_AN_ITEM) {  // a new kind: a button (and a key) from now on
         kindBins[answer.reviewed_label] = answer.reviewed_bin;
         classes = [...classes, answer.reviewed_label];
         renderButtons();
@@ -174,12 +175,14 @@
 
   undoButton.addEventListener("click", undo);
   skipButton.addEventListener("click", skip);
+  $("not-an-item").addEventListener("click", () => label(NOT_AN_ITEM));
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.target instanceof HTMLInputElement) return;
     const key = e.key.toLowerCase();
     if (key === "u") { e.preventDefault(); undo(); return; }
     if (key === "s") { e.preventDefault(); skip(); return; }
     if (key === "n") { e.preventDefault(); askNewKind(); return; }
+    if (key === "e") { e.preventDefault(); label(NOT_AN_ITEM); return; }
     const i = KEYS.indexOf(key);
     if (i >= 0 && i < classes.length && shown) { e.preventDefault(); label(classes[i]); }
   });
