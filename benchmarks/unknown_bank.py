@@ -15,8 +15,12 @@ from: they were streamed before it was made)::
         --rehearsal-cache /tmp/wastenet-site-stream-XXXX/models/.feature-cache/rehearsal-KEY.npz \\
         --out benchmarks/results/unknown-bank-field-densenet121.json
 
-Variants: ``random`` (a seeded sample of 1,024 of all rows: what adaptation did), ``site-half`` (the
-site's reviewed rows keep up to half of the 1,024), ``random-4096`` (a larger sample). The augmented
+Variants: ``random`` (a seeded sample of 1,024 of all rows: what adaptation did before session 14),
+``site-half`` (the site's reviewed rows keep up to half of the 1,024), ``site-half+prior`` (and half
+of the ImageNet prior), ``random+negatives`` and ``site-half+prior+negatives`` (with, as not-an-item
+examples, the empty-floor squares of every ``--negatives-every``-th item streamed before the version,
+as if a reviewer had labelled each; the second is what adaptation does once a site has labelled
+photos of no item: BENCHMARKS.md "Not an item"), ``random-4096`` (a larger sample). The augmented
 views are this script's own draws (the same augmentation, another generator), so ``random`` matches
 the served refusals closely but not exactly; the ``served`` column is the log's own count. Last,
 each checkpoint's own rule (the base model's, every version's) on every empty-floor square.
@@ -36,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_description  # noqa: E402
 
 VARIANTS = {"random": {}, "site-half": {"site": True}, "site-half+prior": {"site": True, "prior": True},
+            "random+negatives": {"negatives": True},
+            "site-half+prior+negatives": {"site": True, "prior": True, "negatives": True},
             "random-4096": {"bank_rows": 4096}}
 
 
@@ -78,6 +84,7 @@ def main() -> int:
     ap.add_argument("--rehearsal-cache", required=True, help="the stream's models/.feature-cache/rehearsal-*.npz (.rehearsal-cache before session 12)")
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--features", help="an .npz keeping the stream's features between runs (computed when missing)")
+    ap.add_argument("--negatives-every", type=int, default=5, help="a not-an-item example per N earlier items")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -159,13 +166,17 @@ def main() -> int:
         temperature = float(ckpt["temperature"])
         row = {"version": v["id"], "served": len(served), "trained_on": len(tr),
                "refused_served": sum(i in refused for i in served)}
+        # the empty floors a reviewer would have labelled before this version: every Nth earlier item's
+        before = [i for i in range(min(served)) if not np.isnan(floors[i, 0])][args.negatives_every - 1::args.negatives_every]
+        row["negatives"] = len(before)
         for name, opt in VARIANTS.items():
             rule = unknown_rule(train_feats, train_labels, val_feats, val_logits, len(classes), temperature,
                                 keep=ckpt["ood"]["keep"], method=ckpt["ood"]["method"],
                                 extra_feats=np.concatenate([site_views, x_mix[n_mix:]]), imagenet_head=imagenet,
                                 site_rows=site_mask if opt.get("site") else None,
                                 site_prior=site_mask if opt.get("prior") else None,
-                                bank_rows=opt.get("bank_rows"))
+                                bank_rows=opt.get("bank_rows"),
+                                negatives=floors[before] if opt.get("negatives") and before else None)
             m, t = rule["method"], rule["thresholds"][rule["method"]]
             row[name] = int((ood.scores(m, served_logits, temperature, clean[served], rule) > t).sum())
             empty = [i for i in served if not np.isnan(floors[i, 0])]

@@ -37,9 +37,9 @@ class SplitData:
     ``images`` are cached uint8 squares (a forward pass computes what is missing); ``features``
     and ``logits`` are given where the caller has them already; ``views`` (train) are augmented
     views' features for the k-NN bank; ``photos`` (val) the files the searched threshold is fitted on.
-    In adaptation (train): ``site`` marks the rows of ``features`` then ``views`` that are the site's
-    reviewed items (they keep up to half of the k-NN bank and weigh half in the ImageNet prior), and
-    ``negatives`` are the features of photos its reviewers said show no item
+    In adaptation (train): ``negatives`` are the features of photos the site's reviewers said show no
+    item, and ``site`` (given with them) marks the rows of ``features`` then ``views`` that are the
+    site's reviewed items: they keep up to half of the k-NN bank and weigh half in the ImageNet prior
     (:func:`wastenet.inference.ood_model.unknown_rule`).
     """
 

@@ -240,10 +240,11 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     # computed above; the backbone did not change)
     n_rev = len(parts["reviewed train"])
     n_mix = len(y_mix) // (1 + cfg.views)  # clean rows first, then the views
-    # and they are the site's: up to half of the k-NN bank and half of the ImageNet prior, or a few hundred
-    # site rows among thousands of rehearsal rows leave its own items unfamiliar (BENCHMARKS.md "Not an item")
-    site = np.r_[np.ones(n_rev, bool), np.zeros(n_mix, bool), np.ones(len(x_rev) - n_rev, bool),
-                 np.zeros(len(x_mix) - n_mix, bool)]
+    # once the site has said what its empty floor looks like, its rows keep up to half of the k-NN bank and
+    # half of the ImageNet prior (a few hundred site rows among thousands of rehearsal rows leave its own
+    # items unfamiliar); without such examples that lets empty floors through (BENCHMARKS.md "Not an item")
+    site = None if negatives is None else np.r_[np.ones(n_rev, bool), np.zeros(n_mix, bool),
+                                                np.ones(len(x_rev) - n_rev, bool), np.zeros(len(x_mix) - n_mix, bool)]
     train = SplitData(torch.cat([y_rev[:n_rev], y_mix[:n_mix]]).numpy(),
                       features=torch.cat([x_rev[:n_rev], x_mix[:n_mix]]).numpy(),
                       views=torch.cat([x_rev[n_rev:], x_mix[n_mix:]]).numpy(), site=site, negatives=negatives)
