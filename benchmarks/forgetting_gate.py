@@ -3,7 +3,7 @@
 Adaptation re-fits only the head, so every version shares the base model's backbone: the features of
 TrashNet's validation and test photos are computed once, and each version's head is applied to them.
 For every version: its accuracy on the validation rows that ``adapt`` early-stops on (the rehearsal
-split's ``val`` rows, ``mix_per_class // 2`` per class as :func:`wastenet.training.adapt._sample`
+split's ``val`` rows, ``mix_per_class // 2`` per class as :func:`wastenet.training.adapt.sample_per_class`
 draws them) and on the test split (never used by any version). The check promotes a candidate only
 if its validation accuracy is at least the base's minus ``--allowed`` (1 point); the question is
 whether the versions that lose more than a point on test are the ones it stops::
@@ -40,7 +40,7 @@ def main() -> int:
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
     from wastenet.site.versions import VersionStore
-    from wastenet.training.adapt import AdaptConfig, _sample
+    from wastenet.training.adapt import AdaptConfig, sample_per_class
 
     r = json.loads(Path(args.result).read_text())
     store = VersionStore(Path(r["log_db"]).parent / "models")
@@ -52,7 +52,7 @@ def main() -> int:
     per_class = next((v["inputs"].get("rehearsal_per_class") for v in versions if v["id"] > 0),
                      None) or AdaptConfig().mix_per_class
     rows = [x for x in read_split_file(args.split_file, args.data) if x.label in classes]
-    val_rows = _sample([x for x in rows if x.split == "val"], per_class // 2, AdaptConfig().seed)
+    val_rows = sample_per_class([x for x in rows if x.split == "val"], per_class // 2, AdaptConfig().seed)
     test_rows = [x for x in rows if x.split == "test"]
     passes = FeaturePasses(model, prep, "cpu", len(val_rows) + len(test_rows))
 

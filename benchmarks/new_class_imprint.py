@@ -48,7 +48,7 @@ def main() -> int:
     from wastenet.inference.runner import FeaturePasses
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
-    from wastenet.training.adapt import AdaptConfig, _sample, fit_head
+    from wastenet.training.adapt import AdaptConfig, fit_head, sample_per_class
     from wastenet.training.grow import grow_classes
 
     ckpt = grow_classes(checkpoint.load(args.checkpoint), {args.new: "recyclable"})
@@ -59,8 +59,8 @@ def main() -> int:
         kind = [Row(r["path"], args.new) for r in csv.DictReader(f) if r["label"] == args.new]
     random.Random(0).shuffle(kind)
     rows = read_split_file(args.split_file, args.data)
-    mix_train = _sample([r for r in rows if r.split == "train"], 100, 0)
-    mix_val = _sample([r for r in rows if r.split == "val"], 50, 0)
+    mix_train = sample_per_class([r for r in rows if r.split == "train"], 100, 0)
+    mix_val = sample_per_class([r for r in rows if r.split == "val"], 50, 0)
     in_val = {r.path for r in mix_val}
     spare = [r for r in rows if r.split == "val" and r.path not in in_val]
     random.Random(1).shuffle(spare)

@@ -100,7 +100,7 @@ def main() -> int:
     from wastenet.inference.runner import FeaturePasses
     from wastenet.models import model_from_checkpoint
     from wastenet.preprocessing import Preprocessing
-    from wastenet.training.adapt import AdaptConfig, _split_reviewed
+    from wastenet.training.adapt import AdaptConfig, split_reviewed
 
     r = json.loads(Path(args.result).read_text())
     decided = r["decided"]
@@ -150,7 +150,7 @@ def main() -> int:
         # promotion are not among them): 80% train, 20% calibration and the unknown-item threshold
         reviewed = sorted((Row(f"{decided[i - 1]['truth']}/{i}.jpg", decided[i - 1]["truth"])
                            for i in v["inputs"]["trained_on"]), key=lambda row: (row.label, row.path))
-        rev_train, rev_val = _split_reviewed(reviewed, AdaptConfig().val_share, v["inputs"].get("seed", 0))
+        rev_train, rev_val = split_reviewed(reviewed, AdaptConfig().val_share, v["inputs"].get("seed", 0))
         tr = [int(Path(row.path).stem) - 1 for row in rev_train]
         ho = [int(Path(row.path).stem) - 1 for row in rev_val]
         site_clean, site_views = clean[tr], views[:, tr].reshape(-1, clean.shape[1])

@@ -67,12 +67,12 @@ def _shuffled_by_label(rows: list[Row], seed: int) -> list[list[Row]]:
     return groups
 
 
-def _sample(rows: list[Row], per_class: int, seed: int) -> list[Row]:
-    """Up to ``per_class`` random rows of every class."""
+def sample_per_class(rows: list[Row], per_class: int, seed: int) -> list[Row]:
+    """Up to ``per_class`` random rows of every class (the rehearsal set adapt draws; seeded)."""
     return [r for rs in _shuffled_by_label(rows, seed) for r in rs[:per_class]]
 
 
-def _split_reviewed(rows: list[Row], share: float, seed: int) -> tuple[list[Row], list[Row]]:
+def split_reviewed(rows: list[Row], share: float, seed: int) -> tuple[list[Row], list[Row]]:
     """Stratified: each class keeps at least one training item; classes with one item give no val."""
     train, val = [], []
     for rs in _shuffled_by_label(rows, seed):
@@ -137,15 +137,15 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     # photos that show no item are no class: they teach the unknown-item rule what an empty floor looks like
     empty = [Row(r.path, classes[0]) for r in sorted(rev, key=lambda r: r.path) if r.label == NOT_AN_ITEM]
     rev = [r for r in rev if r.label != NOT_AN_ITEM]
-    rev_train, rev_val = _split_reviewed(rev, cfg.val_share, cfg.seed)
+    rev_train, rev_val = split_reviewed(rev, cfg.val_share, cfg.seed)
     mix_train: list[Row] = []
     mix_val: list[Row] = []
     if mix:
         if not mix_split:
             raise ConfigError("--data-mix needs --mix-split-file (its train rows are rehearsed, its val rows calibrate)")
         mix_rows = [r for r in read_split_file(mix_split, mix) if r.label in classes]
-        mix_train = _sample([r for r in mix_rows if r.split == "train"], cfg.mix_per_class, cfg.seed)
-        mix_val = _sample([r for r in mix_rows if r.split == "val"], cfg.mix_per_class // 2, cfg.seed)
+        mix_train = sample_per_class([r for r in mix_rows if r.split == "train"], cfg.mix_per_class, cfg.seed)
+        mix_val = sample_per_class([r for r in mix_rows if r.split == "val"], cfg.mix_per_class // 2, cfg.seed)
     if not rev_val and not mix_val:
         raise ConfigError("adapt needs validation images: at least two reviewed items of a class, or --data-mix")
 

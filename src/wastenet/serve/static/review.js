@@ -117,13 +117,8 @@
     try {
       const body = { label: value };
       if (bin || kindBins[value]) body.bin = bin || kindBins[value];
-      const r = await fetch(`/api/review/${item.id}`, {
-        method: "POST", ...authed({ "Content-Type": "application/json" }), body: JSON.stringify(body),
-      });
-      const answer = await r.json().catch(() => ({}));
-      if (r.status === 401) { askToken("Saving needs the review token that `wastenet serve` printed at start."); return; }
-      if (!r.ok) throw new Error(answer.error || `HTTP ${r.status}`);
-      showError("");
+      const answer = await post(`/api/review/${item.id}`, `Saving item ${item.id}`, body);
+      if (!answer) return;
       if (!classes.includes(answer.reviewed_label) && answer.reviewed_label !== NOT_AN_ITEM) {  // a new kind: a button (and a key) from now on
         kindBins[answer.reviewed_label] = answer.reviewed_bin;
         classes = [...classes, answer.reviewed_label];
@@ -140,7 +135,7 @@
       nextItem();
       loadStats();
       loadVersions();  // --adapt-every: this label may have started a run
-    } catch (e) {
+    } catch (e) {  // no answer at all (the server is gone)
       showError(`Could not save item ${item.id}: ${e.message}`);
     } finally {
       busy = false;
@@ -304,8 +299,10 @@
       })
       .catch((e) => { $("adapt-status").textContent = "Cannot load the model versions: " + e.message; });
   }
-  async function post(url, what) {
-    const r = await fetch(url, { method: "POST", ...authed({ "Content-Type": "application/json" }), body: "{}" });
+  // every change goes through here: the token, JSON, and one way to say it was refused (the answer, or null)
+  async function post(url, what, body) {
+    const r = await fetch(url, { method: "POST", ...authed({ "Content-Type": "application/json" }),
+                                 body: JSON.stringify(body || {}) });
     const answer = await r.json().catch(() => ({}));
     if (r.status === 401) { askToken(`${what} needs the review token that \`wastenet serve\` printed at start.`); return null; }
     if (!r.ok) { showError(`${what}: ${answer.error || "HTTP " + r.status}`); return null; }
