@@ -26,7 +26,9 @@ the contract::
 
 ``--order``: a CSV whose ``path`` column (relative to DIR) is the stream, in order (paths it does
 not name are not streamed; ``benchmarks/stream_order.py`` writes them); default: every photo,
-sorted, shuffled by ``--seed``. RESULT.json: one row per window of ``--window`` items and a
+sorted, shuffled by ``--seed``. RESULT.json: one row per window of ``--window`` items (photos of
+no item join the window of the item before them; ``start``/``end`` are request indices,
+``item_start``/``item_end`` item counts) and a
 ``final`` block over the last third; the last line printed is
 ``last third: coverage C; recycling-bin contamination X; class accuracy of auto-sorted A``
 (the recycling bin is the taxonomy's ``recycling``, else its first ``recycl*`` bin: a line before it
@@ -77,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapt-every", type=int, default=None, help="passed to serve")
     p.add_argument("--adapt-mix", default=None, help="passed to serve")
     p.add_argument("--adapt-mix-split", default=None, help="passed to serve")
-    p.add_argument("--window", type=int, default=100)
+    p.add_argument("--window", type=int, default=100, help="items per window (photos of no item not counted)")
     p.add_argument("--reviewer-error", type=float, default=0.0)
     p.add_argument("--reviewer-delay", type=int, default=0, help="label an item only once this many more streamed")
     p.add_argument("--review-every", type=int, default=10, help="the reviewer looks at the queue every N items")
@@ -284,6 +286,28 @@ def figures(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
     return out
 
 
+def window_spans(rows: list[dict[str, Any]], size: int) -> list[tuple[int, int, int, int]]:
+    """Windows of ``size`` items: ``(start, end, first item, end item)``, rows [start, end).
+
+    A photo of no item joins the window of the item before it (the first window, before any), so
+    every window holds ``size`` items but the last, with or without empty photos in the stream::
+
+        window_spans(rows, 100)  # [(0, 117, 0, 100), (117, 236, 100, 200), ...]
+    """
+    spans: list[tuple[int, int, int, int]] = []
+    start, first, n = 0, 0, 0
+    for i, r in enumerate(rows):
+        if r["truth"]["label"] == NOT_AN_ITEM:
+            continue
+        if n == size:
+            spans.append((start, i, first, first + n))
+            start, first, n = i, first + n, 0
+        n += 1
+    if start < len(rows):
+        spans.append((start, len(rows), first, first + n))
+    return spans
+
+
 def audit_estimate(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
     """Per bin, from every audit so far: the estimate (Wilson) beside the true contamination of the auto stream."""
     out = {}
@@ -360,7 +384,7 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
     import matplotlib.pyplot as plt
 
     w = result["windows"]
-    x = [r["end"] for r in w]
+    x = [r.get("item_end", r["end"]) for r in w]  # (results written before item windows: by request)
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
     series = (("coverage", "coverage (auto-sorted share)"), ("auto_class_accuracy", "class accuracy of auto-sorted"),
               ("manual_sort_rate", "manual-sort rate"))
@@ -372,7 +396,7 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
     last = None
     for r in w:
         if last is not None and r["version"] != last:
-            ax.axvline(r["start"], color="grey", ls=":", lw=1)
+            ax.axvline(r.get("item_start", r["start"]), color="grey", ls=":", lw=1)
         last = r["version"]
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("items streamed")
@@ -465,12 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.time() - t_start
 
     windows = []
-    for start in range(0, len(rows), args.window):
-        w = rows[start:start + args.window]
+    for start, end, first_item, end_item in window_spans(rows, args.window):
+        w = rows[start:end]
         fig = figures(w, bins)
-        fig.update(start=start, end=start + len(w), version=w[-1]["version"],
-                   reviewed_so_far=sum(1 for i in reviewer.labelled if streamed[i]["index"] < start + len(w)),
-                   audit_vs_truth=audit_estimate(rows[:start + len(w)], bins))
+        fig.update(start=start, end=end, item_start=first_item, item_end=end_item, version=w[-1]["version"],
+                   reviewed_so_far=sum(1 for i in reviewer.labelled if streamed[i]["index"] < end),
+                   audit_vs_truth=audit_estimate(rows[:end], bins))
         windows.append(fig)
     for fig in windows:  # server latency while an adaptation ran, from the probes of that window
         mine = [p["ms"] for p in probes if fig["start"] <= p["index"] < fig["end"]]
@@ -506,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(result, args.plot, recycling)
     for w in windows:
         c = w["contamination"][recycling]["value"]
-        print(f"items {w['start']:>5}-{w['end']:<5} coverage {w['coverage']:.3f}  auto-sorted accuracy "
+        print(f"items {w['item_start']:>5}-{w['item_end']:<5} coverage {w['coverage']:.3f}  auto-sorted accuracy "
               f"{_f(w['auto_class_accuracy'])}  {recycling} contamination {_f(c)}  manual sort "
               f"{w['manual_sort_rate']:.3f}  " + (f"empty sorted {w['empty_sorted']}/{w['empty_n']}  " if w['empty_n'] else "")
               + f"reviewed {w['reviewed_so_far']:>4}  p99 {w['p99_ms']:.0f} ms  "

@@ -46,7 +46,10 @@ def test_the_stream_contract_end_to_end(split_model, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert LAST_LINE.match(run.stdout.strip().splitlines()[-1]), run.stdout
     r = json.loads(out.read_text())
-    assert r["items"] == 34 and [w["n"] for w in r["windows"]] == [10, 10, 10, 4]
+    # windows of 10 items (30: glass, metal, paper, food); the 4 empty floors join the windows they fall in
+    assert r["items"] == 34 and sum(w["n"] for w in r["windows"]) == 34
+    assert [w["n"] - w["empty_n"] for w in r["windows"]] == [10, 10, 10]
+    assert [(w["item_start"], w["item_end"]) for w in r["windows"]] == [(0, 10), (10, 20), (20, 30)]
     assert r["final"]["n"] == 11 and r["lost_reviewed_labels"] == 0 and r["review_refused"] == []
     assert sum(w["empty_n"] for w in r["windows"]) == 4  # counted apart from the items
     assert r["failed_adaptations"] == []  # (a run that exits non-zero is listed there and named on stderr)
@@ -126,6 +129,15 @@ def test_the_default_order_reads_photos_as_every_command_does(tmp_path):
     assert len(paths) == 8 and sum(p.startswith("paper/") for p in paths) == 2
     assert not any("._" in p or p.endswith((".txt", ".md")) for p in paths)
     assert paths == ss.stream_paths(stream, None, seed=0) != sorted(paths)  # seeded shuffle
+
+
+def test_a_window_counts_items_and_an_empty_floor_joins_the_item_before_it():
+    ss = _site_stream()
+    item, empty = {"truth": {"label": "glass"}}, {"truth": {"label": ss.NOT_AN_ITEM}}
+    rows = [empty, item, empty, item, item, empty, item, item]
+    assert ss.window_spans(rows, 2) == [(0, 4, 0, 2), (4, 7, 2, 4), (7, 8, 4, 5)]
+    assert ss.window_spans([item] * 5, 2) == [(0, 2, 0, 2), (2, 4, 2, 4), (4, 5, 4, 5)]  # no empties: as before
+    assert ss.window_spans([empty, empty], 2) == [(0, 2, 0, 0)] and ss.window_spans([], 2) == []
 
 
 def test_no_answer_is_no_5xx_and_the_recycling_bin_is_named():
