@@ -253,6 +253,11 @@ def percentile(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
+def shows_item(row: dict[str, Any]) -> bool:
+    """Whether a streamed photo shows an item (a photo of no item is counted apart everywhere)."""
+    return row["truth"]["label"] != NOT_AN_ITEM
+
+
 def figures(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
     """Coverage, auto-sorted class accuracy, true contamination per bin, manual sort, latency, errors.
 
@@ -261,8 +266,8 @@ def figures(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any]:
     sorted into a bin contaminates it."""
     answered = [r for r in rows if r["kind"] is not None]
     auto = [r for r in answered if r["kind"] in AUTO_KINDS]
-    items = [r for r in answered if r["truth"]["label"] != NOT_AN_ITEM]
-    empty = [r for r in answered if r["truth"]["label"] == NOT_AN_ITEM]
+    items = [r for r in answered if shows_item(r)]
+    empty = [r for r in answered if not shows_item(r)]
     with_class = [r for r in auto if r["truth"]["class"] is not None]
     out: dict[str, Any] = {
         "n": len(rows), "coverage": sum(r["kind"] in AUTO_KINDS for r in items) / len(items) if items else None,
@@ -297,7 +302,7 @@ def window_spans(rows: list[dict[str, Any]], size: int) -> list[tuple[int, int, 
     spans: list[tuple[int, int, int, int]] = []
     start, first, n = 0, 0, 0
     for i, r in enumerate(rows):
-        if r["truth"]["label"] == NOT_AN_ITEM:
+        if not shows_item(r):
             continue
         if n == size:
             spans.append((start, i, first, first + n))
@@ -384,7 +389,7 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
     import matplotlib.pyplot as plt
 
     w = result["windows"]
-    x = [r.get("item_end", r["end"]) for r in w]  # (results written before item windows: by request)
+    x = [r["item_end"] for r in w]
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
     series = (("coverage", "coverage (auto-sorted share)"), ("auto_class_accuracy", "class accuracy of auto-sorted"),
               ("manual_sort_rate", "manual-sort rate"))
@@ -396,7 +401,7 @@ def plot(result: dict[str, Any], path: str, recycling: str) -> None:
     last = None
     for r in w:
         if last is not None and r["version"] != last:
-            ax.axvline(r.get("item_start", r["start"]), color="grey", ls=":", lw=1)
+            ax.axvline(r["item_start"], color="grey", ls=":", lw=1)
         last = r["version"]
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("items streamed")
