@@ -90,6 +90,12 @@ def test_every_feature_score_in_the_graph_gives_the_numpy_score():
     for method in ood.FEATURE_METHODS:
         got = FeatureScore(rule, method)(torch.from_numpy(probe)).numpy()
         np.testing.assert_allclose(got, ood.feature_score(method, probe, rule), rtol=1e-3, atol=1e-3, err_msg=method)
+    # and with the probe fitted on them (what adaptation writes): the same numbers in the graph module
+    rule["not_an_item_probe"] = ood.fit_not_an_item_probe(rule["bank"], rule["negatives"])
+    assert ood.not_an_item(probe, rule)[:3].all()
+    for method in ood.FEATURE_METHODS:
+        got = FeatureScore(rule, method)(torch.from_numpy(probe)).numpy()
+        np.testing.assert_allclose(got, ood.feature_score(method, probe, rule), rtol=1e-3, atol=1e-3, err_msg=method)
 
 
 def test_a_photo_nearer_a_not_an_item_example_than_any_known_item_scores_above_every_threshold():
@@ -108,6 +114,31 @@ def test_a_photo_nearer_a_not_an_item_example_than_any_known_item_scores_above_e
         np.testing.assert_array_equal(after[:3], s[:3])            # known items score as before
         assert (after[3:] == ood.NOT_AN_ITEM_SCORE).all(), m       # the floor is refused whatever its score
     assert ood.threshold_for_coverage(np.r_[np.linspace(0, 1, 90), np.full(10, ood.NOT_AN_ITEM_SCORE)], 0.9) < 1.0
+
+
+def test_the_not_an_item_probe_refuses_an_empty_floor_no_reviewer_labelled_where_the_nearest_neighbour_sorts_it():
+    rng = np.random.default_rng(0)
+    d = 32
+    floors = rng.normal(0, 1, (3, d))                                     # three floor surfaces
+    thing = rng.normal(0, 1, d)
+    thing *= 6 / np.linalg.norm(thing)                                    # what any item adds to its floor
+    kinds = rng.normal(0, 0.3, (2, d))                                    # and what tells two kinds apart
+
+    def items(floor: int, n: int) -> np.ndarray:
+        return floors[floor] + thing + kinds[rng.integers(0, 2, n)] + rng.normal(0, 0.3, (n, d))
+
+    def empty(floor: int, n: int) -> np.ndarray:
+        return floors[floor] + rng.normal(0, 0.3, (n, d))
+
+    bank = ood.fit_knn_bank(np.concatenate([items(f, 20) for f in range(3)]))
+    negatives = ood.fit_negatives(np.concatenate([empty(0, 10), empty(1, 10)]))  # floor 2: never seen empty
+    nearest = {"bank": bank, "negatives": negatives}                      # a rule written before the probe
+    probe = {**nearest, "not_an_item_probe": ood.fit_not_an_item_probe(bank, negatives)}
+    new_floor_empty, new_floor_items = empty(2, 10), items(2, 10)
+    assert not ood.not_an_item(new_floor_empty, nearest).any()            # nearer its floor's items: sorted
+    assert ood.not_an_item(new_floor_empty, probe).all()
+    assert not ood.not_an_item(new_floor_items, probe).any()
+    assert ood.not_an_item(empty(0, 5), probe).all()                      # and the floors it was shown
 
 
 def test_only_the_newest_not_an_item_examples_are_kept_as_unit_rows():
@@ -452,8 +483,10 @@ def test_adapt_learns_what_an_empty_photo_looks_like_from_a_not_an_item_folder(i
     result = adapt(imagenet_checkpoint, site, tmp_path / "site", cfg=AdaptConfig(views=1, epochs=2))
     ck = checkpoint.load(result["checkpoint"])
     assert ck["classes"] == checkpoint.load(imagenet_checkpoint)["classes"]  # no class for an empty floor
-    assert ck["adapted"]["not_an_item"] == 3 and ck["ood"]["fitted_on"]["negatives"] == 3
-    assert tuple(ck["ood"]["negatives"].shape) == (3, ck["ood"]["bank"].shape[1])
+    # each empty photo as taken and through the items' augmented view (views=1): 6 rows
+    assert ck["adapted"]["not_an_item"] == 3 and ck["ood"]["fitted_on"]["negatives"] == 6
+    assert tuple(ck["ood"]["negatives"].shape) == (6, ck["ood"]["bank"].shape[1])
+    assert tuple(ck["ood"]["not_an_item_probe"]["weight"].shape) == (ck["ood"]["bank"].shape[1],)
     got = Classifier.load(result["checkpoint"]).predict(empty)
     assert all(p.ood_score == ood.NOT_AN_ITEM_SCORE and p.decision == "manual_sort" for p in got)
 

@@ -25,10 +25,13 @@ more unusual* inputs:
   one counting (the default when the ImageNet head is usable; otherwise ``knn``).
 
 A site's reviewers can also say that a photo shows no item at all (an empty floor, an empty
-belt: ``NOT_AN_ITEM``). Those photos' features are the rule's ``negatives``; a photo whose nearest
-negative is nearer than its nearest k-NN bank row scores ``NOT_AN_ITEM_SCORE`` whatever its score
-(:func:`not_an_item`). A photo taken of an item is mostly floor, so once a floor's items are known
+belt: ``NOT_AN_ITEM``). Those photos' features are the rule's ``negatives``; a photo its
+``not_an_item_probe`` calls empty scores ``NOT_AN_ITEM_SCORE`` whatever its score (:func:`not_an_item`). A photo taken of an item is mostly floor, so once a floor's items are known
 an empty patch of that floor looks like them; only an example of the empty floor tells the two apart.
+The rule is a linear probe (logistic regression of the negatives against the bank's rows): on a floor
+no reviewer has labelled empty yet, an empty photo is nearer its floor's items than any other floor's
+empty photo, and a nearest-neighbour test sorts it; the probe learns what "no item" looks like across
+floors (BENCHMARKS.md "Not an item"). Rules written before the probe keep the nearest-neighbour test.
 
 Fit on the training features at the end of training; choose the threshold on the validation
 split only (``threshold_for_coverage``: the score below which ``keep`` of the known
@@ -59,9 +62,10 @@ DEFAULT_DIMS = 128
 SHRINKAGE = 0.05         # covariance shrinkage towards its mean variance (stabilises the inverse)
 #: the reviewed label of a photo that shows no item (an empty floor or belt): never a class, never a bin
 NOT_AN_ITEM = "not_an_item"
-#: the score of a photo nearer a not-an-item example than any known item: above any threshold (finite: JSON)
+#: the score of a photo the not-an-item rule calls empty: above any threshold (finite: JSON)
 NOT_AN_ITEM_SCORE = 1e6
 MAX_NEGATIVES = 1024     # not-an-item rows kept (the newest), as many as the k-NN bank
+PROBE_L2 = 1e-2          # the not-an-item probe's weight penalty (unit rows; each side weighs half)
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:
@@ -200,10 +204,47 @@ def fit_negatives(features: np.ndarray, max_rows: int = MAX_NEGATIVES) -> np.nda
     return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
 
 
+def fit_not_an_item_probe(items: np.ndarray, negatives: np.ndarray, l2: float = PROBE_L2,
+                          steps: int = 50) -> dict[str, Any]:
+    """Logistic regression of not-an-item rows (1) against item rows (0) on unit features, each side
+    weighing half however many rows it has, by Newton steps (deterministic, torch-free)::
+
+        rule["not_an_item_probe"] = fit_not_an_item_probe(rule["bank"], rule["negatives"])
+
+    Returns ``{"weight": [D] float32, "bias": float}``; :func:`not_an_item` says "no item" where
+    ``unit(f) @ weight + bias > 0``."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+    pos, neg = unit(items), unit(negatives)
+    x = np.c_[np.concatenate([pos, neg]), np.ones(len(pos) + len(neg))]      # the last column: the bias
+    y = np.r_[np.zeros(len(pos)), np.ones(len(neg))]
+    w8 = np.where(y == 1, 0.5 / len(neg), 0.5 / len(pos))
+    penalty = np.full(x.shape[1], 2 * l2)
+    penalty[-1] = 1e-8                                                         # the bias is not penalised
+    theta = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(x @ theta)))
+        grad = x.T @ (w8 * (p - y)) + penalty * theta
+        hess = (x * (w8 * p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return {"weight": theta[:-1].astype(np.float32), "bias": float(theta[-1])}
+
+
 def not_an_item(features: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
-    """``[N]`` bool: the nearest of the rule's ``negatives`` is nearer (cosine) than the nearest ``bank`` row.
+    """``[N]`` bool: the rule's ``not_an_item_probe`` says "no item" (:func:`fit_not_an_item_probe`); in a rule
+    written before the probe, the nearest of its ``negatives`` is nearer (cosine) than the nearest ``bank`` row.
 
     All False for a rule without negatives (every rule before a site labelled an empty photo)."""
+    probe = rule.get("not_an_item_probe")
+    if probe is not None:
+        f = np.asarray(features, np.float64)
+        f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
+        return f @ np.asarray(probe["weight"], np.float64) + float(probe["bias"]) > 0
     negatives = rule.get("negatives")
     if negatives is None or not len(negatives):
         return np.zeros(len(features), bool)

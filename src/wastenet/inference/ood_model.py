@@ -74,7 +74,8 @@ class ImagenetScore(nn.Module):
 
 
 class NotAnItem(nn.Module):
-    """``wastenet.ood.not_an_item``: the nearest not-an-item row nearer than the nearest bank row (MatMul, ReduceMax)."""
+    """``wastenet.ood.not_an_item`` of a rule written before the probe: the nearest not-an-item row nearer than the
+    nearest bank row (MatMul, ReduceMax)."""
 
     def __init__(self, bank: Any, negatives: Any) -> None:
         super().__init__()
@@ -90,9 +91,23 @@ class NotAnItem(nn.Module):
         return (f @ self.negatives.float().T).max(dim=1).values > nearest_known
 
 
+class NotAnItemProbe(nn.Module):
+    """``wastenet.ood.not_an_item`` with a probe: ``unit(f) @ weight + bias > 0`` (one MatMul)."""
+
+    def __init__(self, probe: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.as_tensor(np.asarray(probe["weight"], dtype=np.float32)))
+        self.register_buffer("bias", torch.as_tensor(float(probe["bias"]), dtype=torch.float32))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        f = f.float()
+        f = f / (f.norm(dim=1, keepdim=True) + 1e-12)
+        return f @ self.weight + self.bias > 0
+
+
 class FeatureScore(nn.Module):
     """The rule's feature-space score (``wastenet.ood.FEATURE_METHODS``; ``a+b``: the larger of the scaled scores;
-    ``NOT_AN_ITEM_SCORE`` for a photo nearer the rule's not-an-item rows than its bank)."""
+    ``NOT_AN_ITEM_SCORE`` for a photo the rule's not-an-item test calls empty)."""
 
     def __init__(self, rule: Mapping[str, Any], method: str) -> None:
         super().__init__()
@@ -105,7 +120,9 @@ class FeatureScore(nn.Module):
         self.register_buffer("spread", torch.tensor([max(float(b) - float(a), 1e-9) for a, b in scales]))
         negatives = rule.get("negatives")
         knn = [p for p in self.parts if isinstance(p, KnnScore)]
-        self.not_an_item = (NotAnItem(knn[0].bank if knn else rule["bank"], negatives)
+        probe = rule.get("not_an_item_probe")
+        self.not_an_item = (NotAnItemProbe(probe) if probe is not None
+                            else NotAnItem(knn[0].bank if knn else rule["bank"], negatives)
                             if negatives is not None and len(negatives) else None)
         self.not_an_item_score = float(ood.NOT_AN_ITEM_SCORE)
 
@@ -207,7 +224,8 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
     keeps up to half of the bank for those (:func:`ood.fit_knn_bank`), and with ``site_prior`` (the
     same mask) they weigh half in the ImageNet prior; ``bank_rows`` the bank's size. ``negatives``
     (features of photos a site's reviewers said show no item, oldest first) are kept as the rule's
-    not-an-item rows (:func:`ood.not_an_item`), on top of the thresholds (fitted without them).
+    not-an-item rows, with the probe fitted on them against the bank (:func:`ood.fit_not_an_item_probe`), on top
+    of the thresholds (fitted without them).
     Arrays are stored as tensors (``torch.load(weights_only=True)`` reads tensors, not NumPy arrays).
     """
     from wastenet import ood
@@ -232,6 +250,7 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
     # negative than the bank would score NOT_AN_ITEM_SCORE, and past 5% of them the threshold would be that
     if negatives is not None and len(negatives):
         rule["negatives"] = ood.fit_negatives(negatives).astype(np.float16)
+        rule["not_an_item_probe"] = ood.fit_not_an_item_probe(rule["bank"], rule["negatives"])
 
     def tensors(x: Any) -> Any:
         if isinstance(x, dict):
@@ -250,6 +269,9 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
         "bank": tensors(rule["bank"]),
         **({"imagenet": tensors(rule["imagenet"])} if "imagenet" in rule else {}),
         **({"negatives": tensors(rule["negatives"])} if "negatives" in rule else {}),
+        **({"not_an_item_probe": {"weight": tensors(rule["not_an_item_probe"]["weight"]),
+                                  "bias": float(rule["not_an_item_probe"]["bias"])}}
+           if "not_an_item_probe" in rule else {}),
         "scales": {m: [float(a), float(b)] for m, (a, b) in rule["scales"].items()},
         "fitted_on": {"train": int(len(train_feats)), "bank": int(len(rule["bank"])), "val": int(len(val_feats)),
                       "negatives": int(len(rule.get("negatives", ())))},

@@ -217,8 +217,17 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
     negatives = None
     if parts["not an item"] is not None:
-        negatives = (store.features(parts["not an item"], passes, with_views=False, desc="not-an-item features")[0]
-                     if store is not None else passes(parts["not an item"].images, desc="not-an-item features")[0])
+        # seen through the same augmented views as the items: the k-NN bank holds the items' views, and an empty
+        # floor nearer one of those than its own clean photo would be sorted (BENCHMARKS.md "Not an item")
+        if store is not None:
+            clean, views = store.features(parts["not an item"], passes, augment, desc="not-an-item features")
+        else:
+            clean = passes(parts["not an item"].images, desc="not-an-item features (clean)")[0]
+            views = np.stack([passes(parts["not an item"].images, augment=augment,
+                                     desc=f"not-an-item features (view {v + 1}/{cfg.views})")[0] for v in range(cfg.views)])
+        # photo by photo, oldest first (the rule keeps the newest rows): clean, then its views
+        negatives = np.concatenate([clean[:, None], np.moveaxis(views, 0, 1)], axis=1).reshape(-1, clean.shape[1]) \
+            if views is not None and len(views) else clean
     if store is not None:
         store.save()
         _log(f"reviewed features: {store.reused} of {len(rev_train) + len(rev_val)} photos read from {store.path.name}")
