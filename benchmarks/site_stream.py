@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "adapting_5xx": sum((p["status"] or 0) >= 500 for p in probes),
         "failed_adaptations": failed_runs,
         "version_list": _versions(work / "models"),
+        "slowest_adaptation": _slowest(_versions(work / "models")),
         "version_check": (version_accuracy(work / "models", args.check_data, args.check_split)
                           if args.check_data and (work / "models").is_dir() else None),
         "server_exit": server_exit, "windows": windows, "final": final,
@@ -541,11 +542,17 @@ def main(argv: list[str] | None = None) -> int:
               + f"reviewed {w['reviewed_so_far']:>4}  p99 {w['p99_ms']:.0f} ms  "
               f"5xx {w['server_errors_5xx']}  version {w['version']}", file=sys.stderr)
     for v in result["version_list"]:
+        took = (v.get("timing") or {}).get("seconds")
         print(f"version {v['id']}: {'promoted' if v['promoted'] else 'kept'} ({v['reason']}); trained on "
-              f"{v['trained_on']}, held out {v['held_out']}", file=sys.stderr)
+              f"{v['trained_on']}, held out {v['held_out']}" + (f"; {took:.0f} s" if took is not None else ""),
+              file=sys.stderr)
     if result["version_check"]:
         for v in result["version_check"]:
             print(f"version {v['id']}: {args.check_data} test accuracy {v['test_accuracy']:.3f}", file=sys.stderr)
+    if result["slowest_adaptation"]:
+        slow = result["slowest_adaptation"]
+        print(f"slowest adaptation: {slow['seconds']:.0f} s (version {slow['id']}, on {slow['reviewed']} reviewed items)",
+              file=sys.stderr)
     if probes:
         print(f"p99 latency: {result['p99_ms_idle']:.0f} ms streaming, {result['p99_ms_adapting']:.0f} ms while "
               f"adapting ({len(probes)} probes, {result['adapting_5xx']} 5xx)", file=sys.stderr)
@@ -569,10 +576,20 @@ def _versions(folder: Path) -> list[dict[str, Any]]:
 
     if not (folder / "0000.json").is_file():
         return []
-    keep = ("id", "created_at", "parent", "promoted", "reason", "scores", "active", "model_id")
+    keep = ("id", "created_at", "parent", "promoted", "reason", "scores", "active", "model_id", "timing")
     return [{**{k: v.get(k) for k in keep}, "trained_on": len((v.get("inputs") or {}).get("trained_on") or []),
              "held_out": len((v.get("inputs") or {}).get("held_out") or []),
              "new_classes": (v.get("inputs") or {}).get("new_classes")} for v in VersionStore(folder).list()]
+
+
+def _slowest(versions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The version that took longest to make (the target: <= 2 min on <= 500 reviewed items), or None."""
+    timed = [v for v in versions if (v.get("timing") or {}).get("seconds") is not None]
+    if not timed:
+        return None
+    v = max(timed, key=lambda v: v["timing"]["seconds"])
+    return {"id": v["id"], "seconds": v["timing"]["seconds"], "adapt_seconds": v["timing"].get("adapt_seconds"),
+            "reviewed": v["trained_on"] + v["held_out"]}
 
 
 def _f(x: float | None) -> str:

@@ -97,7 +97,7 @@ class VersionStore:
             return 0
 
     def list(self) -> list[dict[str, Any]]:
-        """``[{id, file, model_id, created_at, active, parent, inputs, scores, promoted, reason}]``, oldest first."""
+        """``[{id, file, model_id, created_at, active, parent, inputs, scores, promoted, reason, timing}]``, oldest first."""
         active = self.active_id()
         return [{**self.get(v), "active": v == active} for v in self.ids()]
 
