@@ -17,6 +17,7 @@ def test_wilson_interval_matches_published_values():
     low, high = wilson_interval(0, 20)
     assert low == 0.0 and high == pytest.approx(0.1611, abs=5e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 69)[0] == 0.0 and wilson_interval(69, 69)[1] == 1.0  # a true 0 (or 1) is inside
     with pytest.raises(ValueError):
         wilson_interval(5, 3)
 

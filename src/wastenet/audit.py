@@ -120,7 +120,8 @@ def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the ends: rounding leaves centre - half ~1e-18 at k = 0, and a true rate of 0 would fall outside
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def estimate(k: int, n: int) -> dict[str, Any]:
