@@ -26,12 +26,13 @@ more unusual* inputs:
 
 A site's reviewers can also say that a photo shows no item at all (an empty floor, an empty
 belt: ``NOT_AN_ITEM``). Those photos' features are the rule's ``negatives``; a photo its
-``not_an_item_probe`` calls empty scores ``NOT_AN_ITEM_SCORE`` whatever its score (:func:`not_an_item`). A photo taken of an item is mostly floor, so once a floor's items are known
-an empty patch of that floor looks like them; only an example of the empty floor tells the two apart.
-The rule is a linear probe (logistic regression of the negatives against the bank's rows): on a floor
-no reviewer has labelled empty yet, an empty photo is nearer its floor's items than any other floor's
-empty photo, and a nearest-neighbour test sorts it; the probe learns what "no item" looks like across
-floors (BENCHMARKS.md "Not an item"). Rules written before the probe keep the nearest-neighbour test.
+``not_an_item_probe`` calls empty scores ``NOT_AN_ITEM_SCORE`` whatever its score (:func:`not_an_item`).
+A photo taken of an item is mostly floor, so once a floor's items are known an empty patch of that
+floor looks like them; only examples of empty floors tell the two apart. The rule is a linear probe
+(logistic regression of the negatives against the bank's rows): on a floor no reviewer has labelled
+empty yet, an empty photo is nearer its floor's items than any other floor's empty photo, and a
+nearest-neighbour test sorts it; the probe learns what "no item" looks like across floors
+(BENCHMARKS.md "A probe for 'no item'"). Rules written before the probe keep the nearest-neighbour test.
 
 Fit on the training features at the end of training; choose the threshold on the validation
 split only (``threshold_for_coverage``: the score below which ``keep`` of the known
@@ -66,6 +67,12 @@ NOT_AN_ITEM = "not_an_item"
 NOT_AN_ITEM_SCORE = 1e6
 MAX_NEGATIVES = 1024     # not-an-item rows kept (the newest), as many as the k-NN bank
 PROBE_L2 = 1e-2          # the not-an-item probe's weight penalty (unit rows; each side weighs half)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Float64 rows of ``x`` scaled to unit length (cosine similarity is then a dot product)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:
@@ -131,11 +138,7 @@ def mahalanobis_score(features: np.ndarray, stats: Mapping[str, Any]) -> np.ndar
 
 def knn_score(features: np.ndarray, bank: np.ndarray, k: int = 10) -> np.ndarray:
     """Cosine distance to the k-th nearest of ``bank`` (L2-normalised training features)."""
-    f = np.asarray(features, dtype=np.float64)
-    f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
-    b = np.asarray(bank, dtype=np.float64)
-    b = b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-12)
-    sim = f @ b.T
+    sim = _unit(features) @ _unit(bank).T
     k = min(k, sim.shape[1])
     return 1.0 - np.sort(sim, axis=1)[:, -k]
 
@@ -166,7 +169,7 @@ def fit_knn_bank(features: np.ndarray, max_rows: int = MAX_BANK, seed: int = 0,
         f = np.concatenate([own, sample(others, max_rows - len(own))])
     else:
         f = sample(f, max_rows)
-    return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+    return _unit(f).astype(np.float32)
 
 
 def imagenet_posterior(features: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
@@ -201,7 +204,7 @@ def fit_scale(val_scores: np.ndarray) -> tuple[float, float]:
 def fit_negatives(features: np.ndarray, max_rows: int = MAX_NEGATIVES) -> np.ndarray:
     """L2-normalised float32 rows of not-an-item photos' features (given oldest first), the newest ``max_rows``."""
     f = np.asarray(features, dtype=np.float64)[-max_rows:] if max_rows else np.zeros((0, np.shape(features)[1]))
-    return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+    return _unit(f).astype(np.float32)
 
 
 def fit_not_an_item_probe(items: np.ndarray, negatives: np.ndarray, l2: float = PROBE_L2,
@@ -213,11 +216,7 @@ def fit_not_an_item_probe(items: np.ndarray, negatives: np.ndarray, l2: float = 
 
     Returns ``{"weight": [D] float32, "bias": float}``; :func:`not_an_item` says "no item" where
     ``unit(f) @ weight + bias > 0``."""
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-
-    pos, neg = unit(items), unit(negatives)
+    pos, neg = _unit(items), _unit(negatives)
     x = np.c_[np.concatenate([pos, neg]), np.ones(len(pos) + len(neg))]      # the last column: the bias
     y = np.r_[np.zeros(len(pos)), np.ones(len(neg))]
     w8 = np.where(y == 1, 0.5 / len(neg), 0.5 / len(pos))
@@ -242,9 +241,7 @@ def not_an_item(features: np.ndarray, rule: Mapping[str, Any]) -> np.ndarray:
     All False for a rule without negatives (every rule before a site labelled an empty photo)."""
     probe = rule.get("not_an_item_probe")
     if probe is not None:
-        f = np.asarray(features, np.float64)
-        f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
-        return f @ np.asarray(probe["weight"], np.float64) + float(probe["bias"]) > 0
+        return _unit(features) @ np.asarray(probe["weight"], np.float64) + float(probe["bias"]) > 0
     negatives = rule.get("negatives")
     if negatives is None or not len(negatives):
         return np.zeros(len(features), bool)

@@ -269,9 +269,7 @@ def unknown_rule(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: n
         "bank": tensors(rule["bank"]),
         **({"imagenet": tensors(rule["imagenet"])} if "imagenet" in rule else {}),
         **({"negatives": tensors(rule["negatives"])} if "negatives" in rule else {}),
-        **({"not_an_item_probe": {"weight": tensors(rule["not_an_item_probe"]["weight"]),
-                                  "bias": float(rule["not_an_item_probe"]["bias"])}}
-           if "not_an_item_probe" in rule else {}),
+        **({"not_an_item_probe": tensors(rule["not_an_item_probe"])} if "not_an_item_probe" in rule else {}),
         "scales": {m: [float(a), float(b)] for m, (a, b) in rule["scales"].items()},
         "fitted_on": {"train": int(len(train_feats)), "bank": int(len(rule["bank"])), "val": int(len(val_feats)),
                       "negatives": int(len(rule.get("negatives", ())))},
