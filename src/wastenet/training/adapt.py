@@ -171,7 +171,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     torch.manual_seed(cfg.seed)
     augment = torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
 
-    augmented = ("reviewed train", "mix train")  # the parts seen through cfg.views augmented views
+    augmented = ("reviewed train", "mix train", "not an item")  # the parts seen through cfg.views augmented views
     n_images = sum(len(p) * (1 + (cfg.views if k in augmented else 0)) for k, p in parts.items() if p is not None)
     passes = FeaturePasses(model, prep, device, n_images)  # one runner (one ONNX export) for every pass
 
@@ -217,17 +217,17 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
     negatives = None
     if parts["not an item"] is not None:
-        # seen through the same augmented views as the items: the k-NN bank holds the items' views, and an empty
-        # floor nearer one of those than its own clean photo would be sorted (BENCHMARKS.md "Not an item")
+        # seen through the same augmented views as the items, as the k-NN bank holds them: the not-an-item probe
+        # is fitted against the bank (BENCHMARKS.md "A probe for 'no item'")
+        n = len(parts["not an item"])
         if store is not None:
             clean, views = store.features(parts["not an item"], passes, augment, desc="not-an-item features")
         else:
-            clean = passes(parts["not an item"].images, desc="not-an-item features (clean)")[0]
-            views = np.stack([passes(parts["not an item"].images, augment=augment,
-                                     desc=f"not-an-item features (view {v + 1}/{cfg.views})")[0] for v in range(cfg.views)])
+            x, _ = views_of(parts["not an item"], cfg.views, "not-an-item features")
+            clean, views = x[:n].numpy(), x[n:].numpy().reshape(cfg.views, n, -1)
         # photo by photo, oldest first (the rule keeps the newest rows): clean, then its views
-        negatives = np.concatenate([clean[:, None], np.moveaxis(views, 0, 1)], axis=1).reshape(-1, clean.shape[1]) \
-            if views is not None and len(views) else clean
+        negatives = (np.concatenate([clean[:, None], np.moveaxis(views, 0, 1)], axis=1).reshape(-1, clean.shape[1])
+                     if views is not None and len(views) else clean)
     if store is not None:
         store.save()
         _log(f"reviewed features: {store.reused} of {len(rev_train) + len(rev_val)} photos read from {store.path.name}")
