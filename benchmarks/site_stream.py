@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     third = rows[len(rows) - len(rows) // 3:] if len(rows) >= 3 else rows
     final = figures(third, bins)
     final.update(start=len(rows) - len(third), audit_vs_truth=audit_estimate(rows, bins))
+    versions = _versions(work / "models")
     result = {
         "cpu": cpu_description(), "cores": os.cpu_count(), "checkpoint": args.checkpoint, "stream": args.stream,
         "class_map": args.class_map, "order": args.order, "items": len(rows), "seconds": round(seconds, 1),
@@ -521,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ms_adapting": percentile([p["ms"] for p in probes], 99), "adapting_probes": len(probes),
         "adapting_5xx": sum((p["status"] or 0) >= 500 for p in probes),
         "failed_adaptations": failed_runs,
-        "version_list": _versions(work / "models"),
-        "slowest_adaptation": _slowest(_versions(work / "models")),
+        "version_list": versions,
+        "slowest_adaptation": _slowest(versions),
         "version_check": (version_accuracy(work / "models", args.check_data, args.check_split)
                           if args.check_data and (work / "models").is_dir() else None),
         "server_exit": server_exit, "windows": windows, "final": final,
