@@ -329,8 +329,9 @@ def audit_estimate(rows: list[dict[str, Any]], bins: list[str]) -> dict[str, Any
 
 def wait_for_adaptation(client: httpx.Client, url: str, photo: Path, index: int, every_s: float = 0.25,
                         timeout_s: float = 900, failed: list | None = None) -> list[dict[str, Any]]:
-    """While an adaptation runs: re-post ``photo`` unlogged every ``every_s`` and time it; the probes.
-    A run that ended with a non-zero exit status is appended to ``failed`` (its ``last`` block)."""
+    """While an adaptation runs (or the server prepares the rehearsal features for the runs to come, from its
+    start): re-post ``photo`` unlogged every ``every_s`` and time it; the probes. A run that ended with a
+    non-zero exit status is appended to ``failed`` (its ``last`` block)."""
     out: list[dict[str, Any]] = []
     data = photo.read_bytes()
     t_end = time.monotonic() + timeout_s
@@ -339,7 +340,7 @@ def wait_for_adaptation(client: httpx.Client, url: str, photo: Path, index: int,
             state = (client.get(url + "/api/health").json().get("adaptation") or {}).get("state")
         except (httpx.TransportError, ValueError):  # no (JSON) answer: the stream loop finds out why
             break
-        if state != "running":
+        if state not in ("running", "preparing"):
             break
         t0 = time.perf_counter()
         try:
@@ -550,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
     if result["version_check"]:
         for v in result["version_check"]:
             print(f"version {v['id']}: {args.check_data} test accuracy {v['test_accuracy']:.3f}", file=sys.stderr)
+    prepared = (result["adaptation"] or {}).get("rehearsal")
+    if prepared:
+        print(f"rehearsal features prepared at the server's start: {prepared.get('error') or 'ready'} "
+              f"in {prepared['seconds']:.0f} s", file=sys.stderr)
     if result["slowest_adaptation"]:
         slow = result["slowest_adaptation"]
         print(f"slowest adaptation: {slow['seconds']:.0f} s (version {slow['id']}, on {slow['reviewed']} reviewed items)",

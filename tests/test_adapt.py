@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,44 @@ def test_the_rehearsal_features_are_read_back_on_the_next_run(tiny_checkpoint, i
     assert "rehearsal features read from" in capsys.readouterr().err
     assert second["val_accuracy"] == first["val_accuracy"]  # the same features: the same fit
     assert second["mix_train"] == first["mix_train"]
+
+
+def test_prepared_rehearsal_features_are_what_the_first_run_reads(tiny_checkpoint, image_folder, tmp_path, capsys):
+    """``prepare_rehearsal`` (the service's start) stores the features a run from this model would compute,
+    the same ones: the run reads them, and fits as one that computed them itself."""
+    import numpy as np
+
+    from wastenet.data.datasets import Row, scan_folder, write_split_file
+    from wastenet.training.adapt import AdaptConfig, adapt, prepare_rehearsal
+
+    rows, _ = scan_folder(image_folder)
+    split = write_split_file([Row(r.path, r.label, ("train", "val")[i % 2]) for i, r in enumerate(rows)],
+                             tmp_path / "split.csv")
+    cfg = AdaptConfig(epochs=2, views=1, mix_per_class=4)
+    prepared = prepare_rehearsal(tiny_checkpoint, image_folder, split, tmp_path / "prepared", cfg)
+    assert prepared["computed"] and prepared["mix_train"] == 12 and Path(prepared["cache"]).is_file()
+    assert not prepare_rehearsal(tiny_checkpoint, image_folder, split, tmp_path / "prepared", cfg)["computed"]
+    capsys.readouterr()
+    kw = dict(mix=image_folder, mix_split=split, cfg=cfg, search=False)
+    read = adapt(tiny_checkpoint, image_folder, tmp_path / "a", feature_cache=tmp_path / "prepared", **kw)
+    assert "rehearsal features read from" in capsys.readouterr().err
+    adapt(tiny_checkpoint, image_folder, tmp_path / "b", feature_cache=tmp_path / "computed", **kw)
+    (own,) = (tmp_path / "computed").glob("rehearsal-*.npz")
+    assert own.name == Path(prepared["cache"]).name  # one key for the same model, rows and views
+    with np.load(own) as a, np.load(prepared["cache"]) as b:
+        for k in ("x_mix", "y_mix", "x_val", "y_val"):
+            np.testing.assert_allclose(a[k], b[k], atol=1e-4)
+    assert read["mix_train"] == 12
+
+
+def test_prepare_rehearsal_cli_needs_its_inputs(tiny_checkpoint, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "wastenet", "adapt", "--checkpoint", str(tiny_checkpoint),
+                        "--prepare-rehearsal"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--prepare-rehearsal needs --data-mix, --mix-split-file and --versions" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "wastenet", "adapt", "--checkpoint", str(tiny_checkpoint),
+                        "--data", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--out is required" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_later_run_passes_only_the_reviewed_photos_it_has_not_seen(tiny_checkpoint, image_folder, tmp_path, capsys):

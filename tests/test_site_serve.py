@@ -56,7 +56,7 @@ def _wait_idle(c, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         a = c.get("/api/health").json()["adaptation"]
-        if a["state"] != "running":
+        if a["state"] not in ("running", "preparing"):
             return a
         time.sleep(0.5)
     pytest.fail("the adaptation did not finish")
@@ -171,6 +171,34 @@ def test_the_rehearsal_options_reach_the_run_and_its_version(site, image_folder,
     assert forgot["allowed_points"] == 100 and forgot["reference_model"] == str(model)  # version 0
     assert forgot["n"] == 3 and 0 <= forgot["candidate"] <= 1  # one val photo of each class
     assert "(+6 rehearsal)" in (db.parent / "models" / "adapt.log").read_text()  # 2 of each of 3 classes
+
+
+def test_a_server_with_a_rehearsal_set_prepares_its_features_at_start_and_a_run_waits_for_them(site, image_folder,
+                                                                                                tmp_path):
+    """``--adapt-mix``: from its start the server computes the rehearsal set's features in the background
+    (state ``preparing``) while it answers; a run asked for meanwhile is queued, starts when they are ready,
+    and reads them instead of computing them."""
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
+    split = tmp_path / "mix-split.csv"
+    split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
+                                                      for i, r in enumerate(rows)))
+    model, db = site
+    with _client(model, db, adapt_mix=str(image_folder), adapt_mix_split=str(split), adapt_mix_per_class=2) as c:
+        auth = {"Authorization": f"Bearer {c.app.state.review_token}"}
+        assert c.get("/api/health").json()["adaptation"]["state"] == "preparing"
+        assert c.post("/api/predict", files={"file": ("x.jpg", jpeg("glass", 1), "image/jpeg")}).status_code == 200
+        _stream_and_review(c)
+        r = c.post("/api/models/adapt", json={}, headers=auth)
+        assert r.status_code == 202
+        if r.json()["state"] == "preparing":  # asked before the features were ready: it waits for them
+            assert r.json()["queued"] == "api"
+        last = _wait_idle(c)["last"]
+        a = c.get("/api/health").json()["adaptation"]
+    assert a["rehearsal"]["exit_status"] == 0 and a["queued"] is None
+    assert last["exit_status"] == 0 and last["version"] == 1, last
+    assert len(list((db.parent / "models" / ".feature-cache").glob("rehearsal-*.npz"))) == 1
+    assert "rehearsal features computed" in (db.parent / "models" / "prepare.log").read_text()
+    assert "rehearsal features read from" in (db.parent / "models" / "adapt.log").read_text()
 
 
 def test_adapt_every_n_starts_a_run_after_n_new_reviewed_items(site):

@@ -7,6 +7,9 @@
     # candidate is scored against the current model on them (site/learn.py)
     wastenet adapt --checkpoint runs/mnv2/best.pt --from-log runs/mnv2/decisions.sqlite \
         --data-mix ../shared/data/trashnet --mix-split-file ../shared/data/trashnet-split.csv --out runs/mnv2-site
+    # the rehearsal set's features alone, into a versions folder's cache (the service's start does this)
+    wastenet adapt --checkpoint runs/mnv2/best.pt --prepare-rehearsal --versions runs/mnv2/models \
+        --data-mix ../shared/data/trashnet --mix-split-file ../shared/data/trashnet-split.csv
 
 The head is re-fitted on cached features (minutes on a CPU); calibration and the unknown-item
 rule are re-fitted; taxonomy and threshold are kept (training/adapt.py).
@@ -36,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", help="reviewed items as class folders (wastenet review --export)")
     src.add_argument("--from-log", metavar="DB", help="the service's decision log: its reviewed items, the newest "
                                                       "20%% held out to compare the candidate with the model")
+    src.add_argument("--prepare-rehearsal", action="store_true",
+                     help="only compute --data-mix's features into --versions' feature cache, for the runs to come "
+                          "(the service does this when it starts)")
     p.add_argument("--new-class-min", type=int, default=10,
                    help="with --from-log: reviewed items a new kind needs to become a class (default %(default)s)")
     p.add_argument("--versions", metavar="DIR", help="with --from-log: add the candidate as a version in DIR "
@@ -54,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", required=True, help="folder for the adapted best.pt")
+    p.add_argument("--out", help="folder for the adapted best.pt (required unless --prepare-rehearsal)")
     p.add_argument("--eval-data", help="a field folder to report on after adapting (with --class-map)")
     p.add_argument("--class-map", help="class map of --eval-data (see wastenet eval --class-map)")
     p.add_argument("--boxes", help="item boxes of --eval-data")
@@ -82,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.from_log:
             raise ConfigError("--max-forgetting goes with --from-log (it decides a promotion)")
         check_max_forgetting(args.max_forgetting)
-    check_output(args.out, folder=True)
+    if args.prepare_rehearsal:
+        if not (args.data_mix and args.mix_split_file and args.versions):
+            raise ConfigError("--prepare-rehearsal needs --data-mix, --mix-split-file and --versions")
+    elif not args.out:
+        raise ConfigError("--out is required (a folder for the adapted best.pt)")
+    else:
+        check_output(args.out, folder=True)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError("--threads must be at least 1")
@@ -91,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.from_log:
         return _from_log(args)
+    if args.prepare_rehearsal:
+        from wastenet.site.learn import FEATURE_CACHE
+        from wastenet.training.adapt import prepare_rehearsal
+
+        prepare_rehearsal(args.checkpoint, args.data_mix, args.mix_split_file, Path(args.versions) / FEATURE_CACHE,
+                          _config(args))
+        return 0
     from wastenet.training.adapt import adapt
 
     cfg = _config(args)

@@ -6,9 +6,15 @@ lower priority than the predictions: ``nice 10`` and one PyTorch/OpenMP thread, 
 the service keeps a core; the process dies with the server (``PR_SET_PDEATHSIG``), so a server
 killed in the middle of a run leaves no candidate and the active version unchanged. When the run
 has added its candidate as a version (:class:`~wastenet.site.versions.VersionStore`, active if
-promoted), the service swaps the promoted model in between batches (:meth:`Service.use_model`)::
+promoted), the service swaps the promoted model in between batches (:meth:`Service.use_model`).
+
+With a rehearsal set (``--adapt-mix``), the server first computes that set's features in the same kind of
+process (``wastenet adapt --prepare-rehearsal``; state ``preparing``), while it already answers: they are
+the same for every run from a version of one model, and computing them made the first adaptation take
+minutes instead of seconds. A run asked for meanwhile waits for it and starts right after::
 
     runs = Adaptation(service)                # create_app does this
+    runs.prepare()                            # the server's start does this (with --adapt-mix)
     runs.start("api")                         # or after N reviews: runs.after_review()
     runs.status()                             # {"state": "running", "started_at": ..., ...} for /api/health
 """
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -80,6 +87,10 @@ class Adaptation:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._status: dict[str, Any] = {"state": "idle", "last": None}
+        self._queued: str | None = None  # a run asked for while the rehearsal features are prepared
+        self._rehearsal: dict[str, Any] | None = None  # how their preparation went
+        # one thread that lives as long as the service starts every run (see _spawn)
+        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wastenet-launcher")
         # only a server that adapts by count needs the count (one COUNT query, not a listing)
         self._reviewed_at_start = self._reviewed() if self.every else 0
         self.refusal = None if str(service.model_path).endswith(".pt") else (
@@ -96,44 +107,99 @@ class Adaptation:
         return self.service.log.reviewed_photo_count()
 
     # ------------------------------------------------------------------ runs
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        """``wastenet adapt ARGS`` in the background: niced, one thread, dying with the server.
+
+        Started from the service's own launcher thread, never from the caller's: ``PR_SET_PDEATHSIG`` fires when
+        the *thread* that forked the child ends, and the caller may be a request's worker thread (anyio stops
+        those after 10 s idle) or a watcher that is about to return; either would kill the run mid-way."""
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / log_name, "w") as run_log:
+            return self._launcher.submit(
+                subprocess.Popen, [sys.executable, "-m", "wastenet", "adapt", *args, "--threads", "1"],
+                stdout=run_log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent).result()
+
+    def _mix_args(self) -> list[str]:
+        s = self.service.settings
+        args = ["--data-mix", s.adapt_mix, "--mix-split-file", s.adapt_mix_split]
+        if s.adapt_mix_per_class is not None:
+            args += ["--mix-per-class", str(s.adapt_mix_per_class)]
+        return args
+
+    def prepare(self) -> None:
+        """With a rehearsal set: compute its features now, in the background (nothing when they are stored)."""
+        if self.refusal or not self.service.settings.adapt_mix:
+            return
+        with self._lock:
+            if self._proc is not None:
+                return
+            store = self.store()
+            self._proc = self._spawn(["--checkpoint", str(store.file_of(0)), "--prepare-rehearsal",
+                                      "--versions", str(self.folder), *self._mix_args()], "prepare.log")
+            self._status = {"state": "preparing", "started_at": _now(), "last": self._status.get("last")}
+            threading.Thread(target=self._watch_prepare, args=(self._proc, time.monotonic()), daemon=True,
+                             name="wastenet-rehearsal").start()
+
+    def _watch_prepare(self, proc: subprocess.Popen, t0: float) -> None:
+        code = proc.wait()
+        done: dict[str, Any] = {"exit_status": code, "seconds": round(time.monotonic() - t0, 1), "finished_at": _now()}
+        if code != 0:  # not fatal: the first run computes them itself (and says why, in its own log)
+            tail = (self.folder / "prepare.log").read_text(errors="replace")[-_LOG_TAIL:].strip().splitlines()
+            done["error"] = tail[-1] if tail else f"exit status {code}"
+        logger.info("rehearsal features: %s", done.get("error") or f"ready in {done['seconds']} s")
+        with self._lock:
+            self._proc, self._rehearsal = None, done
+            queued, self._queued = self._queued, None
+            self._status = {"state": "idle", "last": self._status.get("last")}
+            if queued is None and self.every and self._reviewed() - self._reviewed_at_start >= self.every:
+                queued = f"{self.every} new reviewed items"  # they came in while it prepared
+            if queued is not None:
+                try:
+                    self._start_locked(queued)
+                except Exception as exc:  # noqa: BLE001 - reported in the status, never fatal to the service
+                    self._status = {"state": "failed", "last": {"error": f"{type(exc).__name__}: {exc}"}}
+
+    # ------------------------------------------------------------------ runs
     def start(self, trigger: str) -> dict[str, Any]:
-        """Start a run now; ``RuntimeError(reason)`` when one is running or this server cannot adapt."""
+        """Start a run now (or, while the rehearsal features are prepared, right after: ``queued``);
+        ``RuntimeError(reason)`` when one is running or this server cannot adapt."""
         if self.refusal:
             raise RuntimeError(self.refusal)
         with self._lock:
+            if self._status["state"] == "preparing":
+                self._queued = self._queued or trigger
+                return {**self._status, "queued": self._queued}
             if self._proc is not None:
                 raise RuntimeError(f"an adaptation is running since {self._status.get('started_at')}")
-            store = self.store()
-            parent = store.active_id()
-            work = self.folder / f".candidate-{os.getpid()}"
-            shutil.rmtree(work, ignore_errors=True)
-            s = self.service.settings
-            cmd = [sys.executable, "-m", "wastenet", "adapt", "--checkpoint", str(store.file_of(parent)),
-                   "--from-log", str(self.service.log.path), "--out", str(work), "--versions", str(self.folder),
-                   "--parent", str(parent), "--new-class-min", str(s.new_class_min), "--threads", "1"]
-            if not s.search:
-                cmd.append("--skip-search-threshold")
-            if s.adapt_mix:
-                cmd += ["--data-mix", s.adapt_mix, "--mix-split-file", s.adapt_mix_split]
-                if s.adapt_mix_per_class is not None:
-                    cmd += ["--mix-per-class", str(s.adapt_mix_per_class)]
-                if s.adapt_max_forgetting is not None:
-                    cmd += ["--max-forgetting", repr(s.adapt_max_forgetting)]
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-            run_log = open(self.folder / "adapt.log", "w")
-            self._proc = subprocess.Popen(cmd, stdout=run_log, stderr=subprocess.STDOUT, env=env,
-                                          preexec_fn=_die_with_parent)
-            run_log.close()
-            self._reviewed_at_start = self._reviewed()
-            self._status = {"state": "running", "trigger": trigger, "started_at": _now(), "parent": parent,
-                            "reviewed_items": self._reviewed_at_start, "last": self._status.get("last")}
-            t0 = time.monotonic()
-            threading.Thread(target=self._watch, args=(self._proc, work, t0), daemon=True,
-                             name="wastenet-adaptation").start()
-            return dict(self._status)
+            return self._start_locked(trigger)
+
+    def _start_locked(self, trigger: str) -> dict[str, Any]:
+        store = self.store()
+        parent = store.active_id()
+        work = self.folder / f".candidate-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        s = self.service.settings
+        args = ["--checkpoint", str(store.file_of(parent)), "--from-log", str(self.service.log.path), "--out",
+                str(work), "--versions", str(self.folder), "--parent", str(parent), "--new-class-min",
+                str(s.new_class_min)]
+        if not s.search:
+            args.append("--skip-search-threshold")
+        if s.adapt_mix:
+            args += self._mix_args()
+            if s.adapt_max_forgetting is not None:
+                args += ["--max-forgetting", repr(s.adapt_max_forgetting)]
+        self._proc = self._spawn(args, "adapt.log")
+        self._reviewed_at_start = self._reviewed()
+        self._status = {"state": "running", "trigger": trigger, "started_at": _now(), "parent": parent,
+                        "reviewed_items": self._reviewed_at_start, "last": self._status.get("last")}
+        threading.Thread(target=self._watch, args=(self._proc, work, time.monotonic()), daemon=True,
+                         name="wastenet-adaptation").start()
+        return dict(self._status)
 
     def after_review(self) -> None:
-        """``--adapt-every N``: start a run once N reviewed items came in since the last one started."""
+        """``--adapt-every N``: start a run once N reviewed items came in since the last one started (while
+        the rehearsal features are prepared: when they are ready)."""
         if not self.every or self.refusal or self._proc is not None:
             return
         if self._reviewed() - self._reviewed_at_start >= self.every:
@@ -168,10 +234,12 @@ class Adaptation:
     def status(self) -> dict[str, Any]:
         with self._lock:
             out = dict(self._status)
-        if out["state"] == "running":
+            queued, rehearsal = self._queued, self._rehearsal
+        if out["state"] in ("running", "preparing"):
             out["elapsed_s"] = round((datetime.now(timezone.utc) - datetime.fromisoformat(out["started_at"]))
                                      .total_seconds())
-        out.update(every=self.every, can_adapt=self.refusal is None, reason=self.refusal)
+        out.update(every=self.every, can_adapt=self.refusal is None, reason=self.refusal, queued=queued,
+                   rehearsal=rehearsal)
         return out
 
     def close(self) -> None:
@@ -179,3 +247,4 @@ class Adaptation:
             proc = self._proc
         if proc is not None:
             proc.kill()
+        self._launcher.shutdown(wait=False)

@@ -123,6 +123,7 @@ def create_app(settings: ServeSettings | str | os.PathLike | Any, /, **options: 
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         logger.info("wastenet: %s (%s), %d classes, decision log %s", service.arch, service.backend,
                     len(service.classes), service.log.path)
+        service.adaptation.prepare()  # --adapt-mix: the rehearsal set's features, before the first run needs them
         yield
         service.close()
 

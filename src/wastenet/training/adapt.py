@@ -97,6 +97,98 @@ def reviewed_rows(folder: str | Path, classes: list[str]) -> list[Row]:
     return rows
 
 
+def rehearsal_rows(mix: str | Path | None, mix_split: str | Path | None, classes: list[str],
+                   cfg: AdaptConfig) -> tuple[list[Row], list[Row]]:
+    """``(train, val)``: the rehearsal set's rows of ``classes``, ``cfg.mix_per_class`` per class of its train
+    rows (rehearsed) and half as many of its val rows (early stopping, calibration); seeded. No ``mix``: none."""
+    if not mix:
+        return [], []
+    if not mix_split:
+        raise ConfigError("--data-mix needs --mix-split-file (its train rows are rehearsed, its val rows calibrate)")
+    mix_rows = [r for r in read_split_file(mix_split, mix) if r.label in classes]
+    return (sample_per_class([r for r in mix_rows if r.split == "train"], cfg.mix_per_class, cfg.seed),
+            sample_per_class([r for r in mix_rows if r.split == "val"], cfg.mix_per_class // 2, cfg.seed))
+
+
+def prepare_rehearsal(checkpoint_path: str | Path, mix: str | Path, mix_split: str | Path,
+                      feature_cache: str | Path, cfg: AdaptConfig | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Compute the rehearsal set's features into ``feature_cache`` now, as :func:`adapt` would on its first run
+    from a version of this model, so that run does not (the service does this when it starts: its first
+    adaptation took 256 s instead of 20-41 s on the default model). Nothing to do when they are stored::
+
+        prepare_rehearsal("runs/x/best.pt", "../shared/data/trashnet", "../shared/data/trashnet-split.csv",
+                          "runs/x/models/.feature-cache")   # {"cache": ".../rehearsal-KEY.npz", "computed": True, ...}
+    """
+    from wastenet import checkpoint
+    from wastenet.inference.runner import FeaturePasses
+    from wastenet.models import model_from_checkpoint
+    from wastenet.preprocessing import Preprocessing
+    from wastenet.training.feature_store import backbone_key
+
+    cfg = cfg or AdaptConfig()
+    t0 = time.time()
+    ckpt = checkpoint.load(checkpoint_path)
+    classes, prep = list(ckpt["classes"]), Preprocessing.from_dict(ckpt["preprocessing"])
+    mix_train, mix_val = rehearsal_rows(mix, mix_split, classes, cfg)
+    if not mix_train:
+        raise ConfigError(f"{mix_split}: no train rows of the model's classes ({', '.join(classes)}) to rehearse")
+    model = model_from_checkpoint(ckpt).to(device)
+    cache_file = _rehearsal_file(feature_cache, backbone_key(model, prep.to_dict()), mix, mix_train, mix_val, cfg)
+    computed = _read_rehearsal(cache_file) is None
+    if computed:
+        parts = [build_cache(mix, rows, classes, prep.cache_size, prep.interpolation) if rows else None
+                 for rows in (mix_train, mix_val)]
+        for p, why in (s for c in parts if c is not None for s in c.skipped):
+            _log(f"skipped {p}: {why}")
+        n_images = len(parts[0]) * (1 + cfg.views) + (len(parts[1]) if parts[1] is not None else 0)
+        passes = FeaturePasses(model, prep, device, n_images)
+        _write_rehearsal(cache_file, *_rehearsal_features(passes, _augment(), parts[0], parts[1], cfg))
+    seconds = time.time() - t0
+    _log(f"rehearsal features {'computed' if computed else 'already stored'} for {len(mix_train)} + {len(mix_val)} "
+         f"images in {seconds:.0f}s: {cache_file}")
+    return {"cache": str(cache_file), "computed": computed, "mix_train": len(mix_train), "mix_val": len(mix_val),
+            "seconds": round(seconds, 1)}
+
+
+def _augment() -> "torch.nn.Module":
+    """The views adaptation learns from: the training recipe's augmentation and the camera's jitter."""
+    import torch
+
+    from wastenet.data.augment import AugmentConfig, KerasAugment
+    from wastenet.data.composite import CameraJitter
+
+    return torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
+
+
+def _views_of(passes: Any, augment: Any, c: Any, n_views: int, desc: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Features of cached images ``c``: the clean ones first (rows ``:len(c)``, reused for the unknown-item rule),
+    then ``n_views`` augmented passes; and their labels, tiled alike."""
+    import torch
+
+    feats = [torch.from_numpy(passes(c.images, desc=f"{desc} (clean)")[0])]
+    feats += [torch.from_numpy(passes(c.images, augment=augment, desc=f"{desc} (view {v + 1}/{n_views})")[0])
+              for v in range(n_views)]
+    return torch.cat(feats), torch.from_numpy(np.tile(c.labels, 1 + n_views)).long()
+
+
+def _rehearsal_features(passes: Any, augment: Any, train: Any, val: Any, cfg: AdaptConfig,
+                        dim: int = 0) -> tuple["torch.Tensor", ...]:
+    """``(x_mix, y_mix, x_val, y_val)`` of the rehearsal set's cached train (clean + views) and val images (clean);
+    either may be None (no rows: empty tensors of width ``dim``). The views are drawn from ``cfg.seed`` alone, so
+    the features depend only on what :func:`_rehearsal_key` hashes, whichever run or process computes them."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    none = (torch.zeros(0, dim), torch.zeros(0, dtype=torch.long))
+    x_mix, y_mix = _views_of(passes, augment, train, cfg.views, "rehearsal features") if train is not None else none
+    if val is not None:
+        x_val, y_val = torch.from_numpy(passes(val.images, desc="validation features (rehearsal)")[0]), \
+            torch.from_numpy(val.labels).long()
+    else:
+        x_val, y_val = torch.zeros(0, x_mix.shape[1] if len(x_mix) else dim), none[1]
+    return x_mix, y_mix, x_val, y_val
+
+
 def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
           mix_split: str | Path | None = None, cfg: AdaptConfig | None = None, device: str = "cpu",
           search: bool = True, new_classes: dict[str, str] | None = None,
@@ -114,8 +206,6 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     import torch
 
     from wastenet import checkpoint
-    from wastenet.data.augment import AugmentConfig, KerasAugment
-    from wastenet.data.composite import CameraJitter
     from wastenet.evaluation.finalise import SplitData, finalise
     from wastenet.inference.runner import FeaturePasses
     from wastenet.models import model_from_checkpoint
@@ -138,14 +228,7 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     empty = [Row(r.path, classes[0]) for r in sorted(rev, key=lambda r: r.path) if r.label == NOT_AN_ITEM]
     rev = [r for r in rev if r.label != NOT_AN_ITEM]
     rev_train, rev_val = split_reviewed(rev, cfg.val_share, cfg.seed)
-    mix_train: list[Row] = []
-    mix_val: list[Row] = []
-    if mix:
-        if not mix_split:
-            raise ConfigError("--data-mix needs --mix-split-file (its train rows are rehearsed, its val rows calibrate)")
-        mix_rows = [r for r in read_split_file(mix_split, mix) if r.label in classes]
-        mix_train = sample_per_class([r for r in mix_rows if r.split == "train"], cfg.mix_per_class, cfg.seed)
-        mix_val = sample_per_class([r for r in mix_rows if r.split == "val"], cfg.mix_per_class // 2, cfg.seed)
+    mix_train, mix_val = rehearsal_rows(mix, mix_split, classes, cfg)
     if not rev_val and not mix_val:
         raise ConfigError("adapt needs validation images: at least two reviewed items of a class, or --data-mix")
 
@@ -161,26 +244,21 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         from wastenet.training.feature_store import ItemFeatureStore, backbone_key
 
         backbone = backbone_key(model, prep.to_dict())
-    cache_file = (Path(feature_cache) / f"rehearsal-{_rehearsal_key(backbone, mix, mix_train, mix_val, cfg)}.npz"
-                  if backbone and mix_train else None)
+    cache_file = _rehearsal_file(feature_cache, backbone, mix, mix_train, mix_val, cfg) if backbone else None
     cached = _read_rehearsal(cache_file) if cache_file is not None else None
     parts = {"reviewed train": cache(data, rev_train), "reviewed val": cache(data, rev_val) if rev_val else None,
              "mix train": cache(mix, mix_train) if mix_train and cached is None else None,
              "mix val": cache(mix, mix_val) if mix_val and cached is None else None,
              "not an item": cache(data, empty) if empty else None}
     torch.manual_seed(cfg.seed)
-    augment = torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
+    augment = _augment()
 
     augmented = ("reviewed train", "mix train", "not an item")  # the parts seen through cfg.views augmented views
     n_images = sum(len(p) * (1 + (cfg.views if k in augmented else 0)) for k, p in parts.items() if p is not None)
     passes = FeaturePasses(model, prep, device, n_images)  # one runner (one ONNX export) for every pass
 
     def views_of(c: Any, n_views: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean features first (rows ``:len(c)``, reused for the unknown-item rule), then the views."""
-        feats = [torch.from_numpy(passes(c.images, desc=f"{desc} (clean)")[0])]
-        feats += [torch.from_numpy(passes(c.images, augment=augment, desc=f"{desc} (view {v + 1}/{n_views})")[0])
-                  for v in range(n_views)]
-        return torch.cat(feats), torch.from_numpy(np.tile(c.labels, 1 + n_views)).long()
+        return _views_of(passes, augment, c, n_views, desc)
 
     store = None
     if backbone:
@@ -191,30 +269,22 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     else:
         x_rev, y_rev = views_of(parts["reviewed train"], cfg.views, "reviewed features")
     if cached is not None:
-        x_mix, y_mix = torch.from_numpy(cached["x_mix"]), torch.from_numpy(cached["y_mix"]).long()
+        x_mix, y_mix, mix_x_val, mix_y_val = (torch.from_numpy(cached[k]) for k in ("x_mix", "y_mix", "x_val", "y_val"))
+        y_mix, mix_y_val = y_mix.long(), mix_y_val.long()
         _log(f"rehearsal features read from {cache_file}")
     else:
-        x_mix, y_mix = (views_of(parts["mix train"], cfg.views, "rehearsal features") if parts["mix train"] is not None
-                        else (torch.zeros(0, x_rev.shape[1]), torch.zeros(0, dtype=torch.long)))
+        x_mix, y_mix, mix_x_val, mix_y_val = _rehearsal_features(passes, augment, parts["mix train"], parts["mix val"],
+                                                                 cfg, dim=x_rev.shape[1])
+        if cache_file is not None:
+            _write_rehearsal(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
     val_feats, val_labels = [], []
     if parts["reviewed val"] is not None:
         f = (store.features(parts["reviewed val"], passes, with_views=False, desc="validation features")[0]
              if store is not None else passes(parts["reviewed val"].images, desc="validation features")[0])
         val_feats.append(torch.from_numpy(f))
         val_labels.append(torch.from_numpy(parts["reviewed val"].labels).long())
-    if cached is not None and len(cached["y_val"]):
-        val_feats.append(torch.from_numpy(cached["x_val"]))
-        val_labels.append(torch.from_numpy(cached["y_val"]).long())
-    elif parts["mix val"] is not None:
-        f, _ = passes(parts["mix val"].images, desc="validation features (rehearsal)")
-        val_feats.append(torch.from_numpy(f))
-        val_labels.append(torch.from_numpy(parts["mix val"].labels).long())
     n_rev_val = len(parts["reviewed val"]) if parts["reviewed val"] is not None else 0
-    if cache_file is not None and cached is None:
-        mix_x_val = torch.cat(val_feats)[n_rev_val:] if val_feats else torch.zeros(0, x_rev.shape[1])
-        mix_y_val = torch.cat(val_labels)[n_rev_val:] if val_labels else torch.zeros(0, dtype=torch.long)
-        _write_rehearsal(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
-    x_val, y_val = torch.cat(val_feats), torch.cat(val_labels)
+    x_val, y_val = torch.cat([*val_feats, mix_x_val]), torch.cat([*val_labels, mix_y_val])
     negatives = None
     if parts["not an item"] is not None:
         # seen through the same augmented views as the items, as the k-NN bank holds them: the not-an-item probe
@@ -347,6 +417,14 @@ def _rehearsal_key(backbone: str, mix: Any, mix_train: list[Row], mix_val: list[
 
     rows = [(r.path, r.label) for r in mix_train] + [("val", r.path, r.label) for r in mix_val]
     return hashlib.sha256(repr((backbone, str(Path(mix).resolve()), rows, cfg.views, cfg.seed)).encode()).hexdigest()[:20]
+
+
+def _rehearsal_file(feature_cache: str | Path | None, backbone: str | None, mix: Any, mix_train: list[Row],
+                    mix_val: list[Row], cfg: AdaptConfig) -> Path | None:
+    """Where the rehearsal features of these rows through this backbone are kept; None without a cache or rows."""
+    if not (feature_cache and backbone and mix_train):
+        return None
+    return Path(feature_cache) / f"rehearsal-{_rehearsal_key(backbone, mix, mix_train, mix_val, cfg)}.npz"
 
 
 def _read_rehearsal(path: Path) -> dict[str, np.ndarray] | None:

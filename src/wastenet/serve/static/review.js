@@ -234,6 +234,9 @@
   function adaptationText(a) {
     const when = a.every ? `Adapts after every ${a.every} new reviewed items` : "Adapts when asked (Adapt now)";
     if (!a.can_adapt) return `This server cannot adapt: ${a.reason}`;
+    if (a.state === "preparing")
+      return `Preparing the rehearsal set's features for the adaptations to come: started ${a.elapsed_s ?? 0} s ago` +
+        (a.queued ? `; an adaptation (${a.queued}) starts when they are ready.` : ".") + ` ${when}.`;
     if (a.state === "running")
       return `Adapting now: started ${a.elapsed_s ?? 0} s ago (${a.trigger}), from version ${a.parent}, on ${a.reviewed_items} reviewed items. ${when}.`;
     const last = a.last;
@@ -280,7 +283,8 @@
       .then((m) => {
         const a = m.adaptation;
         $("adapt-status").textContent = adaptationText(a);
-        $("adapt-now").disabled = !a.can_adapt || a.state === "running";
+        const busy = a.state === "running" || a.state === "preparing";
+        $("adapt-now").disabled = !a.can_adapt || a.state === "running" || Boolean(a.queued);
         const body = $("versions-body");
         body.replaceChildren();
         if (m.versions.length) {
@@ -295,7 +299,7 @@
           [...m.versions].reverse().forEach((v) => table.appendChild(versionRow(v, m.active)));
           body.appendChild(table);
         }
-        if (a.state === "running") versionsTimer = setTimeout(loadVersions, 2000);
+        if (busy) versionsTimer = setTimeout(loadVersions, 2000);
       })
       .catch((e) => { $("adapt-status").textContent = "Cannot load the model versions: " + e.message; });
   }
