@@ -46,6 +46,14 @@ def test_the_newest_fifth_is_held_out():
     assert split_newest(items[:2])[1] == [items[1]]  # two items: one is held out
 
 
+def test_a_cap_holds_out_at_most_that_many_of_the_newest():
+    """``--holdout-max N``: an old log holds back N of its newest items, not a fifth of all it ever reviewed."""
+    items = [{"id": i, "reviewed_at": f"2026-12-03T10:{i:02d}"} for i in range(50)]
+    train, held = split_newest(items, max_held=3)
+    assert [it["id"] for it in held] == [47, 48, 49] and len(train) == 47
+    assert len(split_newest(items[:10], max_held=3)[1]) == 2  # below the cap, the share decides
+
+
 def test_versions_are_files_and_the_active_one_survives_a_reopen(tmp_path):
     base = tmp_path / "best.pt"
     base.write_bytes(b"base weights")

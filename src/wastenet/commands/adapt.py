@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "(the service does this when it starts)")
     p.add_argument("--new-class-min", type=int, default=10,
                    help="with --from-log: reviewed items a new kind needs to become a class (default %(default)s)")
+    p.add_argument("--holdout-max", type=int, default=None, metavar="N",
+                   help="with --from-log: hold out at most N of the newest reviewed items (default: 20%% of them, "
+                        "however many that is)")
     p.add_argument("--versions", metavar="DIR", help="with --from-log: add the candidate as a version in DIR "
                                                       "(the service's <log dir>/models), active if promoted")
     p.add_argument("--parent", type=int, default=0, help="with --versions: the version the candidate came from")
@@ -84,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"decision log not found: {args.from_log}")
     if args.new_class_min < 2:
         raise ConfigError("--new-class-min must be at least 2")
+    if args.holdout_max is not None:
+        from wastenet.site.learn import check_holdout_max
+
+        if not args.from_log:
+            raise ConfigError("--holdout-max goes with --from-log (it holds out reviewed items of the log)")
+        check_holdout_max(args.holdout_max)
     if args.max_forgetting is not None:
         if not args.from_log:
             raise ConfigError("--max-forgetting goes with --from-log (it decides a promotion)")
@@ -137,7 +146,7 @@ def _from_log(args: argparse.Namespace) -> int:
     result = learn_from_log(args.from_log, args.checkpoint, args.out, mix=args.data_mix, mix_split=args.mix_split_file,
                             new_class_min=args.new_class_min, search=not args.skip_search_threshold, cfg=_config(args),
                             **({} if args.max_forgetting is None else {"max_forgetting": args.max_forgetting}),
-                            versions=args.versions, parent=args.parent,
+                            versions=args.versions, parent=args.parent, holdout_max=args.holdout_max,
                             log=lambda m: print(m, file=sys.stderr, flush=True))
     write_atomic(Path(args.out, "adapt.json"), json.dumps(result, indent=2))
     cur, cand = result["scores"]["current"], result["scores"]["candidate"]

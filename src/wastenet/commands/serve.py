@@ -93,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapt-mix-per-class", type=int, default=_default("adapt_mix_per_class"), metavar="N",
                         help="--adapt-mix images rehearsed per class (default: wastenet adapt's; more forgets less "
                              "and makes the first adaptation, which computes their features, longer)")
+    parser.add_argument("--adapt-holdout-max", type=int, default=_default("adapt_holdout_max"), metavar="N",
+                        help="hold out at most N of the newest reviewed items to compare a candidate with (default: "
+                             "20%% of them; the share alone makes an older log wait longer for its newest items)")
     parser.add_argument("--adapt-max-forgetting", type=float, default=_default("adapt_max_forgetting"),
                         metavar="POINTS", help="a candidate that lost more than POINTS of accuracy on --adapt-mix's "
                                                "validation rows (against the model the versions started from) is "
@@ -139,7 +142,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         allow_new_bins=args.allow_new_bins, new_class_min=args.new_class_min, adapt_every=args.adapt_every,
         adapt_mix=str(Path(args.adapt_mix).expanduser().resolve()) if args.adapt_mix else None,
         adapt_mix_split=str(Path(args.adapt_mix_split).expanduser().resolve()) if args.adapt_mix_split else None,
-        adapt_mix_per_class=args.adapt_mix_per_class, adapt_max_forgetting=args.adapt_max_forgetting)
+        adapt_mix_per_class=args.adapt_mix_per_class, adapt_max_forgetting=args.adapt_max_forgetting,
+        adapt_holdout_max=args.adapt_holdout_max)
 
 
 def run(args: argparse.Namespace) -> int:

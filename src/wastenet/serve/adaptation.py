@@ -185,6 +185,8 @@ class Adaptation:
                 str(s.new_class_min)]
         if not s.search:
             args.append("--skip-search-threshold")
+        if s.adapt_holdout_max is not None:
+            args += ["--holdout-max", str(s.adapt_holdout_max)]
         if s.adapt_mix:
             args += self._mix_args()
             if s.adapt_max_forgetting is not None:

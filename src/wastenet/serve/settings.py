@@ -75,6 +75,7 @@ class ServeSettings:
     ``adapt_every``: adapt after that many new reviewed items (None: only on ``POST /api/models/adapt``),
     ``adapt_mix``/``adapt_mix_split``: the rehearsal set and its split file (:mod:`wastenet.serve.adaptation`),
     ``adapt_mix_per_class``: its images rehearsed per class (None: ``wastenet adapt``'s default),
+    ``adapt_holdout_max``: at most that many newest reviewed items held out to compare a candidate (None: 20%),
     ``adapt_max_forgetting``: points of rehearsal validation accuracy a candidate may lose
     (None: :data:`wastenet.site.learn.MAX_FORGETTING_POINTS`).
 
@@ -110,6 +111,7 @@ class ServeSettings:
     adapt_mix_split: str | None = None
     adapt_mix_per_class: int | None = None
     adapt_max_forgetting: float | None = None
+    adapt_holdout_max: int | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -152,6 +154,10 @@ class ServeSettings:
                 raise ConfigError("--adapt-mix-per-class goes with --adapt-mix")
             if not (isinstance(self.adapt_mix_per_class, int) and self.adapt_mix_per_class >= 1):
                 raise ConfigError(f"--adapt-mix-per-class must be at least 1, got {self.adapt_mix_per_class}")
+        if self.adapt_holdout_max is not None:
+            from wastenet.site.learn import check_holdout_max
+
+            check_holdout_max(self.adapt_holdout_max, "--adapt-holdout-max")
         if self.adapt_max_forgetting is not None:
             from wastenet.site.learn import check_max_forgetting
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from wastenet.errors import ConfigError
 from wastenet.ood import NOT_AN_ITEM
 
-__all__ = ["HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items",
+__all__ = ["HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_holdout_max", "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items",
            "score", "split_newest"]
 
 #: Share of reviewed items, the newest by review time, held out to compare candidate and current model.
@@ -50,11 +50,20 @@ def reviewed_items(log: Any) -> list[dict[str, Any]]:
     return sorted(items, key=lambda it: (it["reviewed_at"], it["id"]))
 
 
-def split_newest(items: Sequence[dict[str, Any]], share: float = HOLDOUT_SHARE) -> tuple[list, list]:
-    """``(train, held_out)``: the newest ``share`` of ``items`` (already in review order) held out."""
+def split_newest(items: Sequence[dict[str, Any]], share: float = HOLDOUT_SHARE,
+                 max_held: int | None = None) -> tuple[list, list]:
+    """``(train, held_out)``: the newest ``share`` of ``items`` (already in review order) held out, at most
+    ``max_held`` of them (None: no cap). A share alone holds more back the older the log: what a bin saw in its
+    last quarter of reviewed items is learned only once that many more came in (a new floor on the field
+    stream went unlearned for ~190 items at 226 reviewed; BENCHMARKS.md "How long a new floor waits")::
+
+        split_newest(items, 0.2, max_held=40)   # 20% of the newest, 40 at most
+    """
     n_held = int(math.floor(len(items) * share))
     if share > 0 and n_held == 0 and len(items) >= 2:
         n_held = 1
+    if max_held is not None:
+        n_held = min(n_held, max_held)
     cut = len(items) - n_held
     return list(items[:cut]), list(items[cut:])
 
@@ -83,6 +92,18 @@ def score(classifier: Any, images: Sequence[Any], items: Sequence[dict[str, Any]
             "auto_share": auto / len(items) if items else None,
             "auto_class_accuracy": auto_right / auto if auto else None,
             "contamination": {name: {**b, "value": b["k"] / b["n"]} for name, b in sorted(bins.items())}}
+
+
+def check_holdout_max(n: int | None, flag: str = "--holdout-max") -> int | None:
+    """``n`` if it is an allowed cap on held-out items (None, or a whole number of at least 1), else a one-line
+    ConfigError naming ``flag``.
+
+    >>> check_holdout_max(40)
+    40
+    """
+    if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise ConfigError(f"{flag} must be a whole number of at least 1, got {n!r}")
+    return n
 
 
 def check_max_forgetting(points: float, flag: str = "--max-forgetting") -> float:
@@ -176,7 +197,8 @@ def _origin(versions: str | Path | None, checkpoint: str | Path, log: Callable[[
 
 
 def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path, *, mix: str | None = None,
-                   mix_split: str | None = None, holdout: float = HOLDOUT_SHARE, new_class_min: int = 10,
+                   mix_split: str | None = None, holdout: float = HOLDOUT_SHARE, holdout_max: int | None = None,
+                   new_class_min: int = 10,
                    search: bool = False, versions: str | Path | None = None, parent: int = 0,
                    cfg: Any = None, max_forgetting: float = MAX_FORGETTING_POINTS,
                    log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
@@ -185,7 +207,8 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     version. The candidate starts from version 0 of ``versions`` (offline, without it: from ``checkpoint``).
     ``cfg``: the head's fit, rehearsal images per class and seed (an :class:`~wastenet.training.adapt.AdaptConfig`;
     None: its defaults);
-    ``max_forgetting``: points of rehearsal validation accuracy a candidate may lose (:func:`forgetting`)."""
+    ``max_forgetting``: points of rehearsal validation accuracy a candidate may lose (:func:`forgetting`);
+    ``holdout_max``: at most this many held-out items (:func:`split_newest`; None: the share alone)."""
     from PIL import Image
 
     from wastenet import checkpoint as ckpt_io
@@ -198,7 +221,7 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     classes = list(ckpt_io.load(origin)["classes"])
     with DecisionLog(log_path, create=False) as db:
         items = reviewed_items(db)
-        train, held = split_newest(items, holdout)
+        train, held = split_newest(items, holdout, check_holdout_max(holdout_max))
         counts: dict[str, int] = {}
         for it in train:
             counts[it["label"]] = counts.get(it["label"], 0) + 1
@@ -232,7 +255,7 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     promoted, reason = promotion(scores["current"], scores["candidate"], forgot)
     inputs = {"trained_on": [it["id"] for it in train], "held_out": [it["id"] for it in held], "rehearsal": mix,
               "rehearsal_split": mix_split, "rehearsal_per_class": cfg.mix_per_class, "seed": cfg.seed,
-              "new_classes": grow, "from": str(origin), "compared_with": str(checkpoint)}
+              "new_classes": grow, "from": str(origin), "compared_with": str(checkpoint), "holdout_max": holdout_max}
     out_result = {"candidate": result["checkpoint"], "scores": scores, "promoted": promoted, "reason": reason,
                   "inputs": inputs, "adapt_seconds": round(result["seconds"], 1), "seconds": round(time.time() - t0, 1)}
     if versions is not None:
