@@ -205,6 +205,19 @@ def test_a_server_with_a_rehearsal_set_prepares_its_features_at_start_and_a_run_
     assert "rehearsal features read from" in (db.parent / "models" / "adapt.log").read_text()
 
 
+def test_a_run_outlives_the_thread_that_asked_for_it(site):
+    """A run is started by whichever thread asks (a request's worker, which anyio stops after 10 s idle; the
+    watcher that ends when the rehearsal features are ready), and it must not die with that thread."""
+    model, db = site
+    with _client(model, db) as c:
+        _stream_and_review(c)
+        asker = threading.Thread(target=c.app.state.service.adaptation.start, args=("a short-lived thread",))
+        asker.start()
+        asker.join()
+        last = _wait_idle(c)["last"]
+    assert last["exit_status"] == 0 and last["version"] == 1, last  # not -9: killed when its thread ended
+
+
 def test_adapt_every_n_starts_a_run_after_n_new_reviewed_items(site):
     model, db = site
     with _client(model, db, adapt_every=20) as c:
