@@ -27,6 +27,7 @@ import numpy as np
 
 from wastenet.data.datasets import Row, build_cache, read_split_file, scan_folder
 from wastenet.errors import ConfigError
+from wastenet.training import rehearsal
 
 # torch is imported inside the functions: `wastenet adapt --help` (and the CLI's parser, built for
 # every mode) must work on the torch-free edge install
@@ -133,8 +134,8 @@ def prepare_rehearsal(checkpoint_path: str | Path, mix: str | Path, mix_split: s
     if not mix_train:
         raise ConfigError(f"{mix_split}: no train rows of the model's classes ({', '.join(classes)}) to rehearse")
     model = model_from_checkpoint(ckpt).to(device)
-    cache_file = _rehearsal_file(feature_cache, backbone_key(model, prep.to_dict()), mix, mix_train, mix_val, cfg)
-    computed = _read_rehearsal(cache_file) is None
+    stored = rehearsal.cache_file(feature_cache, backbone_key(model, prep.to_dict()), mix, mix_train, mix_val, cfg)
+    computed = rehearsal.read_cache(stored) is None
     if computed:
         parts = [build_cache(mix, rows, classes, prep.cache_size, prep.interpolation) if rows else None
                  for rows in (mix_train, mix_val)]
@@ -142,51 +143,12 @@ def prepare_rehearsal(checkpoint_path: str | Path, mix: str | Path, mix_split: s
             _log(f"skipped {p}: {why}")
         n_images = len(parts[0]) * (1 + cfg.views) + (len(parts[1]) if parts[1] is not None else 0)
         passes = FeaturePasses(model, prep, device, n_images)
-        _write_rehearsal(cache_file, *_rehearsal_features(passes, _augment(), parts[0], parts[1], cfg))
+        rehearsal.write_cache(stored, *rehearsal.rehearsal_features(passes, rehearsal.adapt_augment(), *parts, cfg))
     seconds = time.time() - t0
     _log(f"rehearsal features {'computed' if computed else 'already stored'} for {len(mix_train)} + {len(mix_val)} "
-         f"images in {seconds:.0f}s: {cache_file}")
-    return {"cache": str(cache_file), "computed": computed, "mix_train": len(mix_train), "mix_val": len(mix_val),
+         f"images in {seconds:.0f}s: {stored}")
+    return {"cache": str(stored), "computed": computed, "mix_train": len(mix_train), "mix_val": len(mix_val),
             "seconds": round(seconds, 1)}
-
-
-def _augment() -> "torch.nn.Module":
-    """The views adaptation learns from: the training recipe's augmentation and the camera's jitter."""
-    import torch
-
-    from wastenet.data.augment import AugmentConfig, KerasAugment
-    from wastenet.data.composite import CameraJitter
-
-    return torch.nn.Sequential(KerasAugment(AugmentConfig()), CameraJitter())
-
-
-def _views_of(passes: Any, augment: Any, c: Any, n_views: int, desc: str) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Features of cached images ``c``: the clean ones first (rows ``:len(c)``, reused for the unknown-item rule),
-    then ``n_views`` augmented passes; and their labels, tiled alike."""
-    import torch
-
-    feats = [torch.from_numpy(passes(c.images, desc=f"{desc} (clean)")[0])]
-    feats += [torch.from_numpy(passes(c.images, augment=augment, desc=f"{desc} (view {v + 1}/{n_views})")[0])
-              for v in range(n_views)]
-    return torch.cat(feats), torch.from_numpy(np.tile(c.labels, 1 + n_views)).long()
-
-
-def _rehearsal_features(passes: Any, augment: Any, train: Any, val: Any, cfg: AdaptConfig,
-                        dim: int = 0) -> tuple["torch.Tensor", ...]:
-    """``(x_mix, y_mix, x_val, y_val)`` of the rehearsal set's cached train (clean + views) and val images (clean);
-    either may be None (no rows: empty tensors of width ``dim``). The views are drawn from ``cfg.seed`` alone, so
-    the features depend only on what :func:`_rehearsal_key` hashes, whichever run or process computes them."""
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    none = (torch.zeros(0, dim), torch.zeros(0, dtype=torch.long))
-    x_mix, y_mix = _views_of(passes, augment, train, cfg.views, "rehearsal features") if train is not None else none
-    if val is not None:
-        x_val, y_val = torch.from_numpy(passes(val.images, desc="validation features (rehearsal)")[0]), \
-            torch.from_numpy(val.labels).long()
-    else:
-        x_val, y_val = torch.zeros(0, x_mix.shape[1] if len(x_mix) else dim), none[1]
-    return x_mix, y_mix, x_val, y_val
 
 
 def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix: str | Path | None = None,
@@ -244,21 +206,21 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         from wastenet.training.feature_store import ItemFeatureStore, backbone_key
 
         backbone = backbone_key(model, prep.to_dict())
-    cache_file = _rehearsal_file(feature_cache, backbone, mix, mix_train, mix_val, cfg) if backbone else None
-    cached = _read_rehearsal(cache_file) if cache_file is not None else None
+    cache_file = rehearsal.cache_file(feature_cache, backbone, mix, mix_train, mix_val, cfg) if backbone else None
+    cached = rehearsal.read_cache(cache_file) if cache_file is not None else None
     parts = {"reviewed train": cache(data, rev_train), "reviewed val": cache(data, rev_val) if rev_val else None,
              "mix train": cache(mix, mix_train) if mix_train and cached is None else None,
              "mix val": cache(mix, mix_val) if mix_val and cached is None else None,
              "not an item": cache(data, empty) if empty else None}
     torch.manual_seed(cfg.seed)
-    augment = _augment()
+    augment = rehearsal.adapt_augment()
 
     augmented = ("reviewed train", "mix train", "not an item")  # the parts seen through cfg.views augmented views
     n_images = sum(len(p) * (1 + (cfg.views if k in augmented else 0)) for k, p in parts.items() if p is not None)
     passes = FeaturePasses(model, prep, device, n_images)  # one runner (one ONNX export) for every pass
 
     def views_of(c: Any, n_views: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return _views_of(passes, augment, c, n_views, desc)
+        return rehearsal.features_with_views(passes, augment, c, n_views, desc)
 
     store = None
     if backbone:
@@ -273,10 +235,10 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
         y_mix, mix_y_val = y_mix.long(), mix_y_val.long()
         _log(f"rehearsal features read from {cache_file}")
     else:
-        x_mix, y_mix, mix_x_val, mix_y_val = _rehearsal_features(passes, augment, parts["mix train"], parts["mix val"],
-                                                                 cfg, dim=x_rev.shape[1])
+        x_mix, y_mix, mix_x_val, mix_y_val = rehearsal.rehearsal_features(
+            passes, augment, parts["mix train"], parts["mix val"], cfg, dim=x_rev.shape[1])
         if cache_file is not None:
-            _write_rehearsal(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
+            rehearsal.write_cache(cache_file, x_mix, y_mix, mix_x_val, mix_y_val)
     val_feats, val_labels = [], []
     if parts["reviewed val"] is not None:
         f = (store.features(parts["reviewed val"], passes, with_views=False, desc="validation features")[0]
@@ -404,49 +366,6 @@ def _accuracy(logits: "torch.Tensor", names: list[str], truth: list[str]) -> flo
     if not truth:
         return None
     return sum(names[int(i)] == t for i, t in zip(logits.argmax(1), truth)) / len(truth)
-
-
-_CACHE_KEEP = 3
-
-
-def _rehearsal_key(backbone: str, mix: Any, mix_train: list[Row], mix_val: list[Row], cfg: AdaptConfig) -> str:
-    """What the rehearsal features depend on: the backbone (its weights but the head's, and the
-    preprocessing: :func:`~wastenet.training.feature_store.backbone_key`), the rows and their labels,
-    the views and the seed."""
-    import hashlib
-
-    rows = [(r.path, r.label) for r in mix_train] + [("val", r.path, r.label) for r in mix_val]
-    return hashlib.sha256(repr((backbone, str(Path(mix).resolve()), rows, cfg.views, cfg.seed)).encode()).hexdigest()[:20]
-
-
-def _rehearsal_file(feature_cache: str | Path | None, backbone: str | None, mix: Any, mix_train: list[Row],
-                    mix_val: list[Row], cfg: AdaptConfig) -> Path | None:
-    """Where the rehearsal features of these rows through this backbone are kept; None without a cache or rows."""
-    if not (feature_cache and backbone and mix_train):
-        return None
-    return Path(feature_cache) / f"rehearsal-{_rehearsal_key(backbone, mix, mix_train, mix_val, cfg)}.npz"
-
-
-def _read_rehearsal(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path) as z:
-            return {k: z[k] for k in ("x_mix", "y_mix", "x_val", "y_val")}
-    except (OSError, KeyError, ValueError):
-        return None  # none yet, or unreadable: computed again
-
-
-def _write_rehearsal(path: Path, x_mix: Any, y_mix: Any, x_val: Any, y_val: Any) -> None:
-    import io
-
-    from wastenet.files import write_atomic
-
-    buf = io.BytesIO()
-    np.savez(buf, x_mix=x_mix.numpy(), y_mix=y_mix.numpy(), x_val=x_val.numpy(), y_val=y_val.numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buf.getvalue())
-    # bounded: a cache per backbone and rehearsal set; the newest few stay (one, normally)
-    for old in sorted(path.parent.glob("rehearsal-*.npz"), key=lambda p: p.stat().st_mtime)[:-_CACHE_KEEP]:
-        old.unlink(missing_ok=True)
 
 
 def _paired_batches(xa: "torch.Tensor", ya: "torch.Tensor", xb: "torch.Tensor", yb: "torch.Tensor", batch: int,
