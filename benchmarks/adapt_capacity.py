@@ -146,7 +146,8 @@ def main() -> int:
 
     torch.set_num_threads(2)
     result = json.loads(Path(args.result).read_text())
-    decided = sorted(result["decided"], key=lambda d: d["i"])
+    # photos of no item (a floors stream: truth None) teach the unknown-item rule, not the head compared here
+    decided = sorted((d for d in result["decided"] if d["truth"] is not None), key=lambda d: d["i"])
     with open(result["order"], newline="") as f:
         paths = [r["path"] for r in csv.DictReader(f)]
     ckpt = checkpoint.load(args.checkpoint)
