@@ -106,7 +106,7 @@ class Adaptation:
     def _reviewed(self) -> int:
         return self.service.log.reviewed_photo_count()
 
-    # ------------------------------------------------------------------ runs
+    # ------------------------------------------------------------------ background processes
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         """``wastenet adapt ARGS`` in the background: niced, one thread, dying with the server.
 
