@@ -397,12 +397,13 @@ def test_review_page_adapts_shows_why_and_rolls_back(browser, unsure_checkpoint,
         assert v1["reason"] in row and "at most 1 point lower" in row  # the forgetting check, shown
         assert f"{len(v1['inputs']['trained_on'])} / {len(v1['inputs']['held_out'])}" in row
 
-        page.click("tr[data-version='1'] button")  # serve version 1 (promoted or not: the reviewer decides)
-        page.wait_for_selector("tr[data-version='1'] td:text-is('Serving now')", timeout=15_000)
-        assert httpx.get(url + "/api/models").json()["active"] == 1
-        page.click("tr[data-version='0'] button")  # and back: a rollback
-        page.wait_for_selector("tr[data-version='0'] td:text-is('Serving now')", timeout=15_000)
-        assert httpx.get(url + "/api/models").json()["active"] == 0
+        # serve the version that is not serving (1 if it was kept out: the reviewer decides; else a rollback
+        # to 0), then the other one again: a click each
+        serving = 1 if v1["promoted"] else 0
+        for other in (1 - serving, serving):
+            page.click(f"tr[data-version='{other}'] button")
+            page.wait_for_selector(f"tr[data-version='{other}'] td:text-is('Serving now')", timeout=15_000)
+            assert httpx.get(url + "/api/models").json()["active"] == other
         page.close()
     finally:
         _stop(proc)
