@@ -120,6 +120,14 @@ class Adaptation:
                 subprocess.Popen, [sys.executable, "-m", "wastenet", "adapt", *args, "--threads", "1"],
                 stdout=run_log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent).result()
 
+    def _last_line(self, log_name: str, code: int) -> str:
+        """Why a background process failed: the last line of its log (else its exit status)."""
+        try:
+            tail = (self.folder / log_name).read_text(errors="replace")[-_LOG_TAIL:].strip().splitlines()
+        except OSError:  # no log to read: the watcher must still end the state it watches
+            tail = []
+        return tail[-1] if tail else f"exit status {code}"
+
     def _mix_args(self) -> list[str]:
         s = self.service.settings
         args = ["--data-mix", s.adapt_mix, "--mix-split-file", s.adapt_mix_split]
@@ -145,15 +153,13 @@ class Adaptation:
         code = proc.wait()
         done: dict[str, Any] = {"exit_status": code, "seconds": round(time.monotonic() - t0, 1), "finished_at": _now()}
         if code != 0:  # not fatal: the first run computes them itself (and says why, in its own log)
-            tail = (self.folder / "prepare.log").read_text(errors="replace")[-_LOG_TAIL:].strip().splitlines()
-            done["error"] = tail[-1] if tail else f"exit status {code}"
+            done["error"] = self._last_line("prepare.log", code)
         logger.info("rehearsal features: %s", done.get("error") or f"ready in {done['seconds']} s")
         with self._lock:
             self._proc, self._rehearsal = None, done
             queued, self._queued = self._queued, None
             self._status = {"state": "idle", "last": self._status.get("last")}
-            if queued is None and self.every and self._reviewed() - self._reviewed_at_start >= self.every:
-                queued = f"{self.every} new reviewed items"  # they came in while it prepared
+            queued = queued or self._due()  # reviewed items that came in while it prepared
             if queued is not None:
                 try:
                     self._start_locked(queued)
@@ -202,13 +208,20 @@ class Adaptation:
     def after_review(self) -> None:
         """``--adapt-every N``: start a run once N reviewed items came in since the last one started (while
         the rehearsal features are prepared: when they are ready)."""
-        if not self.every or self.refusal or self._proc is not None:
+        if self.refusal or self._proc is not None:
             return
-        if self._reviewed() - self._reviewed_at_start >= self.every:
+        trigger = self._due()
+        if trigger:
             try:
-                self.start(f"{self.every} new reviewed items")
+                self.start(trigger)
             except RuntimeError:
                 pass  # one started meanwhile
+
+    def _due(self) -> str | None:
+        """``--adapt-every N``: the trigger of a run when N reviewed items came in since the last one started."""
+        if self.every and self._reviewed() - self._reviewed_at_start >= self.every:
+            return f"{self.every} new reviewed items"
+        return None
 
     def _watch(self, proc: subprocess.Popen, work: Path, t0: float) -> None:
         code = proc.wait()
@@ -222,8 +235,7 @@ class Adaptation:
                 if done["promoted"] and done.get("version") is not None:
                     self.service.use_model(self.store().file_of(done["version"]), done["version"])
             else:
-                tail = (self.folder / "adapt.log").read_text(errors="replace")[-_LOG_TAIL:].strip().splitlines()
-                result["error"] = tail[-1] if tail else f"exit status {code}"
+                result["error"] = self._last_line("adapt.log", code)
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal to the service
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
