@@ -41,25 +41,19 @@ def logged_photos(db: str, ids: list[int]) -> tuple[list[Image.Image], list[str]
     return ([Image.open(io.BytesIO(rows[i][0])).convert("RGB") for i in keep], [rows[i][1] for i in keep])
 
 
-def accuracy(model: str, images: list, labels: list[str]) -> float | None:
-    """Class accuracy on the items (the unknown-item rule off: it compares the classifiers)."""
+def scores(model: str, images: list, labels: list[str], empty: list) -> tuple[float | None, int]:
+    """One file, loaded once: its class accuracy on the items (the unknown-item rule off: it compares the
+    classifiers; None without items), and how many photos of no item it refuses (sends to manual sort) as it
+    would decide them."""
     from wastenet.inference.predictor import Classifier
 
-    if not labels:
-        return None
     clf = Classifier.load(model)
-    preds = clf.predict(images, unknown_rule=False, progress=False)
-    return sum(p.label == y for p, y in zip(preds, labels)) / len(labels)
-
-
-def refused(model: str, images: list) -> int:
-    """How many photos of no item the model refuses (sends to manual sort) as it would decide them."""
-    from wastenet.inference.predictor import Classifier
-
-    if not images:
-        return 0
-    clf = Classifier.load(model)
-    return sum(p.decision in (None, "manual_sort") for p in clf.predict(images, progress=False))
+    acc = None
+    if labels:
+        preds = clf.predict(images, unknown_rule=False, progress=False)
+        acc = sum(p.label == y for p, y in zip(preds, labels)) / len(labels)
+    refused = sum(p.decision in (None, "manual_sort") for p in clf.predict(empty, progress=False)) if empty else 0
+    return acc, refused
 
 
 def main() -> int:
@@ -104,9 +98,10 @@ def main() -> int:
         empty = [im for im, y in zip(images, labels) if y == NOT_AN_ITEM]
         images, labels = [im for im, y in zip(images, labels) if y != NOT_AN_ITEM], [y for y in labels if y != NOT_AN_ITEM]
         files = {"pt": side["file"], "onnx": str(onnx), "int8": str(int8)}
-        row = {"id": v["id"], "held_out": len(labels), **{k: accuracy(f, images, labels) for k, f in files.items()},
+        got = {k: scores(f, images, labels, empty) for k, f in files.items()}
+        row = {"id": v["id"], "held_out": len(labels), **{k: acc for k, (acc, _) in got.items()},
                "int8_mb": round(int8.stat().st_size / 2**20, 2), "held_out_empty": len(empty),
-               "empty_refused": {k: refused(f, empty) for k, f in files.items()}}
+               "empty_refused": {k: n for k, (_, n) in got.items()}}
         row["int8_minus_fp32_points"] = (None if row["int8"] is None else round(100 * (row["int8"] - row["onnx"]), 2))
         print(f"version {v['id']}: {row['held_out']} held-out items: .pt {_f(row['pt'])}, .onnx {_f(row['onnx'])}, "
               f".int8.onnx {_f(row['int8'])} ({row['int8_mb']} MB)"
