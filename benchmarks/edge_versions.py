@@ -52,7 +52,7 @@ def scores(model: str, images: list, labels: list[str], empty: list) -> tuple[fl
     if labels:
         preds = clf.predict(images, unknown_rule=False, progress=False)
         acc = sum(p.label == y for p, y in zip(preds, labels)) / len(labels)
-    refused = sum(p.decision in (None, "manual_sort") for p in clf.predict(empty, progress=False)) if empty else 0
+    refused = sum(not p.sorted for p in clf.predict(empty, progress=False)) if empty else 0
     return acc, refused
 
 

@@ -99,12 +99,13 @@ def _reviewed_log(path, per_class=8, new_kind=6, empty=0):
 def test_a_photo_of_no_item_is_scored_right_when_refused_and_contaminates_the_bin_it_is_sorted_into():
     from types import SimpleNamespace
 
+    from wastenet.inference.results import Prediction
     from wastenet.ood import NOT_AN_ITEM
     from wastenet.site.learn import score
 
     decided = [("metal", "recyclable"), ("glass", "manual_sort"), ("metal", "recyclable"), ("glass", "recyclable")]
     clf = SimpleNamespace(threshold=0.5, taxonomy=SimpleNamespace(bin_of=lambda c: "recyclable"),
-                          predict=lambda images, threshold: [SimpleNamespace(label=c, decision=d) for c, d in decided])
+                          predict=lambda images, threshold: [Prediction("p.jpg", c, decision=d) for c, d in decided])
     items = [{"label": "metal", "bin": None}, {"label": NOT_AN_ITEM, "bin": None},
              {"label": NOT_AN_ITEM, "bin": None}, {"label": "glass", "bin": None}]
     got = score(clf, ["photo"] * 4, items)

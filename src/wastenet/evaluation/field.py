@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from wastenet.decision import MANUAL_SORT, UNKNOWN  # the decision rule's words ("unknown": manual sort)
+from wastenet.decision import UNKNOWN  # the decision rule's word for "not a kind it knows"
 from wastenet.errors import ConfigError
 from wastenet.files import check_output, write_atomic, write_csv_atomic
 from wastenet.ood import NOT_AN_ITEM
@@ -214,7 +214,7 @@ def score(predictions: Sequence[Any], items: Sequence[FieldItem], classes: Seque
         target = Target(UNKNOWN) if view == "floor" else it.target
         true_bin = (taxonomy.bin_of(target.name) if target.kind == "class"
                     else target.name if target.kind == "bin" else None)
-        accepted = p.decision != MANUAL_SORT
+        accepted = p.sorted
         rows.append({
             "path": it.path, "foreign": it.foreign, "target": str(target), "label": p.label,
             "confidence": p.confidence, "bin": p.bin, "bin_confidence": p.bin_confidence,

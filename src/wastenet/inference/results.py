@@ -46,6 +46,15 @@ class Prediction:
     def ok(self) -> bool:
         return self.decision != ERROR
 
+    @property
+    def sorted(self) -> bool:
+        """Decided into a bin: neither sent to manual sort nor an error (what "refused" means everywhere).
+
+        >>> Prediction("a.jpg", "glass", 0.4, "recyclable", 0.5, "manual_sort").sorted
+        False
+        """
+        return self.decision not in (MANUAL_SORT, ERROR)
+
     @classmethod
     def failed(cls, path: str, reason: str) -> "Prediction":
         return cls(path=path, decision=ERROR, error=reason)

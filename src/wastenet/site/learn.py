@@ -73,7 +73,7 @@ def score(classifier: Any, images: Sequence[Any], items: Sequence[dict[str, Any]
     a kind it may learn; a photo of no item is right when refused) and, per bin, the contamination of what
     it would sort automatically there."""
     preds = classifier.predict(list(images), threshold=classifier.threshold) if images else []
-    refused = [p.decision in (None, "manual_sort", "error") for p in preds]
+    refused = [not p.sorted for p in preds]
     # a photo of no item is decided right when it is refused; sorted into a bin, it contaminates that bin
     right = sum(no if it["label"] == NOT_AN_ITEM else p.label == it["label"]
                 for p, it, no in zip(preds, items, refused))
