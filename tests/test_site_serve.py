@@ -228,3 +228,31 @@ def test_adapt_every_n_starts_a_run_after_n_new_reviewed_items(site):
         a = c.get("/api/health").json()["adaptation"]
         assert a["state"] in ("running", "idle") and (a["state"] == "running" or a["last"] is not None)
         assert _wait_idle(c)["last"]["exit_status"] == 0
+
+
+def test_the_workers_of_one_server_run_one_adaptation_at_a_time_and_all_serve_the_active_version(site):
+    """``serve --workers N``: each worker is its own service on the same log and versions folder. A run started
+    through one keeps the others from starting theirs, and a version promoted or activated through one is
+    the version every worker serves (they follow the folder's ``active`` pointer)."""
+    model, db = site
+    with _client(model, db) as a, _client(model, db) as b:
+        auth_a = {"Authorization": f"Bearer {a.app.state.review_token}"}
+        auth_b = {"Authorization": f"Bearer {b.app.state.review_token}"}
+        _stream_and_review(a)
+        assert a.post("/api/models/adapt", json={}, headers=auth_a).status_code == 202
+        r = b.post("/api/models/adapt", json={}, headers=auth_b)
+        assert r.status_code == 409 and "another worker" in r.json()["error"]
+        assert _wait_idle(a)["last"]["exit_status"] == 0
+        assert a.post("/api/models/1/activate", json={}, headers=auth_a).json()["active"] == 1
+        deadline = time.monotonic() + 30
+        while b.get("/api/health").json()["model_version"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        p = b.post("/api/predict", files={"file": ("a.jpg", jpeg("glass", 1), "image/jpeg")}).json()
+        assert p["model_version"] == 1  # the other worker decides with version 1 too
+        assert b.post("/api/models/0/activate", json={}, headers=auth_b).json()["active"] == 0  # a rollback
+        deadline = time.monotonic() + 30
+        while a.get("/api/health").json()["model_version"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert a.get("/api/health").json()["model_version"] == 0
+        assert b.post("/api/models/adapt", json={}, headers=auth_b).status_code == 202  # free again
+        assert _wait_idle(b)["last"]["exit_status"] == 0

@@ -11,7 +11,11 @@ promoted), the service swaps the promoted model in between batches (:meth:`Servi
 With a rehearsal set (``--adapt-mix``), the server first computes that set's features in the same kind of
 process (``wastenet adapt --prepare-rehearsal``; state ``preparing``), while it already answers: they are
 the same for every run from a version of one model, and computing them made the first adaptation take
-minutes instead of seconds. A run asked for meanwhile waits for it and starts right after::
+minutes instead of seconds. A run asked for meanwhile waits for it and starts right after.
+
+With ``serve --workers N`` every worker is one of these: a lock file in the versions folder lets one run
+(or preparation) go at a time across them, and every worker follows the folder's ``active`` pointer, so
+a version promoted or rolled back through one worker is served by all of them within a second or so::
 
     runs = Adaptation(service)                # create_app does this
     runs.prepare()                            # the server's start does this (with --adapt-mix)
@@ -22,6 +26,7 @@ minutes instead of seconds. A run asked for meanwhile waits for it and starts ri
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -44,6 +49,7 @@ logger = logging.getLogger("wastenet.serve")
 
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL = 4000  # bytes of the run's log kept in the status
+_FOLLOW_SECONDS = 1.0  # how often a worker looks whether another one changed the active version
 try:  # loaded here, not in the child: between fork and exec only async-signal-safe calls belong
     _LIBC: Any = ctypes.CDLL(None, use_errno=True)
 except OSError:
@@ -76,6 +82,34 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class _FolderLock:
+    """Held by one process at a time (the workers of one server): ``flock`` on a file, released by the
+    OS if its holder dies. Two opens in one process exclude each other too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def acquire(self) -> bool:
+        """Take it if it is free (never waits)."""
+        if self._file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the lock
+            self._file = None
+
+
 class Adaptation:
     """The service's adaptation runs and its versions (``<log dir>/models``)."""
 
@@ -89,6 +123,8 @@ class Adaptation:
         self._status: dict[str, Any] = {"state": "idle", "last": None}
         self._queued: str | None = None  # a run asked for while the rehearsal features are prepared
         self._rehearsal: dict[str, Any] | None = None  # how their preparation went
+        self._one_at_a_time = _FolderLock(self.folder / ".adaptation.lock")  # across the server's workers
+        self._closed = threading.Event()
         # one thread that lives as long as the service starts every run (see _spawn)
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wastenet-launcher")
         # only a server that adapts by count needs the count (one COUNT query, not a listing)
@@ -96,6 +132,8 @@ class Adaptation:
         self.refusal = None if str(service.model_path).endswith(".pt") else (
             f"this server runs {service.model_path}, not a .pt checkpoint: it cannot adapt (serve a .pt "
             "checkpoint on a bin with torch, or adapt on a machine that holds this log and export the version)")
+        if self.refusal is None:
+            threading.Thread(target=self._follow, daemon=True, name="wastenet-follow-active").start()
 
     def store(self) -> VersionStore:
         store = VersionStore(self.folder)
@@ -142,6 +180,9 @@ class Adaptation:
         with self._lock:
             if self._proc is not None:
                 return
+            if not self._one_at_a_time.acquire():
+                logger.info("rehearsal features: another worker of this server prepares them")
+                return
             store = self.store()
             self._proc = self._spawn(["--checkpoint", str(store.file_of(0)), "--prepare-rehearsal",
                                       "--versions", str(self.folder), *self._mix_args()], "prepare.log")
@@ -157,12 +198,15 @@ class Adaptation:
         logger.info("rehearsal features: %s", done.get("error") or f"ready in {done['seconds']} s")
         with self._lock:
             self._proc, self._rehearsal = None, done
+            self._one_at_a_time.release()
             queued, self._queued = self._queued, None
             self._status = {"state": "idle", "last": self._status.get("last")}
             queued = queued or self._due()  # reviewed items that came in while it prepared
             if queued is not None:
                 try:
                     self._start_locked(queued)
+                except RuntimeError as exc:  # another worker's run: this one is not started
+                    self._status = {"state": "idle", "last": {"error": str(exc)}}
                 except Exception as exc:  # noqa: BLE001 - reported in the status, never fatal to the service
                     self._status = {"state": "failed", "last": {"error": f"{type(exc).__name__}: {exc}"}}
 
@@ -181,6 +225,16 @@ class Adaptation:
             return self._start_locked(trigger)
 
     def _start_locked(self, trigger: str) -> dict[str, Any]:
+        if not self._one_at_a_time.acquire():
+            raise RuntimeError("an adaptation (or the rehearsal features' preparation) runs in another worker "
+                               "of this server: one at a time")
+        try:
+            return self._launch_run(trigger)
+        except BaseException:
+            self._one_at_a_time.release()
+            raise
+
+    def _launch_run(self, trigger: str) -> dict[str, Any]:
         store = self.store()
         parent = store.active_id()
         work = self.folder / f".candidate-{os.getpid()}"
@@ -243,7 +297,29 @@ class Adaptation:
         logger.info("adaptation finished: %s", result.get("reason") or result.get("error"))
         with self._lock:
             self._proc = None
+            self._one_at_a_time.release()
             self._status = {"state": "idle" if "error" not in result else "failed", "last": result}
+
+    def _follow(self) -> None:
+        """Serve the folder's active version whenever it changes under this worker (another worker promoted or
+        rolled back one, or its run's candidate was promoted before the watcher swapped it in)."""
+        seen: tuple[int, int] | None = None
+        while not self._closed.wait(_FOLLOW_SECONDS):
+            try:
+                st = (self.folder / "active").stat()
+                now: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                now = None
+            if now == seen or now is None:
+                continue
+            seen = now
+            try:
+                store = VersionStore(self.folder)
+                active = store.active_id()
+                if active != self.service.version:
+                    self.service.use_model(store.file_of(active), active)
+            except Exception as exc:  # noqa: BLE001 - the worker keeps its model and says why
+                logger.warning("could not follow the active version: %s: %s", type(exc).__name__, exc)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -257,6 +333,7 @@ class Adaptation:
         return out
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             proc = self._proc
         if proc is not None:

@@ -110,6 +110,7 @@ class Service:
         self.log = DecisionLog(settings.log_path if settings.log_path is not None
                                else default_log_path(settings.checkpoint or source), max_bytes=settings.log_max_bytes)
         self.gate = SwapGate()
+        self._swapping = threading.Lock()
         self._take_model(classifier, source, version)
         self.audit = (AuditDraw(settings.audit_rate, self.log.audit_seed(settings.audit_seed))
                       if settings.audit_rate > 0 else None)
@@ -152,11 +153,14 @@ class Service:
         swapped in between batches; requests in flight finish on the old one, none fails."""
         from wastenet.inference.predictor import Classifier
 
-        new = Classifier.load(path, channels_last=self.settings.channels_last and str(path).endswith(".pt"))
-        with self.gate.swap():  # waits for the requests in flight, holds new ones back meanwhile
-            with self.model_lock:
-                self.batcher.classifier = new
-            self._take_model(new, path, version)
+        with self._swapping:  # the run's watcher and the active-version follower may ask for the same one
+            if version == self.version and str(path) == self.model_path:
+                return
+            new = Classifier.load(path, channels_last=self.settings.channels_last and str(path).endswith(".pt"))
+            with self.gate.swap():  # waits for the requests in flight, holds new ones back meanwhile
+                with self.model_lock:
+                    self.batcher.classifier = new
+                self._take_model(new, path, version)
         logger.info("now serving version %s: %s (%s)", version, path, self.model_id)
 
     def label_rule(self) -> LabelRule:
