@@ -178,10 +178,20 @@ def test_the_rehearsal_options_reach_the_run_and_its_version(site, image_folder,
 
 
 def test_a_server_with_a_rehearsal_set_prepares_its_features_at_start_and_a_run_waits_for_them(site, image_folder,
-                                                                                                tmp_path):
+                                                                                                tmp_path, monkeypatch):
     """``--adapt-mix``: from its start the server computes the rehearsal set's features in the background
     (state ``preparing``) while it answers; a run asked for meanwhile is queued, starts when they are ready,
     and reads them instead of computing them."""
+    import subprocess
+
+    real_popen = subprocess.Popen
+
+    def slow_preparation(cmd, **kw):  # the tiny model's would end before the reviews: hold it back a while
+        if "--prepare-rehearsal" in cmd:
+            cmd = ["sh", "-c", 'sleep 15; exec "$@"', "sh", *cmd]
+        return real_popen(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", slow_preparation)
     rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
     split = tmp_path / "mix-split.csv"
     split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
@@ -194,8 +204,7 @@ def test_a_server_with_a_rehearsal_set_prepares_its_features_at_start_and_a_run_
         _stream_and_review(c)
         r = c.post("/api/models/adapt", json={}, headers=auth)
         assert r.status_code == 202
-        if r.json()["state"] == "preparing":  # asked before the features were ready: it waits for them
-            assert r.json()["queued"] == "api"
+        assert (r.json()["state"], r.json()["queued"]) == ("preparing", "api")  # it waits for the features
         last = _wait_idle(c)["last"]
         a = c.get("/api/health").json()["adaptation"]
     assert a["rehearsal"]["exit_status"] == 0 and a["queued"] is None
