@@ -70,6 +70,10 @@ def test_adapt_cli_checks_options_before_work(tiny_checkpoint, image_folder, tmp
                         "--data", str(image_folder), "--out", str(tmp_path / "o"), "--max-forgetting", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--max-forgetting goes with --from-log" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "wastenet", "adapt", "--checkpoint", str(tiny_checkpoint),
+                        "--data", str(image_folder), "--out", str(tmp_path / "o"), "--compare", "sorted"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--compare goes with --from-log" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_the_rehearsal_features_are_read_back_on_the_next_run(tiny_checkpoint, image_folder, tmp_path, capsys):

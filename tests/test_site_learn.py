@@ -39,6 +39,29 @@ def test_a_candidate_must_be_no_worse_anywhere_and_better_somewhere(current, can
     assert got is promoted and why
 
 
+FLOORS_V10 = ({"class_accuracy": 1.0, "contamination": {"recyclable": {"value": 0.0}}, "auto_share": 0.28,
+               "auto_class_accuracy": 1.0},  # the floors stream's version 10 against the model it would replace:
+              {"class_accuracy": 0.98, "contamination": {"recyclable": {"value": 0.0}}, "auto_share": 0.30,
+               "auto_class_accuracy": 1.0})  # one refused item's top-1 label wrong, more sorted, all right
+
+
+@pytest.mark.parametrize("current, candidate, promoted", [
+    (*FLOORS_V10, True),
+    ({**FLOORS_V10[0], "auto_share": 0.30}, FLOORS_V10[1], False),  # sorts no more: a tie
+    (FLOORS_V10[0], {**FLOORS_V10[1], "auto_class_accuracy": 0.95}, False),  # a wrong one among those it sorts
+    (FLOORS_V10[0], {**FLOORS_V10[1], "contamination": {"recyclable": {"value": 0.05}}}, False),
+    ({**FLOORS_V10[0], "auto_class_accuracy": 0.9}, {**FLOORS_V10[1], "auto_share": 0.2}, True),  # fewer, all right
+    ({**FLOORS_V10[0], "auto_share": 0.0, "auto_class_accuracy": None}, {**FLOORS_V10[1], "auto_share": 0.0,
+                                                                         "auto_class_accuracy": None}, False),
+])
+def test_compared_on_what_it_sorts_a_refused_items_label_changes_nothing(current, candidate, promoted):
+    """``--compare sorted``: the class accuracy of the items each model sorts itself replaces class accuracy;
+    the default (``class``) keeps the first case out (0.98 < 1.0)."""
+    got, why = promotion({"n": 50, **current}, {"n": 50, **candidate}, compare="sorted")
+    assert got is promoted and why
+    assert promotion({"n": 50, **FLOORS_V10[0]}, {"n": 50, **FLOORS_V10[1]})[0] is False
+
+
 def test_the_newest_fifth_is_held_out():
     items = [{"id": i, "reviewed_at": f"2026-12-03T10:{i:02d}"} for i in range(10)]
     train, held = split_newest(items)

@@ -5,6 +5,7 @@ and an .onnx server that says it cannot adapt (issue 23 items 1-3; DESIGN "The s
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 
@@ -144,6 +145,8 @@ def test_adapt_options_are_checked_before_anything_loads(tmp_path):
     with pytest.raises(ConfigError, match="--adapt-mix-per-class must be at least 1"):
         ServeSettings(checkpoint=None, adapt_mix=str(tmp_path), adapt_mix_split=str(tmp_path / "split.csv"),
                       adapt_mix_per_class=0)
+    with pytest.raises(ConfigError, match="--adapt-compare must be one of class, sorted"):
+        ServeSettings(checkpoint=None, adapt_compare="bins")
     with pytest.raises(ConfigError, match="--adapt-holdout-max must be a whole number of at least 1"):
         ServeSettings(checkpoint=None, adapt_holdout_max=0)
     with pytest.raises(ConfigError, match="--adapt-max-forgetting goes with --adapt-mix"):
@@ -156,14 +159,15 @@ def test_adapt_options_are_checked_before_anything_loads(tmp_path):
 def test_the_rehearsal_options_reach_the_run_and_its_version(site, image_folder, tmp_path):
     """``serve --adapt-mix-per-class N``: the background run rehearses N images of every class, and says so;
     ``--adapt-max-forgetting P``: its forgetting check allows P points, against version 0;
-    ``--adapt-holdout-max N``: it holds out at most N of the newest reviewed items."""
+    ``--adapt-holdout-max N``: it holds out at most N of the newest reviewed items; ``--adapt-compare sorted``:
+    it is compared on the items each model sorts itself."""
     rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
     split = tmp_path / "mix-split.csv"
     split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
                                                       for i, r in enumerate(rows)))
     model, db = site
     with _client(model, db, adapt_mix=str(image_folder), adapt_mix_split=str(split), adapt_mix_per_class=2,
-                 adapt_max_forgetting=100.0, adapt_holdout_max=3) as c:
+                 adapt_max_forgetting=100.0, adapt_holdout_max=3, adapt_compare="sorted") as c:
         auth = {"Authorization": f"Bearer {c.app.state.review_token}"}
         _stream_and_review(c)
         assert c.post("/api/models/adapt", json={}, headers=auth).status_code == 202
@@ -171,6 +175,8 @@ def test_the_rehearsal_options_reach_the_run_and_its_version(site, image_folder,
         v1 = c.get("/api/models").json()["versions"][1]
     assert v1["inputs"]["rehearsal_per_class"] == 2
     assert len(v1["inputs"]["held_out"]) == 3 and v1["inputs"]["holdout_max"] == 3  # not 20% of 24 (4)
+    assert v1["inputs"]["compare"] == "sorted"
+    assert not re.search(r"class accuracy \d", v1["reason"])  # the default rule's words: "class accuracy 0.5 -> ..."
     forgot = v1["scores"]["forgetting"]
     assert forgot["allowed_points"] == 100 and forgot["reference_model"] == str(model)  # version 0
     assert forgot["n"] == 3 and 0 <= forgot["candidate"] <= 1  # one val photo of each class

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout-max", type=int, default=None, metavar="N",
                    help="with --from-log: hold out at most N of the newest reviewed items (default: 20%% of them, "
                         "however many that is)")
+    p.add_argument("--compare", choices=("class", "sorted"), default=None,
+                   help="with --from-log: what the candidate must not be worse at on the held-out items: every "
+                        "item's class (default), or the class of the items each model sorts itself")
     p.add_argument("--versions", metavar="DIR", help="with --from-log: add the candidate as a version in DIR "
                                                       "(the service's <log dir>/models), active if promoted")
     p.add_argument("--parent", type=int, default=0, help="with --versions: the version the candidate came from")
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.from_log:
             raise ConfigError("--holdout-max goes with --from-log (it holds out reviewed items of the log)")
         check_holdout_max(args.holdout_max)
+    if args.compare is not None and not args.from_log:
+        raise ConfigError("--compare goes with --from-log (it decides a promotion)")
     if args.max_forgetting is not None:
         if not args.from_log:
             raise ConfigError("--max-forgetting goes with --from-log (it decides a promotion)")
@@ -147,6 +152,7 @@ def _from_log(args: argparse.Namespace) -> int:
                             new_class_min=args.new_class_min, search=not args.skip_search_threshold, cfg=_config(args),
                             **({} if args.max_forgetting is None else {"max_forgetting": args.max_forgetting}),
                             versions=args.versions, parent=args.parent, holdout_max=args.holdout_max,
+                            compare=args.compare or "class",
                             log=lambda m: print(m, file=sys.stderr, flush=True))
     write_atomic(Path(args.out, "adapt.json"), json.dumps(result, indent=2))
     cur, cand = result["scores"]["current"], result["scores"]["candidate"]

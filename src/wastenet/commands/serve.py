@@ -96,6 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapt-holdout-max", type=int, default=_default("adapt_holdout_max"), metavar="N",
                         help="hold out at most N of the newest reviewed items to compare a candidate with (default: "
                              "20%% of them; the share alone makes an older log wait longer for its newest items)")
+    parser.add_argument("--adapt-compare", choices=("class", "sorted"), default=_default("adapt_compare"),
+                        help="what a candidate must not be worse at on the held-out items: every item's class "
+                             "(default), or the class of the items each model sorts itself (a label of an item both "
+                             "send to manual sort then changes nothing)")
     parser.add_argument("--adapt-max-forgetting", type=float, default=_default("adapt_max_forgetting"),
                         metavar="POINTS", help="a candidate that lost more than POINTS of accuracy on --adapt-mix's "
                                                "validation rows (against the model the versions started from) is "
@@ -143,7 +147,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         adapt_mix=str(Path(args.adapt_mix).expanduser().resolve()) if args.adapt_mix else None,
         adapt_mix_split=str(Path(args.adapt_mix_split).expanduser().resolve()) if args.adapt_mix_split else None,
         adapt_mix_per_class=args.adapt_mix_per_class, adapt_max_forgetting=args.adapt_max_forgetting,
-        adapt_holdout_max=args.adapt_holdout_max)
+        adapt_holdout_max=args.adapt_holdout_max, adapt_compare=args.adapt_compare)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -247,6 +247,8 @@ class Adaptation:
             args.append("--skip-search-threshold")
         if s.adapt_holdout_max is not None:
             args += ["--holdout-max", str(s.adapt_holdout_max)]
+        if s.adapt_compare != "class":
+            args += ["--compare", s.adapt_compare]
         if s.adapt_mix:
             args += self._mix_args()
             if s.adapt_max_forgetting is not None:

@@ -77,7 +77,8 @@ class ServeSettings:
     ``adapt_mix_per_class``: its images rehearsed per class (None: ``wastenet adapt``'s default),
     ``adapt_holdout_max``: at most that many newest reviewed items held out to compare a candidate (None: 20%),
     ``adapt_max_forgetting``: points of rehearsal validation accuracy a candidate may lose
-    (None: :data:`wastenet.site.learn.MAX_FORGETTING_POINTS`).
+    (None: :data:`wastenet.site.learn.MAX_FORGETTING_POINTS`), ``adapt_compare``: what a candidate must not be
+    worse at on the held-out items (:data:`wastenet.site.learn.COMPARISONS`).
 
     Construction checks every value (``ConfigError`` naming the command-line option):
 
@@ -112,6 +113,7 @@ class ServeSettings:
     adapt_mix_per_class: int | None = None
     adapt_max_forgetting: float | None = None
     adapt_holdout_max: int | None = None
+    adapt_compare: str = "class"
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -154,6 +156,9 @@ class ServeSettings:
                 raise ConfigError("--adapt-mix-per-class goes with --adapt-mix")
             if not (isinstance(self.adapt_mix_per_class, int) and self.adapt_mix_per_class >= 1):
                 raise ConfigError(f"--adapt-mix-per-class must be at least 1, got {self.adapt_mix_per_class}")
+        from wastenet.site.learn import check_compare
+
+        check_compare(self.adapt_compare, "--adapt-compare")
         if self.adapt_holdout_max is not None:
             from wastenet.site.learn import check_holdout_max
 

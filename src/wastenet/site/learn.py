@@ -27,11 +27,17 @@ from typing import Any, Callable, Sequence
 from wastenet.errors import ConfigError
 from wastenet.ood import NOT_AN_ITEM
 
-__all__ = ["HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_holdout_max", "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items",
+__all__ = ["COMPARISONS", "HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_compare", "check_holdout_max", "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items",
            "score", "split_newest"]
 
 #: Share of reviewed items, the newest by review time, held out to compare candidate and current model.
 HOLDOUT_SHARE = 0.2
+#: What a candidate must not be worse at on the held-out items (besides no bin more contaminated): ``class``,
+#: the top-1 class of every item (the default, the issue's rule); ``sorted``, the class of the items it sorts
+#: itself. ``class`` also counts the label of an item both models send to manual sort, where it changes
+#: nothing in any bin: on the floors stream it kept out four candidates that sorted as many items or more,
+#: all of them right, for one such label each (BENCHMARKS.md "Which candidates the rule keeps out").
+COMPARISONS = ("class", "sorted")
 #: Points of accuracy on the rehearsal set's validation rows (the original training data's classes) that a
 #: candidate may have lost against the model its chain of versions started from. The site's held-out items
 #: cannot show forgetting (they are the site's kinds of items); these rows can, and no version trains on them
@@ -106,6 +112,17 @@ def check_holdout_max(n: int | None, flag: str = "--holdout-max") -> int | None:
     return n
 
 
+def check_compare(rule: str, flag: str = "--compare") -> str:
+    """``rule`` if it is one of :data:`COMPARISONS`, else a one-line ConfigError naming ``flag``.
+
+    >>> check_compare("sorted")
+    'sorted'
+    """
+    if rule not in COMPARISONS:
+        raise ConfigError(f"{flag} must be one of {', '.join(COMPARISONS)}, got {rule!r}")
+    return rule
+
+
 def check_max_forgetting(points: float, flag: str = "--max-forgetting") -> float:
     """``points`` if it is an allowed loss (a number from 0 to 100), else a one-line ConfigError naming ``flag``.
 
@@ -133,12 +150,15 @@ def forgetting(adapted: dict[str, Any], max_points: float = MAX_FORGETTING_POINT
 
 
 def promotion(current: dict[str, Any], candidate: dict[str, Any],
-              forgot: dict[str, Any] | None = None) -> tuple[bool, str]:
+              forgot: dict[str, Any] | None = None, compare: str = "class") -> tuple[bool, str]:
     """Promote only when class accuracy is not lower and no bin's contamination is higher, and one of them
     is better, or, both equal, the candidate sorts more of the held-out items itself without being less
     often right on what it sorts (fewer manual sorts at no cost); anything else is a tie and keeps the
-    current model. With ``forgot`` (:func:`forgetting`), a candidate more than its ``allowed_points`` below
-    the reference on the rehearsal rows is kept out too. Returns ``(promoted, why)``.
+    current model. ``compare="sorted"`` (:data:`COMPARISONS`) puts the class accuracy of the items each
+    model sorts itself in place of class accuracy: promoted when it is not lower, no bin is more contaminated,
+    and it is higher, a bin is less contaminated, or the candidate sorts more. With ``forgot``
+    (:func:`forgetting`), a candidate more than its ``allowed_points`` below the reference on the rehearsal
+    rows is kept out too. Returns ``(promoted, why)``.
 
     >>> promotion({"n": 10, "class_accuracy": 0.5, "contamination": {}},
     ...           {"n": 10, "class_accuracy": 0.7, "contamination": {}})
@@ -151,14 +171,24 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any],
     if not candidate.get("n"):
         return False, "no held-out reviewed items to compare on"
     a, b = current["class_accuracy"] or 0.0, candidate["class_accuracy"] or 0.0
-    reasons, better = [], b > a
+    share_a, share_b = current.get("auto_share") or 0.0, candidate.get("auto_share") or 0.0
+    # an item the current model sorts none of gives nothing to be worse than: the candidate must be right
+    right_a = current.get("auto_class_accuracy") if share_a else 1.0
+    right_b = candidate.get("auto_class_accuracy") if share_b else None
+    reasons = []
     if forgot is not None:
         lost = (forgot["reference"] - forgot["candidate"]) * 100
         if lost > forgot["allowed_points"] + 1e-9:
             reasons.append(f"forgets: rehearsal validation accuracy {forgot['reference']:.3f} (reference) -> "
                            f"{forgot['candidate']:.3f}, {lost:.1f} points lower (at most {forgot['allowed_points']:g})")
-    if b < a:
-        reasons.append(f"class accuracy {a:.3f} -> {b:.3f} is lower")
+    if compare == "sorted":
+        better = right_b is not None and (right_a is None or right_b > right_a)
+        if right_b is not None and right_a is not None and right_b < right_a:
+            reasons.append(f"class accuracy of the items it sorts {right_a:.3f} -> {right_b:.3f} is lower")
+    else:
+        better = b > a
+        if b < a:
+            reasons.append(f"class accuracy {a:.3f} -> {b:.3f} is lower")
     for name in sorted(set(current["contamination"]) | set(candidate["contamination"])):
         was = current["contamination"].get(name, {}).get("value", 0.0)
         now = candidate["contamination"].get(name, {}).get("value", 0.0)
@@ -167,16 +197,23 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any],
         better = better or now < was
     if reasons:
         return False, "; ".join(reasons)
+    if compare == "sorted":
+        if better or share_b > share_a:
+            return True, (f"class accuracy of the items it sorts {_f(right_a)} -> {_f(right_b)}, sorts "
+                          f"{share_a:.0%} -> {share_b:.0%} of the held-out items itself; no bin more contaminated")
+        return False, (f"a tie (class accuracy of the items it sorts {_f(right_b)}, sorts {share_b:.0%}, no bin less "
+                       "contaminated): the current model stays")
     if not better:
-        share_a, share_b = current.get("auto_share") or 0.0, candidate.get("auto_share") or 0.0
-        # an item the current model sorts none of gives nothing to be worse than: the candidate must be right
-        right_a = current.get("auto_class_accuracy") if share_a else 1.0
         right_b = candidate.get("auto_class_accuracy")
         if share_b > share_a and right_b is not None and right_a is not None and right_b >= right_a:
             return True, (f"class accuracy {b:.3f} and no bin more contaminated; sorts {share_a:.0%} -> {share_b:.0%} "
                           f"of the held-out items itself, {right_b:.3f} of them in the right class")
         return False, f"a tie (class accuracy {b:.3f}, no bin less contaminated): the current model stays"
     return True, f"class accuracy {a:.3f} -> {b:.3f}; no bin more contaminated"
+
+
+def _f(x: float | None) -> str:
+    return "none" if x is None else f"{x:.3f}"
 
 
 def _origin(versions: str | Path | None, checkpoint: str | Path, log: Callable[[str], None]) -> Path:
@@ -200,7 +237,7 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
                    mix_split: str | None = None, holdout: float = HOLDOUT_SHARE, holdout_max: int | None = None,
                    new_class_min: int = 10,
                    search: bool = False, versions: str | Path | None = None, parent: int = 0,
-                   cfg: Any = None, max_forgetting: float = MAX_FORGETTING_POINTS,
+                   cfg: Any = None, max_forgetting: float = MAX_FORGETTING_POINTS, compare: str = "class",
                    log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Train a candidate from the log's reviewed items, score it and the current model (``checkpoint``) on the
     held-out ones, decide; with ``versions`` (a :class:`~wastenet.site.versions.VersionStore` folder) add it as a
@@ -208,7 +245,8 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     ``cfg``: the head's fit, rehearsal images per class and seed (an :class:`~wastenet.training.adapt.AdaptConfig`;
     None: its defaults);
     ``max_forgetting``: points of rehearsal validation accuracy a candidate may lose (:func:`forgetting`);
-    ``holdout_max``: at most this many held-out items (:func:`split_newest`; None: the share alone)."""
+    ``holdout_max``: at most this many held-out items (:func:`split_newest`; None: the share alone);
+    ``compare``: what the candidate must not be worse at (:data:`COMPARISONS`, :func:`promotion`)."""
     from PIL import Image
 
     from wastenet import checkpoint as ckpt_io
@@ -252,10 +290,11 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
     forgot = forgetting(result, max_forgetting)
     if forgot is not None:
         scores["forgetting"] = forgot
-    promoted, reason = promotion(scores["current"], scores["candidate"], forgot)
+    promoted, reason = promotion(scores["current"], scores["candidate"], forgot, check_compare(compare))
     inputs = {"trained_on": [it["id"] for it in train], "held_out": [it["id"] for it in held], "rehearsal": mix,
               "rehearsal_split": mix_split, "rehearsal_per_class": cfg.mix_per_class, "seed": cfg.seed,
-              "new_classes": grow, "from": str(origin), "compared_with": str(checkpoint), "holdout_max": holdout_max}
+              "new_classes": grow, "from": str(origin), "compared_with": str(checkpoint), "holdout_max": holdout_max,
+              "compare": compare}
     out_result = {"candidate": result["checkpoint"], "scores": scores, "promoted": promoted, "reason": reason,
                   "inputs": inputs, "adapt_seconds": round(result["seconds"], 1), "seconds": round(time.time() - t0, 1)}
     if versions is not None:
