@@ -27,8 +27,8 @@ from typing import Any, Callable, Sequence
 from wastenet.errors import ConfigError
 from wastenet.ood import NOT_AN_ITEM
 
-__all__ = ["COMPARISONS", "HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_compare", "check_holdout_max", "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items",
-           "score", "split_newest"]
+__all__ = ["COMPARISONS", "HOLDOUT_SHARE", "MAX_FORGETTING_POINTS", "check_compare", "check_holdout_max",
+           "check_max_forgetting", "forgetting", "learn_from_log", "promotion", "reviewed_items", "score", "split_newest"]
 
 #: Share of reviewed items, the newest by review time, held out to compare candidate and current model.
 HOLDOUT_SHARE = 0.2
@@ -199,10 +199,10 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any],
         return False, "; ".join(reasons)
     if compare == "sorted":
         if better or share_b > share_a:
-            return True, (f"class accuracy of the items it sorts {_f(right_a)} -> {_f(right_b)}, sorts "
+            return True, (f"class accuracy of the items it sorts {_three(right_a)} -> {_three(right_b)}, sorts "
                           f"{share_a:.0%} -> {share_b:.0%} of the held-out items itself; no bin more contaminated")
-        return False, (f"a tie (class accuracy of the items it sorts {_f(right_b)}, sorts {share_b:.0%}, no bin less "
-                       "contaminated): the current model stays")
+        return False, (f"a tie (class accuracy of the items it sorts {_three(right_b)}, sorts {share_b:.0%}, "
+                       "no bin less contaminated): the current model stays")
     if not better:
         right_b = candidate.get("auto_class_accuracy")
         if share_b > share_a and right_b is not None and right_a is not None and right_b >= right_a:
@@ -212,7 +212,8 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any],
     return True, f"class accuracy {a:.3f} -> {b:.3f}; no bin more contaminated"
 
 
-def _f(x: float | None) -> str:
+def _three(x: float | None) -> str:
+    """Three decimals, or "none" (a model that sorts none of the items)."""
     return "none" if x is None else f"{x:.3f}"
 
 
