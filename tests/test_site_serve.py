@@ -271,3 +271,34 @@ def test_the_workers_of_one_server_run_one_adaptation_at_a_time_and_all_serve_th
         assert a.get("/api/health").json()["model_version"] == 0
         assert b.post("/api/models/adapt", json={}, headers=auth_b).status_code == 202  # free again
         assert _wait_idle(b)["last"]["exit_status"] == 0
+
+
+def test_only_one_worker_prepares_the_rehearsal_features(site, image_folder, tmp_path, monkeypatch):
+    """``--workers N --adapt-mix``: the features are the same for every worker, so the first one computes them
+    and the others neither compute them again nor start a run meanwhile."""
+    import subprocess
+
+    real_popen = subprocess.Popen
+    spawned = []
+
+    def slow_preparation(cmd, **kw):
+        if "--prepare-rehearsal" in cmd:
+            spawned.append(cmd)
+            cmd = ["sh", "-c", 'sleep 10; exec "$@"', "sh", *cmd]
+        return real_popen(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", slow_preparation)
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
+    split = tmp_path / "mix-split.csv"
+    split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
+                                                      for i, r in enumerate(rows)))
+    model, db = site
+    mix = dict(adapt_mix=str(image_folder), adapt_mix_split=str(split), adapt_mix_per_class=2)
+    with _client(model, db, **mix) as a, _client(model, db, **mix) as b:
+        assert a.get("/api/health").json()["adaptation"]["state"] == "preparing"
+        assert b.get("/api/health").json()["adaptation"]["state"] == "idle" and len(spawned) == 1
+        _stream_and_review(b)
+        r = b.post("/api/models/adapt", json={}, headers={"Authorization": f"Bearer {b.app.state.review_token}"})
+        assert r.status_code == 409 and "another worker" in r.json()["error"]
+        assert _wait_idle(a)["rehearsal"]["exit_status"] == 0
+    assert len(list((db.parent / "models" / ".feature-cache").glob("rehearsal-*.npz"))) == 1
