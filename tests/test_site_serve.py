@@ -63,6 +63,32 @@ def _wait_idle(c, timeout: float = 300) -> dict:
     pytest.fail("the adaptation did not finish")
 
 
+def _mix_split(image_folder, tmp_path):
+    """A rehearsal split file of ``image_folder``: every other photo train, the rest val."""
+    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
+    split = tmp_path / "mix-split.csv"
+    split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
+                                                      for i, r in enumerate(rows)))
+    return split
+
+
+def _hold_back_preparation(monkeypatch, seconds: int) -> list:
+    """Start every rehearsal preparation ``seconds`` late (the tiny model's takes a moment); returns the list
+    of the preparations' commands, filled as they start."""
+    import subprocess
+
+    real_popen, spawned = subprocess.Popen, []
+
+    def late(cmd, **kw):
+        if "--prepare-rehearsal" in cmd:
+            spawned.append(cmd)
+            cmd = ["sh", "-c", f'sleep {seconds}; exec "$@"', "sh", *cmd]
+        return real_popen(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", late)
+    return spawned
+
+
 def test_adapt_via_the_api_lists_a_version_and_activation_rolls_back_and_survives_a_restart(site):
     model, db = site
     with _client(model, db) as c:
@@ -161,10 +187,7 @@ def test_the_rehearsal_options_reach_the_run_and_its_version(site, image_folder,
     ``--adapt-max-forgetting P``: its forgetting check allows P points, against version 0;
     ``--adapt-holdout-max N``: it holds out at most N of the newest reviewed items; ``--adapt-compare sorted``:
     it is compared on the items each model sorts itself."""
-    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
-    split = tmp_path / "mix-split.csv"
-    split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
-                                                      for i, r in enumerate(rows)))
+    split = _mix_split(image_folder, tmp_path)
     model, db = site
     with _client(model, db, adapt_mix=str(image_folder), adapt_mix_split=str(split), adapt_mix_per_class=2,
                  adapt_max_forgetting=100.0, adapt_holdout_max=3, adapt_compare="sorted") as c:
@@ -188,20 +211,8 @@ def test_a_server_with_a_rehearsal_set_prepares_its_features_at_start_and_a_run_
     """``--adapt-mix``: from its start the server computes the rehearsal set's features in the background
     (state ``preparing``) while it answers; a run asked for meanwhile is queued, starts when they are ready,
     and reads them instead of computing them."""
-    import subprocess
-
-    real_popen = subprocess.Popen
-
-    def slow_preparation(cmd, **kw):  # the tiny model's would end before the reviews: hold it back a while
-        if "--prepare-rehearsal" in cmd:
-            cmd = ["sh", "-c", 'sleep 15; exec "$@"', "sh", *cmd]
-        return real_popen(cmd, **kw)
-
-    monkeypatch.setattr(subprocess, "Popen", slow_preparation)
-    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
-    split = tmp_path / "mix-split.csv"
-    split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
-                                                      for i, r in enumerate(rows)))
+    _hold_back_preparation(monkeypatch, 15)  # the tiny model's would end before the reviews
+    split = _mix_split(image_folder, tmp_path)
     model, db = site
     with _client(model, db, adapt_mix=str(image_folder), adapt_mix_split=str(split), adapt_mix_per_class=2) as c:
         auth = {"Authorization": f"Bearer {c.app.state.review_token}"}
@@ -276,22 +287,8 @@ def test_the_workers_of_one_server_run_one_adaptation_at_a_time_and_all_serve_th
 def test_only_one_worker_prepares_the_rehearsal_features(site, image_folder, tmp_path, monkeypatch):
     """``--workers N --adapt-mix``: the features are the same for every worker, so the first one computes them
     and the others neither compute them again nor start a run meanwhile."""
-    import subprocess
-
-    real_popen = subprocess.Popen
-    spawned = []
-
-    def slow_preparation(cmd, **kw):
-        if "--prepare-rehearsal" in cmd:
-            spawned.append(cmd)
-            cmd = ["sh", "-c", 'sleep 10; exec "$@"', "sh", *cmd]
-        return real_popen(cmd, **kw)
-
-    monkeypatch.setattr(subprocess, "Popen", slow_preparation)
-    rows = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.jpg"))
-    split = tmp_path / "mix-split.csv"
-    split.write_text("path,label,split\n" + "".join(f"{r},{r.split('/')[0]},{('train', 'val')[i % 2]}\n"
-                                                      for i, r in enumerate(rows)))
+    spawned = _hold_back_preparation(monkeypatch, 10)
+    split = _mix_split(image_folder, tmp_path)
     model, db = site
     mix = dict(adapt_mix=str(image_folder), adapt_mix_split=str(split), adapt_mix_per_class=2)
     with _client(model, db, **mix) as a, _client(model, db, **mix) as b:
