@@ -195,6 +195,7 @@ def test_the_rehearsal_options_reach_the_run_and_its_version(site, image_folder,
         _stream_and_review(c)
         assert c.post("/api/models/adapt", json={}, headers=auth).status_code == 202
         assert _wait_idle(c)["last"]["exit_status"] == 0
+        assert c.get("/api/health").json()["adaptation"]["compare"] == "sorted"  # the page says so
         v1 = c.get("/api/models").json()["versions"][1]
     assert v1["inputs"]["rehearsal_per_class"] == 2
     assert len(v1["inputs"]["held_out"]) == 3 and v1["inputs"]["holdout_max"] == 3  # not 20% of 24 (4)

@@ -330,8 +330,8 @@ class Adaptation:
         if out["state"] in ("running", "preparing"):
             out["elapsed_s"] = round((datetime.now(timezone.utc) - datetime.fromisoformat(out["started_at"]))
                                      .total_seconds())
-        out.update(every=self.every, can_adapt=self.refusal is None, reason=self.refusal, queued=queued,
-                   rehearsal=rehearsal)
+        out.update(every=self.every, compare=self.service.settings.adapt_compare, can_adapt=self.refusal is None,
+                   reason=self.refusal, queued=queued, rehearsal=rehearsal)
         return out
 
     def close(self) -> None:

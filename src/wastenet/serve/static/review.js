@@ -232,7 +232,8 @@
   let versionsTimer = null;
   const fix3 = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(3));
   function adaptationText(a) {
-    const when = a.every ? `Adapts after every ${a.every} new reviewed items` : "Adapts when asked (Adapt now)";
+    const when = (a.every ? `Adapts after every ${a.every} new reviewed items` : "Adapts when asked (Adapt now)") +
+      (a.compare === "sorted" ? "; a candidate is compared on the items each model sorts itself" : "");
     if (!a.can_adapt) return `This server cannot adapt: ${a.reason}`;
     if (a.state === "preparing")
       return `Preparing the rehearsal set's features for the adaptations to come: started ${a.elapsed_s ?? 0} s ago` +
