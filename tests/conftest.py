@@ -62,7 +62,10 @@ def tiny_checkpoint(tmp_path_factory, image_folder) -> Path:
     from wastenet.models import create_model
     from wastenet.taxonomy import load_taxonomy
 
+    import torch
+
     classes = sorted(p.name for p in image_folder.iterdir())
+    torch.manual_seed(0)  # the same weights in every run: a test's outcome must not depend on a random draw
     built = create_model("test_resnet", len(classes), weights=None, img_size=64)
     tax = load_taxonomy({"bins": {"recyclable": ["glass", "metal", "paper"], "compostable": [], "landfill": []}},
                         classes)
