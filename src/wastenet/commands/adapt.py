@@ -31,6 +31,7 @@ HELP = "Fine-tune a deployed model's head on reviewed items (site adaptation), k
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from wastenet.site.learn import COMPARISONS
     from wastenet.training.adapt import AdaptConfig
 
     d = AdaptConfig()
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout-max", type=int, default=None, metavar="N",
                    help="with --from-log: hold out at most N of the newest reviewed items (default: 20%% of them, "
                         "however many that is)")
-    p.add_argument("--compare", choices=("class", "sorted"), default=None,
+    p.add_argument("--compare", choices=COMPARISONS, default=None,
                    help="with --from-log: what the candidate must not be worse at on the held-out items: every "
                         "item's class (default), or the class of the items each model sorts itself")
     p.add_argument("--versions", metavar="DIR", help="with --from-log: add the candidate as a version in DIR "

@@ -35,6 +35,8 @@ _default = ServeSettings.default  # every default below comes from the settings:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from wastenet.site.learn import COMPARISONS
+
     parser.add_argument("--checkpoint", required=True, metavar="FILE.pt|FILE.onnx",
                         help="model file: a training checkpoint (.pt) or an exported model (.onnx)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -96,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapt-holdout-max", type=int, default=_default("adapt_holdout_max"), metavar="N",
                         help="hold out at most N of the newest reviewed items to compare a candidate with (default: "
                              "20%% of them; the share alone makes an older log wait longer for its newest items)")
-    parser.add_argument("--adapt-compare", choices=("class", "sorted"), default=_default("adapt_compare"),
+    parser.add_argument("--adapt-compare", choices=COMPARISONS, default=_default("adapt_compare"),
                         help="what a candidate must not be worse at on the held-out items: every item's class "
                              "(default), or the class of the items each model sorts itself (a label of an item both "
                              "send to manual sort then changes nothing)")

@@ -204,7 +204,6 @@ def promotion(current: dict[str, Any], candidate: dict[str, Any],
         return False, (f"a tie (class accuracy of the items it sorts {_three(right_b)}, sorts {share_b:.0%}, "
                        "no bin less contaminated): the current model stays")
     if not better:
-        right_b = candidate.get("auto_class_accuracy")
         if share_b > share_a and right_b is not None and right_a is not None and right_b >= right_a:
             return True, (f"class accuracy {b:.3f} and no bin more contaminated; sorts {share_a:.0%} -> {share_b:.0%} "
                           f"of the held-out items itself, {right_b:.3f} of them in the right class")
