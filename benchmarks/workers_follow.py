@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,14 +23,9 @@ from collections import Counter
 from pathlib import Path
 
 from _common import cpu_model, wait_for_health
+from load_test import _free_port  # one port picker (crash_check.py takes it from there too)
 
 TOKEN = "workers-follow-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def versions_served(url: str, image: bytes, n: int) -> dict[str, int]:
