@@ -257,6 +257,26 @@ def test_adapt_every_n_starts_a_run_after_n_new_reviewed_items(site):
         assert _wait_idle(c)["last"]["exit_status"] == 0
 
 
+def test_adapt_every_counts_from_the_last_run_of_any_worker_and_across_a_restart(site):
+    """``serve --workers N --adapt-every N``: the count is the log's, so a worker that did not start the last run
+    waits for N new reviewed items since that run too, and a restart keeps the count instead of starting it
+    again from zero."""
+    model, db = site
+    with _client(model, db, adapt_every=20) as a, _client(model, db, adapt_every=20) as b:
+        _stream_and_review(a, n_per_class=7)  # 21 reviewed through a: its run starts
+        assert _wait_idle(a)["last"]["exit_status"] == 0
+        _stream_and_review(b, n_per_class=1)  # 3 more through b, which never ran one: not due
+        assert b.get("/api/health").json()["adaptation"]["state"] == "idle"
+        assert b.get("/api/health").json()["adaptation"]["last"] is None
+        _stream_and_review(b, n_per_class=5)  # 18 since a's run: still not due
+        assert b.get("/api/health").json()["adaptation"]["last"] is None
+    with _client(model, db, adapt_every=20) as c:  # a restart: 18 of the 20 are already in
+        assert c.get("/api/health").json()["adaptation"]["state"] == "idle"
+        _stream_and_review(c, n_per_class=1)  # 21 since the last run: one starts
+        last = _wait_idle(c)["last"]
+        assert last is not None and last["exit_status"] == 0, last
+
+
 def test_the_workers_of_one_server_run_one_adaptation_at_a_time_and_all_serve_the_active_version(site):
     """``serve --workers N``: each worker is its own service on the same log and versions folder. A run started
     through one keeps the others from starting theirs, and a version promoted or activated through one is

@@ -127,8 +127,6 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    if args.workers > 1 and args.adapt_every:
-        raise ConfigError("--adapt-every runs one adaptation per server: use it with --workers 1")
     for flag in ("max_upload_mb", "log_max_mb", "decode_mpx"):
         if not math.isfinite(getattr(args, flag)):
             raise ConfigError(f"--{flag.replace('_', '-')} must be a number, got {getattr(args, flag)}")

@@ -14,8 +14,10 @@ the same for every run from a version of one model, and computing them made the 
 minutes instead of seconds. A run asked for meanwhile waits for it and starts right after.
 
 With ``serve --workers N`` every worker is one of these: a lock file in the versions folder lets one run
-(or preparation) go at a time across them, and every worker follows the folder's ``active`` pointer, so
-a version promoted or rolled back through one worker is served by all of them within a second or so::
+(or preparation) go at a time across them, every worker follows the folder's ``active`` pointer, so
+a version promoted or rolled back through one worker is served by all of them within a second or so, and
+``--adapt-every N`` counts from the last run any of them started (a file in the same folder, which also
+keeps the count across a restart)::
 
     runs = Adaptation(service)                # create_app does this
     runs.prepare()                            # the server's start does this (with --adapt-mix)
@@ -50,6 +52,7 @@ logger = logging.getLogger("wastenet.serve")
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL = 4000  # bytes of the run's log kept in the status
 _FOLLOW_SECONDS = 1.0  # how often a worker looks whether another one changed the active version
+_RUN_COUNT_FILE = ".reviewed-at-last-run"  # --adapt-every's count, shared by the workers of one server
 try:  # loaded here, not in the child: between fork and exec only async-signal-safe calls belong
     _LIBC: Any = ctypes.CDLL(None, use_errno=True)
 except OSError:
@@ -128,7 +131,12 @@ class Adaptation:
         # one thread that lives as long as the service starts every run (see _spawn)
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wastenet-launcher")
         # only a server that adapts by count needs the count (one COUNT query, not a listing)
-        self._reviewed_at_start = self._reviewed() if self.every else 0
+        if self.every:
+            now = self._reviewed()
+            last = self._last_run_count(now)
+            self._reviewed_at_start = now if last is None else last
+        else:
+            self._reviewed_at_start = 0
         self.refusal = None if str(service.model_path).endswith(".pt") else (
             f"this server runs {service.model_path}, not a .pt checkpoint: it cannot adapt (serve a .pt "
             "checkpoint on a bin with torch, or adapt on a machine that holds this log and export the version)")
@@ -143,6 +151,21 @@ class Adaptation:
 
     def _reviewed(self) -> int:
         return self.service.log.reviewed_photo_count()
+
+    def _last_run_count(self, reviewed_now: int) -> int | None:
+        """The log's reviewed items when the last run started, through any worker of this server or before a
+        restart (``_RUN_COUNT_FILE``); None when no run started on this log."""
+        try:
+            count = int((self.folder / _RUN_COUNT_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return count if count <= reviewed_now else None  # more than the log holds: another log's count
+
+    def _record_run_count(self, count: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"{_RUN_COUNT_FILE}.{os.getpid()}"
+        tmp.write_text(str(count))
+        os.replace(tmp, self.folder / _RUN_COUNT_FILE)  # atomic: a worker reading it never sees half a number
 
     # ------------------------------------------------------------------ background processes
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
@@ -255,6 +278,7 @@ class Adaptation:
                 args += ["--max-forgetting", repr(s.adapt_max_forgetting)]
         self._proc = self._spawn(args, "adapt.log")
         self._reviewed_at_start = self._reviewed()
+        self._record_run_count(self._reviewed_at_start)
         self._status = {"state": "running", "trigger": trigger, "started_at": _now(), "parent": parent,
                         "reviewed_items": self._reviewed_at_start, "last": self._status.get("last")}
         threading.Thread(target=self._watch, args=(self._proc, work, time.monotonic()), daemon=True,
@@ -274,8 +298,15 @@ class Adaptation:
                 pass  # one started meanwhile
 
     def _due(self) -> str | None:
-        """``--adapt-every N``: the trigger of a run when N reviewed items came in since the last one started."""
-        if self.every and self._reviewed() - self._reviewed_at_start >= self.every:
+        """``--adapt-every N``: the trigger of a run when N reviewed items came in since the last one started
+        (in this worker or another)."""
+        if not self.every:
+            return None
+        now = self._reviewed()
+        last = self._last_run_count(now)
+        if last is not None:
+            self._reviewed_at_start = max(self._reviewed_at_start, last)
+        if now - self._reviewed_at_start >= self.every:
             return f"{self.every} new reviewed items"
         return None
 
