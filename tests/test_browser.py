@@ -395,6 +395,8 @@ def test_review_page_adapts_shows_why_and_rolls_back(browser, unsure_checkpoint,
         row = page.inner_text("tr[data-version='1']")
         v1 = httpx.get(url + "/api/models").json()["versions"][1]
         assert v1["reason"] in row and "at most 1 point lower" in row  # the forgetting check, shown
+        cur, cand = v1["scores"]["current"], v1["scores"]["candidate"]
+        assert f"class accuracy {cur['class_accuracy']:.3f} → {cand['class_accuracy']:.3f}" in row  # what it compared
         assert f"{len(v1['inputs']['trained_on'])} / {len(v1['inputs']['held_out'])}" in row
 
         # serve the version that is not serving (1 if it was kept out: the reviewer decides; else a rollback

@@ -231,6 +231,14 @@
   // running now. "Adapt now" and "Serve this version" (a rollback) need the token, as labels do.
   let versionsTimer = null;
   const fix3 = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(3));
+  const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(100 * x)}%`);
+  // the held-out figures the rule that decided compared (the version's inputs say which: serve --adapt-compare)
+  function heldOutText(compare, cur, cand) {
+    if (compare === "sorted")
+      return `sorts ${pct(cur.auto_share)} → ${pct(cand.auto_share)} itself, ` +
+        `${fix3(cur.auto_class_accuracy)} → ${fix3(cand.auto_class_accuracy)} of those in the right class`;
+    return `class accuracy ${fix3(cur.class_accuracy)} → ${fix3(cand.class_accuracy)}`;
+  }
   function adaptationText(a) {
     const when = (a.every ? `Adapts after every ${a.every} new reviewed items` : "Adapts when asked (Adapt now)") +
       (a.compare === "sorted" ? "; a candidate is compared on the items each model sorts itself" : "");
@@ -258,7 +266,7 @@
       isNaN(made) ? v.created_at : made.toLocaleString(),
       v.parent === null || v.parent === undefined ? "–" : `${v.parent}`,
       v.id === 0 ? "–" : `${(inputs.trained_on || []).length} / ${(inputs.held_out || []).length}`,
-      v.id === 0 ? "–" : `${fix3(cur.class_accuracy)} → ${fix3(cand.class_accuracy)}`,
+      v.id === 0 ? "–" : heldOutText(inputs.compare, cur, cand),
       f ? `${fix3(f.reference)} → ${fix3(f.candidate)} (at most ${f.allowed_points} point${f.allowed_points === 1 ? "" : "s"} lower)` : "–",
       (v.promoted ? "Promoted: " : "Kept out: ") + v.reason,
     ];
@@ -292,7 +300,7 @@
           const table = document.createElement("table");
           table.className = "stats";
           const head = document.createElement("tr");
-          ["Version", "Made", "From", "Trained on / held out", "Held-out class accuracy (serving → candidate)",
+          ["Version", "Made", "From", "Trained on / held out", "Held-out items (serving → candidate)",
            "Training classes' accuracy (version 0 → candidate)", "Outcome", ""].forEach((h) => {
             const th = document.createElement("th"); th.scope = "col"; th.textContent = h; head.appendChild(th);
           });
