@@ -231,7 +231,6 @@
   // running now. "Adapt now" and "Serve this version" (a rollback) need the token, as labels do.
   let versionsTimer = null;
   const fix3 = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(3));
-  const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(100 * x)}%`);
   // the held-out figures the rule that decided compared (the version's inputs say which: serve --adapt-compare)
   function heldOutText(compare, cur, cand) {
     if (compare === "sorted")
