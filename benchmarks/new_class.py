@@ -18,6 +18,10 @@ the other half (never streamed, never reviewed) checks the old classes::
 Recognised: recall (top-1 label) of at least 0.8 on the kind's next 50 items after a version holding it
 was promoted (``recall_next`` of the first such version; ``recognised``: the first version whose next 50
 reach 0.8, and how many reviewed items of the kind it had trained on). Target: after <= 30 reviewed items of the kind, old classes <= 1 point worse.
+
+``--every-candidate`` also scores the candidates the rule kept out (their files stay in the versions
+folder): each one's own recall on the kind's next 50 stream items after it was made, and its old-class
+accuracy. It tells whether recognition waits for the learning or for the rule (``candidates``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,36 @@ def check_accuracy(model: str, data: Path, rows: list[dict[str, str]]) -> float:
     return sum(p.label == r["label"] for p, r in zip(preds, rows)) / len(rows)
 
 
+def every_candidate(r: dict, new: str, data: Path, check: list[dict[str, str]], n_next: int) -> list[dict]:
+    """Every version that holds the kind, promoted or not: recall of its own top-1 labels on the kind's next
+    ``n_next`` stream items after it was made, and its old-class accuracy on ``check``."""
+    from wastenet.inference.predictor import Classifier
+
+    models = Path(r["log_db"]).parent / "models"
+    with open(r["order"], newline="") as f:
+        order = list(csv.DictReader(f))
+    with sqlite3.connect(r["log_db"]) as conn:  # one row per streamed item, in stream order
+        made = [row[0] for row in conn.execute("SELECT created_at FROM decisions ORDER BY id")]
+        label_of = dict(conn.execute("SELECT id, reviewed_label FROM decisions WHERE reviewed_label IS NOT NULL"))
+    out = []
+    for v in r["version_list"]:
+        if new not in (v.get("new_classes") or {}):  # a version made before the kind had its K items
+            continue
+        side = json.loads((models / f"{v['id']:04d}.json").read_text())
+        start = next((i for i, t in enumerate(made) if t > side["created_at"]), len(made))
+        after = [o for o in order[start:] if o["label"] == new][:n_next]
+        clf = Classifier.load(side["file"])
+        seen = clf.predict([str(Path(r["stream"]) / o["path"]) for o in after], unknown_rule=False) if after else []
+        old = clf.predict([str(data / c["path"]) for c in check], unknown_rule=False)
+        out.append({"id": v["id"], "promoted": v["promoted"], "first_item_after": start,
+                    "reviewed_new_trained_on": sum(label_of.get(i) == new for i in side["inputs"].get("trained_on") or []),
+                    "recall_next": sum(p.label == new for p in seen) / len(seen) if seen else None,
+                    "recall_next_n": len(seen),
+                    "old_class_accuracy": sum(p.label == c["label"] for p, c in zip(old, check)) / len(check)})
+        print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--result", required=True)
@@ -45,6 +79,7 @@ def main() -> int:
     ap.add_argument("--check", required=True, help="CSV path,label of old-class photos never streamed")
     ap.add_argument("--data", required=True)
     ap.add_argument("--next", type=int, default=50)
+    ap.add_argument("--every-candidate", action="store_true", help="also score the candidates kept out")
     args = ap.parse_args()
     r = json.loads(Path(args.result).read_text())
     versions = r["version_list"]
@@ -89,6 +124,8 @@ def main() -> int:
                None)
     out["recognised"] = None if hit is None else {k: hit[k] for k in ("id", "reviewed_new_trained_on", "recall_next",
                                                                        "first_item_served")}
+    if args.every_candidate:
+        out["candidates"] = every_candidate(r, args.new, Path(args.data), check, args.next)
     final = [e for e in out["versions"] if e["old_class_accuracy"] is not None][-1]
     out["final_old_class_accuracy"] = final["old_class_accuracy"]
     print(json.dumps(out, indent=2))
