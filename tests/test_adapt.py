@@ -61,6 +61,21 @@ def test_reviewed_classes_must_be_the_models(tiny_checkpoint, tmp_path):
         adapt(tiny_checkpoint, tmp_path / "reviewed", tmp_path / "out")
 
 
+def test_without_a_rehearsal_set_the_error_says_how_many_items_of_a_class_give_validation_rows(tiny_checkpoint,
+                                                                                             tmp_path):
+    """A fifth of a class's reviewed items (rounded down) is held out for validation, so 4 of each give none."""
+    from conftest import make_image
+
+    from wastenet.training.adapt import adapt
+
+    for cls in ("glass", "metal", "paper"):
+        (tmp_path / "reviewed" / cls).mkdir(parents=True)
+        for i in range(4):
+            make_image(cls, i).save(tmp_path / "reviewed" / cls / f"{i}.jpg")
+    with pytest.raises(ConfigError, match="at least 5 reviewed items of one class, or --data-mix"):
+        adapt(tiny_checkpoint, tmp_path / "reviewed", tmp_path / "out")
+
+
 def test_adapt_cli_checks_options_before_work(tiny_checkpoint, image_folder, tmp_path):
     r = subprocess.run([sys.executable, "-m", "wastenet", "adapt", "--checkpoint", str(tiny_checkpoint),
                         "--data", str(image_folder), "--out", str(tmp_path / "o"), "--eval-data", str(image_folder)],

@@ -192,7 +192,11 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     rev_train, rev_val = split_reviewed(rev, cfg.val_share, cfg.seed)
     mix_train, mix_val = rehearsal_rows(mix, mix_split, classes, cfg)
     if not rev_val and not mix_val:
-        raise ConfigError("adapt needs validation images: at least two reviewed items of a class, or --data-mix")
+        # split_reviewed holds out floor(share * n) items of a class: the first one at n = ceil(1 / share)
+        need = max(2, math.ceil(1 / cfg.val_share - 1e-9)) if cfg.val_share > 0 else None
+        raise ConfigError("adapt needs validation images: "
+                          + (f"at least {need} reviewed items of one class, " if need else "")
+                          + "or --data-mix")
 
     def cache(root: Any, rows: list[Row]) -> Any:
         c = build_cache(root, rows, classes, prep.cache_size, prep.interpolation)
