@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from wastenet.files import write_atomic
 from wastenet.site.versions import VersionStore, models_dir_for
 
 __all__ = ["Adaptation", "startup_model"]
@@ -131,12 +132,8 @@ class Adaptation:
         # one thread that lives as long as the service starts every run (see _spawn)
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wastenet-launcher")
         # only a server that adapts by count needs the count (one COUNT query, not a listing)
-        if self.every:
-            now = self._reviewed()
-            last = self._last_run_count(now)
-            self._reviewed_at_start = now if last is None else last
-        else:
-            self._reviewed_at_start = 0
+        # (the count before any run on this log; _due reads the last run's from the versions folder)
+        self._reviewed_at_start = self._reviewed() if self.every else 0
         self.refusal = None if str(service.model_path).endswith(".pt") else (
             f"this server runs {service.model_path}, not a .pt checkpoint: it cannot adapt (serve a .pt "
             "checkpoint on a bin with torch, or adapt on a machine that holds this log and export the version)")
@@ -163,9 +160,7 @@ class Adaptation:
 
     def _record_run_count(self, count: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f"{_RUN_COUNT_FILE}.{os.getpid()}"
-        tmp.write_text(str(count))
-        os.replace(tmp, self.folder / _RUN_COUNT_FILE)  # atomic: a worker reading it never sees half a number
+        write_atomic(self.folder / _RUN_COUNT_FILE, str(count))  # a worker reading it never sees half a number
 
     # ------------------------------------------------------------------ background processes
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
@@ -276,9 +271,9 @@ class Adaptation:
             args += self._mix_args()
             if s.adapt_max_forgetting is not None:
                 args += ["--max-forgetting", repr(s.adapt_max_forgetting)]
-        self._proc = self._spawn(args, "adapt.log")
         self._reviewed_at_start = self._reviewed()
-        self._record_run_count(self._reviewed_at_start)
+        self._record_run_count(self._reviewed_at_start)  # before the run: a failed write must not leave one unwatched
+        self._proc = self._spawn(args, "adapt.log")
         self._status = {"state": "running", "trigger": trigger, "started_at": _now(), "parent": parent,
                         "reviewed_items": self._reviewed_at_start, "last": self._status.get("last")}
         threading.Thread(target=self._watch, args=(self._proc, work, time.monotonic()), daemon=True,
@@ -304,9 +299,7 @@ class Adaptation:
             return None
         now = self._reviewed()
         last = self._last_run_count(now)
-        if last is not None:
-            self._reviewed_at_start = max(self._reviewed_at_start, last)
-        if now - self._reviewed_at_start >= self.every:
+        if now - (self._reviewed_at_start if last is None else last) >= self.every:
             return f"{self.every} new reviewed items"
         return None
 
