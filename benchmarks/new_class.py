@@ -32,17 +32,20 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 
-def check_accuracy(model: str, data: Path, rows: list[dict[str, str]]) -> float:
+def check_accuracy(model: Any, data: Path, rows: list[dict[str, str]]) -> float:
+    """Top-1 accuracy on ``rows`` of ``model`` (a file, or a loaded Classifier)."""
     from wastenet.inference.predictor import Classifier
 
-    clf = Classifier.load(model)
+    clf = Classifier.load(model) if isinstance(model, (str, Path)) else model
     preds = clf.predict([str(data / r["path"]) for r in rows], unknown_rule=False)
     return sum(p.label == r["label"] for p, r in zip(preds, rows)) / len(rows)
 
 
-def every_candidate(r: dict, new: str, data: Path, check: list[dict[str, str]], n_next: int) -> list[dict]:
+def every_candidate(r: dict, new: str, data: Path, check: list[dict[str, str]], n_next: int,
+                    label_of: dict[int, str]) -> list[dict]:
     """Every version that holds the kind, promoted or not: recall of its own top-1 labels on the kind's next
     ``n_next`` stream items after it was made, and its old-class accuracy on ``check``."""
     from wastenet.inference.predictor import Classifier
@@ -52,7 +55,6 @@ def every_candidate(r: dict, new: str, data: Path, check: list[dict[str, str]], 
         order = list(csv.DictReader(f))
     with sqlite3.connect(r["log_db"]) as conn:  # one row per streamed item, in stream order
         made = [row[0] for row in conn.execute("SELECT created_at FROM decisions ORDER BY id")]
-        label_of = dict(conn.execute("SELECT id, reviewed_label FROM decisions WHERE reviewed_label IS NOT NULL"))
     out = []
     for v in r["version_list"]:
         if new not in (v.get("new_classes") or {}):  # a version made before the kind had its K items
@@ -62,12 +64,11 @@ def every_candidate(r: dict, new: str, data: Path, check: list[dict[str, str]], 
         after = [o for o in order[start:] if o["label"] == new][:n_next]
         clf = Classifier.load(side["file"])
         seen = clf.predict([str(Path(r["stream"]) / o["path"]) for o in after], unknown_rule=False) if after else []
-        old = clf.predict([str(data / c["path"]) for c in check], unknown_rule=False)
         out.append({"id": v["id"], "promoted": v["promoted"], "first_item_after": start,
                     "reviewed_new_trained_on": sum(label_of.get(i) == new for i in side["inputs"].get("trained_on") or []),
                     "recall_next": sum(p.label == new for p in seen) / len(seen) if seen else None,
                     "recall_next_n": len(seen),
-                    "old_class_accuracy": sum(p.label == c["label"] for p, c in zip(old, check)) / len(check)})
+                    "old_class_accuracy": check_accuracy(clf, data, check)})
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     return out
 
@@ -125,7 +126,7 @@ def main() -> int:
     out["recognised"] = None if hit is None else {k: hit[k] for k in ("id", "reviewed_new_trained_on", "recall_next",
                                                                        "first_item_served")}
     if args.every_candidate:
-        out["candidates"] = every_candidate(r, args.new, Path(args.data), check, args.next)
+        out["candidates"] = every_candidate(r, args.new, Path(args.data), check, args.next, label_of)
     final = [e for e in out["versions"] if e["old_class_accuracy"] is not None][-1]
     out["final_old_class_accuracy"] = final["old_class_accuracy"]
     print(json.dumps(out, indent=2))

@@ -60,10 +60,13 @@ def count_phase(url: str, models: Path, rows: list[tuple[Path, str]], every: int
     """Predict and review ``rows``; after every ``every`` reviews wait for the run that should start."""
     import httpx
 
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    from wastenet.site.versions import VersionStore
 
-    def candidates() -> int:
-        return len([p for p in models.glob("[0-9][0-9][0-9][0-9].json") if p.stem != "0000"])
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    store = VersionStore(models)
+
+    def candidates() -> int:  # versions after 0, the model the server started with
+        return len([v for v in store.ids() if v])
 
     k, failed = 0, []
     for photo, label in rows:
@@ -84,13 +87,8 @@ def count_phase(url: str, models: Path, rows: list[tuple[Path, str]], every: int
     deadline = time.monotonic() + run_timeout
     while any(models.glob(".candidate-*")) and time.monotonic() < deadline:  # a run's working folder
         time.sleep(0.5)
-    versions = []
-    for side in sorted(models.glob("[0-9][0-9][0-9][0-9].json")):
-        v = json.loads(side.read_text())
-        if v["id"]:
-            inputs = v.get("inputs") or {}
-            versions.append({"id": v["id"], "reviewed": len(inputs.get("trained_on") or []) +
-                             len(inputs.get("held_out") or [])})
+    versions = [{"id": v["id"], "reviewed": len(v["inputs"].get("trained_on") or []) +
+                 len(v["inputs"].get("held_out") or [])} for v in store.list() if v["id"]]
     return {"predicted": len(rows), "reviewed": k, "every": every, "expected_versions": k // every,
             "versions": versions, "no_run_at": failed,
             "one_count": [v["reviewed"] for v in versions] == [every * (i + 1) for i in range(k // every)]}
@@ -134,6 +132,8 @@ def main() -> int:
             out["adapt_every"] = count_phase(url, work / "models", rows, args.adapt_every, args.run_timeout)
             print(f"--adapt-every {args.adapt_every}, {args.reviews} reviews through {args.workers} workers: "
                   f"{out['adapt_every']['versions']}", file=sys.stderr)
+            Path(args.out).write_text(json.dumps(out, indent=2))
+            print(json.dumps(out))
             return 0 if out["adapt_every"]["one_count"] else 1
         image = Path(args.image).read_bytes()
         out.update(requests=args.requests, settle_s=args.settle)
@@ -152,9 +152,6 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
-        if "adapt_every" in out:
-            Path(args.out).write_text(json.dumps(out, indent=2))
-            print(json.dumps(out))
     out["all_follow"] = all(set(out[f"after_activating_{v}"]) == {str(v)} for v in (1, 0))
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out))
