@@ -44,6 +44,7 @@ class AdaptConfig:
     patience: int = 6
     seed: int = 0
     batch_size: int = 64
+    imprint_new: bool = True    # a grown kind's row starts from its reviewed photos (grow.imprint_rows), not zero
 
 
 def _log(msg: str) -> None:
@@ -272,6 +273,13 @@ def adapt(checkpoint_path: str | Path, data: str | Path, out: str | Path, *, mix
     with torch.no_grad():
         before_logits = head(x_val)
     before_val = float((before_logits.argmax(1) == y_val).float().mean())
+    if new_classes and cfg.imprint_new:
+        from wastenet.training.grow import imprint_rows
+
+        n_clean = len(parts["reviewed train"])  # x_rev: the clean features first, then the views
+        grown = [classes.index(c) for c in new_classes]
+        imprinted = imprint_rows(head, grown, x_rev[:n_clean], y_rev[:n_clean])
+        _log(f"new classes started from their reviewed photos: {', '.join(classes[i] for i in imprinted) or 'none'}")
     val_logits = fit_head(head, (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val), cfg).numpy()
     val_acc = float((val_logits.argmax(1) == y_val.numpy()).mean())
     # what the head forgot: accuracy on the rehearsal set's validation rows of the input model's classes

@@ -2,7 +2,8 @@
 
 The old classes keep their rows of the classifier head (so the model decides them exactly as before
 until it is re-fitted); each new class gets a zero row and its bin in the taxonomy (a new bin when
-the taxonomy has none of that name). :func:`wastenet.training.adapt.adapt` then re-fits the head::
+the taxonomy has none of that name). :func:`wastenet.training.adapt.adapt` then starts each new row
+from its reviewed photos (:func:`imprint_rows`) and re-fits the head::
 
     ckpt = checkpoint.load("runs/x/best.pt")
     ckpt = grow_classes(ckpt, {"food_waste": "compostable"})
@@ -15,7 +16,7 @@ from typing import Any, Mapping
 
 from wastenet.errors import ConfigError
 
-__all__ = ["grow_classes"]
+__all__ = ["grow_classes", "imprint_rows"]
 
 
 def grow_classes(ckpt: dict[str, Any], new: Mapping[str, str]) -> dict[str, Any]:
@@ -53,3 +54,29 @@ def grow_classes(ckpt: dict[str, Any], new: Mapping[str, str]) -> dict[str, Any]
     ckpt["taxonomy"] = taxonomy
     ckpt.setdefault("grown", []).extend({"class": c, "bin": b} for c, b in new.items())
     return ckpt
+
+
+def imprint_rows(head: Any, rows: list[int], features: Any, labels: Any) -> list[int]:
+    """Start the rows ``rows`` of a Linear ``head`` from their classes' photos ("weight imprinting",
+    Qi et al. 2018): each points along the mean of its class's ``features``, as long as the
+    other rows on average, with their mean bias. Rows without a photo stay as they are; returns the rows
+    imprinted. A grown kind then needs fewer reviewed photos (BENCHMARKS.md "A kind the model has no
+    class for", session 20)::
+
+        imprint_rows(model.get_classifier(), [5], x_reviewed_clean, y_reviewed_clean)
+    """
+    import torch
+
+    others = [i for i in range(head.weight.shape[0]) if i not in set(rows)]
+    done = []
+    with torch.no_grad():
+        scale = head.weight[others].norm(dim=1).mean() if others else torch.tensor(1.0)
+        for row in rows:
+            mine = features[labels == row]
+            if not len(mine):
+                continue
+            head.weight[row] = torch.nn.functional.normalize(mine.float().mean(0), dim=0) * scale
+            if head.bias is not None and others:
+                head.bias[row] = head.bias[others].mean()
+            done.append(row)
+    return done
