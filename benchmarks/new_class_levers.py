@@ -38,9 +38,11 @@ import math
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 VIEWS, MORE_VIEWS = 4, 12
 
@@ -56,42 +58,21 @@ def per_class_ce(logits, y):
 def fit_rows(head, rows, reviewed, rehearsal, val, cfg):
     """Fit only ``rows`` of a Linear ``head`` (others fixed), early-stopped on :func:`per_class_ce`."""
     import torch
-    import torch.nn.functional as F
 
-    from wastenet.training.adapt import _paired_batches
+    from wastenet.training.adapt import train_early_stopped
 
-    (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val) = reviewed, rehearsal, val
     mask = torch.zeros(head.weight.shape[0], 1)
     mask[rows] = 1
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
     fixed_w, fixed_b = head.weight.detach().clone(), head.bias.detach().clone()
-    with torch.no_grad():
-        best = (float(per_class_ce(head(x_val), y_val)), copy.deepcopy(head.state_dict()))
-    stale = 0
-    for _ in range(cfg.epochs):
-        head.train()
-        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
-            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            head.weight.grad *= mask
-            head.bias.grad *= mask[:, 0]
-            opt.step()
-            with torch.no_grad():  # AdamW moves nothing with a zero grad, but be exact
-                head.weight.copy_(head.weight * mask + fixed_w * (1 - mask))
-                head.bias.copy_(head.bias * mask[:, 0] + fixed_b * (1 - mask[:, 0]))
-        head.eval()
+
+    def keep_the_others():  # AdamW moves nothing with a zero grad, but be exact
         with torch.no_grad():
-            vl = float(per_class_ce(head(x_val), y_val))
-        if vl < best[0] - 1e-4:
-            best, stale = (vl, copy.deepcopy(head.state_dict())), 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-    head.load_state_dict(best[1])
-    head.eval()
+            head.weight.copy_(head.weight * mask + fixed_w * (1 - mask))
+            head.bias.copy_(head.bias * mask[:, 0] + fixed_b * (1 - mask[:, 0]))
+
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
+    train_early_stopped(head, head, opt, reviewed, rehearsal, val, replace(cfg, seed=cfg.seed + 1),
+                        val_loss=per_class_ce, after_step=keep_the_others)
 
 
 def split_last_block(model):
@@ -105,76 +86,41 @@ def split_last_block(model):
     return nn.Sequential(*children[:i]).eval(), nn.Sequential(*children[i:]).eval()
 
 
+class FrozenStatistics(torch.nn.Module):
+    """A model whose batch-norm statistics stay the base model's: ``train()`` keeps it in eval mode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
 def fit_last_block(model, block, reviewed, rehearsal, val, cfg, block_lr, epochs):
-    """:func:`fit_head`'s loop with the last block trained too (inputs are trunk outputs; eval mode throughout,
-    so batch-norm statistics stay the base model's), early-stopped on the validation loss."""
+    """:func:`fit_head`'s loop with the last block trained too (inputs are trunk outputs; batch-norm statistics
+    frozen), early-stopped on the validation loss."""
     import torch
-    import torch.nn.functional as F
 
-    from wastenet.training.adapt import _paired_batches
+    from wastenet.training.adapt import train_early_stopped
 
-    (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val) = reviewed, rehearsal, val
-    head = model.get_classifier()
-    run = lambda x: model.forward_head(block(x.float()))  # noqa: E731
-    opt = torch.optim.AdamW([{"params": head.parameters(), "lr": cfg.lr},
+    def run(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.cat([model.forward_head(block(x[i:i + 256].float())) for i in range(0, len(x), 256)]).float()
+
+    opt = torch.optim.AdamW([{"params": model.get_classifier().parameters(), "lr": cfg.lr},
                              {"params": block.parameters(), "lr": block_lr}], weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    def val_loss():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return float(F.cross_entropy(torch.cat([run(x_val[i:i + 128]) for i in range(0, len(x_val), 128)]).float(), y_val))
-
-    state = lambda: copy.deepcopy((block.state_dict(), head.state_dict()))  # noqa: E731
-    best, stale = (val_loss(), state()), 0
-    for epoch in range(epochs):
-        t = time.time()
-        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = sum(F.cross_entropy(run(x).float(), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        vl = val_loss()
-        print(f"  last-block epoch {epoch + 1}: val loss {vl:.4f} ({time.time() - t:.0f}s)", file=sys.stderr, flush=True)
-        if vl < best[0] - 1e-4:
-            best, stale = (vl, state()), 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-    block.load_state_dict(best[1][0])
-    head.load_state_dict(best[1][1])
+    train_early_stopped(FrozenStatistics(model), run, opt, reviewed, rehearsal, val, replace(cfg, epochs=epochs))
 
 
 def fit_balanced_stop(head, reviewed, rehearsal, val, cfg):
     """:func:`fit_head`, early-stopped on :func:`per_class_ce` instead of one loss over every row."""
     import torch
-    import torch.nn.functional as F
 
-    from wastenet.training.adapt import _paired_batches
+    from wastenet.training.adapt import train_early_stopped
 
-    (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val) = reviewed, rehearsal, val
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best, stale = (math.inf, copy.deepcopy(head.state_dict())), 0
-    for _ in range(cfg.epochs):
-        head.train()
-        for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
-            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        head.eval()
-        with torch.no_grad():
-            vl = float(per_class_ce(head(x_val), y_val))
-        if vl < best[0] - 1e-4:
-            best, stale = (vl, copy.deepcopy(head.state_dict())), 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
-    head.load_state_dict(best[1])
-    head.eval()
+    train_early_stopped(head, head, opt, reviewed, rehearsal, val, cfg, val_loss=per_class_ce)
 
 
 def last_block_result(model, zb, z, seed, k, kv, kt, ov, ot, new_index, args) -> dict:

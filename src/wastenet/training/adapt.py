@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -343,34 +343,54 @@ def fit_head(head: "torch.nn.Module", reviewed: tuple, rehearsal: tuple, val: tu
         logits = fit_head(model.get_classifier(), (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val))
     """
     import torch
-    import torch.nn.functional as F
 
     cfg = cfg or AdaptConfig()
-    (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val) = reviewed, rehearsal, val
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_early_stopped(head, head, opt, reviewed, rehearsal, val, cfg)
+    with torch.no_grad():
+        return head(val[0])
+
+
+def train_early_stopped(module: "torch.nn.Module", forward: Callable, opt: "torch.optim.Optimizer", reviewed: tuple,
+                        rehearsal: tuple, val: tuple, cfg: AdaptConfig, *, val_loss: Callable | None = None,
+                        after_step: Callable[[], None] | None = None) -> None:
+    """:func:`fit_head`'s loop, for whatever ``opt`` moves in ``module``: paired batches
+    (:func:`_paired_batches`), label-smoothed cross-entropy, ``module``'s state with the lowest
+    ``val_loss(forward(x_val), y_val)`` (default: cross-entropy) loaded at the end; ``after_step`` runs
+    after every optimiser step. The benchmarks' variants (``benchmarks/new_class_levers.py``) are
+    this loop with another loss, a mask or more of the model::
+
+        opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+        train_early_stopped(head, head, opt, (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val), AdaptConfig())
+    """
+    import torch
+    import torch.nn.functional as F
+
+    (x_rev, y_rev), (x_mix, y_mix), (x_val, y_val) = reviewed, rehearsal, val
+    val_loss = val_loss or F.cross_entropy
     gen = torch.Generator().manual_seed(cfg.seed)
-    best = (math.inf, {k: v.clone() for k, v in head.state_dict().items()})
+    best = (math.inf, {k: v.clone() for k, v in module.state_dict().items()})
     stale = 0
     for epoch in range(cfg.epochs):
-        head.train()
+        module.train()
         for xs, ys in _paired_batches(x_rev, y_rev, x_mix, y_mix, cfg.batch_size, gen):
-            loss = sum(F.cross_entropy(head(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
+            loss = sum(F.cross_entropy(forward(x), y, label_smoothing=0.1) for x, y in zip(xs, ys)) / len(xs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        head.eval()
+            if after_step is not None:
+                after_step()
+        module.eval()
         with torch.no_grad():
-            vl = float(F.cross_entropy(head(x_val), y_val))
+            vl = float(val_loss(forward(x_val), y_val))
         if vl < best[0] - 1e-4:
-            best, stale = (vl, {k: v.clone() for k, v in head.state_dict().items()}), 0
+            best, stale = (vl, {k: v.clone() for k, v in module.state_dict().items()}), 0
         else:
             stale += 1
             if stale >= cfg.patience:
                 break
-    head.load_state_dict(best[1])
-    head.eval()
-    with torch.no_grad():
-        return head(x_val)
+    module.load_state_dict(best[1])
+    module.eval()
 
 
 def _accuracy(logits: "torch.Tensor", names: list[str], truth: list[str]) -> float | None:
