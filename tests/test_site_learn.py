@@ -164,6 +164,14 @@ def test_a_candidate_from_the_log_is_scored_on_held_out_items_and_grows_new_kind
     assert onnx_model.classes[-1] == "food_waste" and onnx_model.taxonomy.bin_of("food_waste") == "compostable"
 
 
+def test_a_log_of_only_a_new_kind_below_its_minimum_says_that_it_waits_for_more(tiny_checkpoint, tmp_path):
+    from wastenet.errors import ConfigError
+
+    db = _reviewed_log(tmp_path / "decisions.sqlite", per_class=0, new_kind=10)
+    with pytest.raises(ConfigError, match=r"new kinds below --new-class-min 10: food_waste 8\)"):
+        learn_from_log(db, tiny_checkpoint, tmp_path / "cand", versions=tmp_path / "models")
+
+
 def test_photos_of_no_item_are_learned_from_but_never_become_a_class(tiny_checkpoint, tmp_path):
     from wastenet import checkpoint
 

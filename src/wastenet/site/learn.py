@@ -268,8 +268,11 @@ def learn_from_log(log_path: str | Path, checkpoint: str | Path, out: str | Path
         known = set(classes) | set(grow) | {NOT_AN_ITEM}  # photos of no item teach the unknown-item rule
         train = [it for it in train if it["label"] in known]  # a new kind below new_class_min waits
         if not any(it["label"] != NOT_AN_ITEM for it in train):
+            waiting = sorted(f"{k} {n}" for k, n in counts.items() if k not in known)
             raise ConfigError(f"{log_path}: no reviewed items with a stored photo to learn from "
-                              f"({len(items)} reviewed, {len(held)} held out)")
+                              f"({len(items)} reviewed, {len(held)} held out"
+                              + (f"; new kinds below --new-class-min {new_class_min}: {', '.join(waiting)}" if waiting else "")
+                              + ")")
         work = Path(tempfile.mkdtemp(prefix="wastenet-learn-"))
         for it in train:
             folder = work / "reviewed" / it["label"]
