@@ -179,3 +179,25 @@ def test_a_later_run_passes_only_the_reviewed_photos_it_has_not_seen(tiny_checkp
         assert len(z["keys"]) == n + 2 and z["views"].shape[:1] == (2,)
     assert ItemFeatureStore.keys_of(np.zeros((2, 3, 4, 4), np.uint8))[0] == ItemFeatureStore.keys_of(
         np.zeros((1, 3, 4, 4), np.uint8))[0]  # a photo is its pixels
+
+
+@pytest.mark.slow
+def test_a_grown_kind_starts_from_its_reviewed_photos_not_from_zero(tiny_checkpoint, image_folder, tmp_path):
+    """No epoch of fitting (epochs=0): what adapt leaves in the grown row is where the fit would start."""
+    import shutil
+
+    from wastenet import checkpoint
+    from wastenet.training.adapt import AdaptConfig, adapt
+
+    reviewed = tmp_path / "reviewed"
+    shutil.copytree(image_folder, reviewed)
+    shutil.copytree(image_folder / "paper", reviewed / "food_waste")
+    rows = {}
+    for imprint in (True, False):
+        result = adapt(tiny_checkpoint, reviewed, tmp_path / f"site-{imprint}", search=False,
+                       cfg=AdaptConfig(views=1, epochs=0, imprint_new=imprint), new_classes={"food_waste": "compostable"})
+        rows[imprint] = checkpoint.load(result["checkpoint"])["state_dict"]["fc.weight"]
+    old_norm = rows[True][:-1].norm(dim=1).mean()
+    assert torch.isclose(rows[True][-1].norm(), old_norm)  # imprinted: as long as the old rows
+    assert not rows[False][-1].any()  # the zero start it replaces
+    assert torch.equal(rows[True][:-1], rows[False][:-1])  # the old rows are the same either way

@@ -67,7 +67,8 @@ def imprint_rows(head: Any, rows: list[int], features: Any, labels: Any) -> list
     """
     import torch
 
-    others = [i for i in range(head.weight.shape[0]) if i not in set(rows)]
+    grown = set(rows)
+    others = [i for i in range(head.weight.shape[0]) if i not in grown]
     done = []
     with torch.no_grad():
         scale = head.weight[others].norm(dim=1).mean() if others else torch.tensor(1.0)
