@@ -57,8 +57,6 @@ def per_class_ce(logits, y):
 
 def fit_rows(head, rows, reviewed, rehearsal, val, cfg):
     """Fit only ``rows`` of a Linear ``head`` (others fixed), early-stopped on :func:`per_class_ce`."""
-    import torch
-
     from wastenet.training.adapt import train_early_stopped
 
     mask = torch.zeros(head.weight.shape[0], 1)
@@ -100,8 +98,6 @@ class FrozenStatistics(torch.nn.Module):
 def fit_last_block(model, block, reviewed, rehearsal, val, cfg, block_lr, epochs):
     """:func:`fit_head`'s loop with the last block trained too (inputs are trunk outputs; batch-norm statistics
     frozen), early-stopped on the validation loss."""
-    import torch
-
     from wastenet.training.adapt import train_early_stopped
 
     def run(x):
@@ -115,18 +111,14 @@ def fit_last_block(model, block, reviewed, rehearsal, val, cfg, block_lr, epochs
 
 def fit_balanced_stop(head, reviewed, rehearsal, val, cfg):
     """:func:`fit_head`, early-stopped on :func:`per_class_ce` instead of one loss over every row."""
-    import torch
-
     from wastenet.training.adapt import train_early_stopped
 
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_early_stopped(head, head, opt, reviewed, rehearsal, val, cfg, val_loss=per_class_ce)
 
 
-def last_block_result(model, zb, z, seed, k, kv, kt, ov, ot, new_index, args) -> dict:
+def last_block_result(model, zb, z, mix_small, seed, k, kv, kt, ov, ot, new_index, args) -> dict:
     """One last-block fit on trunk outputs (the same reviewed draw as the head-only variants) and its scores."""
-    import torch
-
     from wastenet.training.adapt import AdaptConfig
 
     T = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731  (float16: the block casts per batch)
@@ -135,12 +127,9 @@ def last_block_result(model, zb, z, seed, k, kv, kt, ov, ot, new_index, args) ->
     x_rev = torch.cat([flat(zb["kind"], kt, VIEWS), flat(zb["spare"], ot, VIEWS)])
     y_rev = torch.cat([torch.full((len(kt) * (1 + VIEWS),), new_index), L(np.tile(z["spare_y"][ot], 1 + VIEWS))])
     n_mix = zb["mix"].shape[1]
-    rank = np.zeros(len(z["mix_y"]), int)
-    for c in np.unique(z["mix_y"]):
-        rank[z["mix_y"] == c] = np.arange(int((z["mix_y"] == c).sum()))
-    y_mix_small = z["mix_y"][rank < args.block_mix_per_class]
-    assert len(y_mix_small) == n_mix
-    x_mix, y_mix = flat(zb["mix"], np.arange(n_mix), args.block_mix_views), L(np.tile(y_mix_small, 1 + args.block_mix_views))
+    assert len(mix_small) == n_mix  # the trunk outputs hold main's mix_small rows, in that order
+    x_mix = flat(zb["mix"], np.arange(n_mix), args.block_mix_views)
+    y_mix = L(np.tile(z["mix_y"][mix_small], 1 + args.block_mix_views))
     x_val = torch.cat([T(zb["kind"][0][kv]), T(zb["spare"][0][ov]), T(zb["val"][0])])
     y_val = torch.cat([torch.full((len(kv),), new_index), L(z["spare_y"][ov]), L(z["val_y"])])
     m = copy.deepcopy(model).eval()
@@ -166,7 +155,7 @@ def main() -> int:
     ap.add_argument("--new", required=True)
     ap.add_argument("--counts", default="10,15,20,25,30")
     ap.add_argument("--seeds", type=int, default=3, help="draws of the reviewed photos")
-    ap.add_argument("--variants", default="zero,new-rows,balanced-stop,views-12")
+    ap.add_argument("--variants", default="zero,imprint,new-rows,balanced-stop,views-12")
     ap.add_argument("--reviewed-val", type=float, default=0.2, help="share of the reviewed photos held for validation")
     ap.add_argument("--pool", type=int, default=120, help="photos of the kind the draws take reviewed ones from "
                     "(the rest are scored)")
@@ -179,8 +168,6 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     counts, variants = [int(c) for c in args.counts.split(",")], args.variants.split(",")
-
-    import torch
 
     from wastenet import checkpoint
     from wastenet.data.datasets import Row, build_cache, read_split_file
@@ -292,7 +279,7 @@ def main() -> int:
             y_val = torch.cat([torch.full((len(kv),), new_index), L(z["spare_y"][ov]), L(z["val_y"])])
             for variant in variants:
                 if variant == "last-block":
-                    results.append(last_block_result(model, zb, z, seed, k, kv, kt, ov, ot, new_index, args))
+                    results.append(last_block_result(model, zb, z, mix_small, seed, k, kv, kt, ov, ot, new_index, args))
                     print(json.dumps(results[-1]), file=sys.stderr, flush=True)
                     continue
                 kind_views = MORE_VIEWS if variant == "views-12" else VIEWS
